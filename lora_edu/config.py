@@ -1,0 +1,91 @@
+"""Where lora_edu reads its settings: the environment, once, in one place.
+
+| variable            | meaning                                              | default                  |
+| ------------------- | ---------------------------------------------------- | ------------------------ |
+| ``LORA_EDU_PROFILE`` | run size: ``smoke`` (CI), ``default`` (laptop), ``full`` | ``default``          |
+| ``LORA_EDU_DATA``    | folder holding the benchmark datasets                | the repository's ``data/`` |
+| ``LORA_EDU_CACHE``   | cached checkpoints (e.g. the pretrained TinyViT)     | ``~/.cache/lora_edu``    |
+| ``LORA_EDU_DEVICE``  | force a torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``) | best available  |
+
+This module imports neither torch nor any other heavy library at import time, so the
+numpy notebooks run without torch installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+PROFILES = ("smoke", "default", "full")
+
+T = TypeVar("T")
+
+#: The repository root when lora_edu is used from a checkout (an editable install).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def profile() -> str:
+    """The active run-size profile, from ``LORA_EDU_PROFILE`` (unset or empty → ``"default"``).
+
+    >>> import os; os.environ["LORA_EDU_PROFILE"] = "smoke"; profile()
+    'smoke'
+    """
+    value = os.environ.get("LORA_EDU_PROFILE", "").strip().lower() or "default"
+    if value not in PROFILES:
+        raise ValueError(
+            f"LORA_EDU_PROFILE={os.environ['LORA_EDU_PROFILE']!r} is not a profile; expected one of "
+            f"{', '.join(PROFILES)} (smoke: seconds, for CI; default: minutes on a laptop CPU; "
+            "full: paper scale, GPU recommended). Try: export LORA_EDU_PROFILE=default"
+        )
+    return value
+
+
+def by_profile(smoke: T, default: T, full: T | None = None) -> T:
+    """Pick a size for the active profile: ``steps = by_profile(smoke=20, default=2000, full=20000)``.
+
+    ``full`` falls back to ``default`` when not given.
+    """
+    return {"smoke": smoke, "default": default, "full": default if full is None else full}[
+        profile()
+    ]
+
+
+def data_dir() -> Path:
+    """The folder searched first for datasets: ``LORA_EDU_DATA`` if set, else the repository's
+    ``data/`` folder (which may not exist in a non-editable install)."""
+    env = os.environ.get("LORA_EDU_DATA", "").strip()
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
+
+
+def cache_dir() -> Path:
+    """Where cached checkpoints live (``LORA_EDU_CACHE``, default ``~/.cache/lora_edu``)."""
+    env = os.environ.get("LORA_EDU_CACHE", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lora_edu"
+
+
+def device() -> Any:
+    """The torch device to use: ``LORA_EDU_DEVICE`` if set, else cuda, then mps, then cpu."""
+    import torch
+
+    forced = os.environ.get("LORA_EDU_DEVICE", "").strip()
+    if forced:
+        try:
+            dev = torch.device(forced)
+        except RuntimeError as err:
+            raise ValueError(
+                f"LORA_EDU_DEVICE={forced!r} is not a torch device ({err}); "
+                "expected e.g. 'cpu', 'cuda', 'cuda:0' or 'mps'"
+            ) from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"LORA_EDU_DEVICE={forced!r} but torch sees no CUDA device "
+                f"(torch {torch.__version__}); unset LORA_EDU_DEVICE or install a CUDA build of torch"
+            )
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
