@@ -54,3 +54,332 @@ def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path |
 def locate_datasets(data_dir: str | os.PathLike | None = None) -> dict[str, Path | None]:
     """Each known dataset and the local folder it was found in (None when not found)."""
     return {name: find_dataset(name, data_dir) for name in DATASET_FILES}
+
+
+# --------------------------------------------------------------------------------------------
+# Errors that say where we looked and how to get the files
+# --------------------------------------------------------------------------------------------
+
+_HUB_HINT = {
+    "sst2": "GLUE SST-2 (https://gluebenchmark.com/tasks): train.tsv, dev.tsv, test.tsv",
+    "conll2003": "CoNLL-2003 English (eng.train/eng.testa/eng.testb renamed train/valid/test.txt)",
+    "mnist": "MNIST (http://yann.lecun.com/exdb/mnist/): the t10k-*-ubyte.gz files",
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when a dataset is found neither locally nor (when online) on the Hub."""
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _not_found(
+    name: str, data_dir: str | os.PathLike | None, hub_error: str
+) -> DatasetNotFoundError:
+    places = "\n".join(f"  {p / name}/" for p in search_dirs(data_dir))
+    files = ", ".join(DATASET_FILES[name])
+    return DatasetNotFoundError(
+        f"dataset {name!r} not found. Looked for the files {files} in:\n{places}\n"
+        f"and on the Hugging Face Hub: {hub_error}.\n"
+        f"To fix: put the files ({_HUB_HINT[name]}) into one of those folders, point "
+        f"LORA_EDU_DATA at a folder holding {name}/, or run `lora-edu download` once while online "
+        "(see data/README.md)."
+    )
+
+
+def _from_hub(name: str, data_dir, loader):
+    """Run ``loader()`` (a Hub download) unless offline; turn any failure into a clear error."""
+    if _offline():
+        raise _not_found(name, data_dir, "skipped, HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set")
+    try:
+        return loader()
+    except Exception as err:  # network errors come in many types; report whichever it was
+        raise _not_found(name, data_dir, f"{type(err).__name__}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# SST-2
+# --------------------------------------------------------------------------------------------
+
+SST2_LABELS = ("negative", "positive")
+
+
+def read_sst2_tsv(path: str | os.PathLike) -> dict[str, list]:
+    """Parse a GLUE SST-2 file (header ``sentence<TAB>label``) into ``{"text": [...], "label": [...]}``.
+
+    The trailing space GLUE leaves on each sentence is stripped. A malformed line raises a
+    ValueError naming the file and line number.
+    """
+    path = Path(path)
+    texts: list[str] = []
+    labels: list[int] = []
+    with path.open(encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header != ["sentence", "label"]:
+            raise ValueError(
+                f"{path}:1: expected the header 'sentence<TAB>label' of GLUE SST-2, got {header!r}"
+            )
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or parts[1].strip() not in ("0", "1"):
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'sentence<TAB>label' with label 0 or 1, "
+                    f"got {line[:80]!r}"
+                )
+            texts.append(parts[0].strip())
+            labels.append(int(parts[1]))
+    return {"text": texts, "label": labels}
+
+
+def load_sst2(data_dir: str | os.PathLike | None = None):
+    """SST-2 (binary sentiment) as a ``DatasetDict`` with splits train / validation / test and
+    columns ``text`` (str) and ``label`` (ClassLabel negative/positive).
+
+    Local files: ``sst2/train.tsv``, ``dev.tsv`` (→ validation), ``test.tsv``. From the Hub the
+    GLUE test labels are hidden (-1), so the Hub fallback returns train and validation only.
+    """
+    import datasets
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(SST2_LABELS))}
+    )
+    folder = find_dataset("sst2", data_dir)
+    if folder is not None:
+        files = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+        return datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_dict(read_sst2_tsv(folder / file), features=features)
+                for split, file in files.items()
+            }
+        )
+
+    def hub():
+        raw = datasets.load_dataset("nyu-mll/glue", "sst2")
+        return datasets.DatasetDict(
+            {
+                split: raw[split]
+                .map(
+                    lambda ex: {"text": ex["sentence"].strip()}, remove_columns=["sentence", "idx"]
+                )
+                .cast(features)
+                for split in ("train", "validation")
+            }
+        )
+
+    return _from_hub("sst2", data_dir, hub)
+
+
+# --------------------------------------------------------------------------------------------
+# CoNLL-2003
+# --------------------------------------------------------------------------------------------
+
+CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+
+def read_conll(path: str | os.PathLike) -> dict[str, list]:
+    """Parse a CoNLL-2003 file (``TOKEN POS CHUNK NER`` per line, IOB2, blank line between
+    sentences, ``-DOCSTART-`` lines skipped) into ``{"tokens": [[...]], "ner_tags": [[...]]}``
+    with tag ids indexing ``CONLL_LABELS``. A malformed line raises a ValueError naming the file
+    and line number.
+    """
+    path = Path(path)
+    tag_id = {tag: i for i, tag in enumerate(CONLL_LABELS)}
+    sentences: list[list[str]] = []
+    tags: list[list[int]] = []
+    tokens: list[str] = []
+    ids: list[int] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if tokens:
+                    sentences.append(tokens)
+                    tags.append(ids)
+                    tokens, ids = [], []
+                continue
+            if len(parts) != 4:
+                raise ValueError(
+                    f"{path}:{lineno}: expected 4 columns 'TOKEN POS CHUNK NER', "
+                    f"got {len(parts)}: {line.rstrip()!r}"
+                )
+            if parts[3] not in tag_id:
+                raise ValueError(
+                    f"{path}:{lineno}: unknown NER tag {parts[3]!r}; expected one of "
+                    f"{', '.join(CONLL_LABELS)} (IOB2)"
+                )
+            tokens.append(parts[0])
+            ids.append(tag_id[parts[3]])
+    if tokens:
+        sentences.append(tokens)
+        tags.append(ids)
+    return {"tokens": sentences, "ner_tags": tags}
+
+
+def load_conll2003(data_dir: str | os.PathLike | None = None):
+    """CoNLL-2003 English NER as a ``DatasetDict`` with splits train / validation / test and
+    columns ``tokens`` (list of str) and ``ner_tags`` (list of ClassLabel with the 9 IOB2 names
+    ``CONLL_LABELS``)."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=list(CONLL_LABELS))),
+        }
+    )
+    folder = find_dataset("conll2003", data_dir)
+    if folder is not None:
+        files = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+        return datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_dict(read_conll(folder / file), features=features)
+                for split, file in files.items()
+            }
+        )
+
+    def hub():
+        raw = datasets.load_dataset("eriktks/conll2003")
+        hub_names = raw["train"].features["ner_tags"].feature.names
+        if tuple(hub_names) != CONLL_LABELS:
+            raise ValueError(f"unexpected tag names on the Hub: {hub_names}")
+        keep = ["tokens", "ner_tags"]
+        return datasets.DatasetDict(
+            {
+                split: raw[split]
+                .remove_columns([c for c in raw[split].column_names if c not in keep])
+                .cast(features)
+                for split in ("train", "validation", "test")
+            }
+        )
+
+    return _from_hub("conll2003", data_dir, hub)
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST and scikit-learn's digits
+# --------------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike):
+    """Read a (gzip-compressed) IDX file of unsigned bytes: images (n, rows, cols) or labels (n,)."""
+    import gzip
+
+    import numpy as np
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    magic = int.from_bytes(raw[:4], "big")
+    if magic not in (2049, 2051):
+        raise ValueError(
+            f"{path}: IDX magic number {magic}, expected 2049 (labels) or 2051 (images); "
+            "is this an MNIST *-idx*-ubyte(.gz) file?"
+        )
+    ndim = magic - 2048
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} bytes of data")
+    return data.reshape(shape)
+
+
+def _image_dataset(images, labels, split_indices: dict):
+    import datasets
+
+    h, w = images.shape[1:]
+    features = datasets.Features(
+        {
+            "image": datasets.Array2D(shape=(h, w), dtype="uint8"),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+    )
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"image": images[idx], "label": labels[idx]}, features=features
+            ).with_format("numpy")
+            for split, idx in split_indices.items()
+        }
+    )
+
+
+def _seeded_split(n: int, test_fraction: float, seed: int) -> dict:
+    import numpy as np
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return {"train": np.sort(order[n_test:]), "test": np.sort(order[:n_test])}
+
+
+def load_mnist(
+    data_dir: str | os.PathLike | None = None, *, seed: int = 0, test_fraction: float = 0.2
+):
+    """MNIST as a ``DatasetDict`` with splits train / test, columns ``image`` (28×28, grey levels 0–255; stored as uint8, read back as integer arrays) and
+    ``label`` (ClassLabel "0".."9"); numpy formatted.
+
+    When the official training files (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``)
+    sit beside the test files, the official split is used. When only the official 10k **test**
+    split is present (as in the course's shared data), it is split with ``seed`` into a training
+    part (1 − test_fraction: 8,000 images) and an evaluation part (2,000 images); both are drawn
+    from the official test set, so numbers are not comparable with published MNIST results.
+    """
+    folder = find_dataset("mnist", data_dir)
+    if folder is not None:
+        images = read_idx(folder / "t10k-images-idx3-ubyte.gz")
+        labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+        train_img, train_lab = (
+            folder / "train-images-idx3-ubyte.gz",
+            folder / "train-labels-idx1-ubyte.gz",
+        )
+        if train_img.is_file() and train_lab.is_file():
+            import numpy as np
+
+            tr_images, tr_labels = read_idx(train_img), read_idx(train_lab)
+            n_tr = len(tr_labels)
+            return _image_dataset(
+                np.concatenate([tr_images, images]),
+                np.concatenate([tr_labels, labels]),
+                {"train": np.arange(n_tr), "test": np.arange(n_tr, n_tr + len(labels))},
+            )
+        return _image_dataset(images, labels, _seeded_split(len(labels), test_fraction, seed))
+
+    def hub():
+        import datasets
+        import numpy as np
+
+        raw = datasets.load_dataset("ylecun/mnist")
+        imgs, labs, splits, start = [], [], {}, 0
+        for split in ("train", "test"):
+            part = raw[split]
+            imgs.append(np.stack([np.asarray(im, dtype=np.uint8) for im in part["image"]]))
+            labs.append(np.asarray(part["label"], dtype=np.int64))
+            splits[split] = np.arange(start, start + len(part))
+            start += len(part)
+        return _image_dataset(np.concatenate(imgs), np.concatenate(labs), splits)
+
+    return _from_hub("mnist", data_dir, hub)
+
+
+def load_digits(*, seed: int = 0, test_fraction: float = 0.2):
+    """scikit-learn's bundled handwritten digits (1,797 images, 8×8, other writers than MNIST)
+    as a ``DatasetDict`` with splits train / test (seeded), columns ``image`` (8×8 uint8, the
+    0–16 grey levels rescaled to 0–255) and ``label``; numpy formatted. Always available offline.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    return _image_dataset(images, labels, _seeded_split(len(labels), test_fraction, seed))

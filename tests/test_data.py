@@ -1,0 +1,202 @@
+"""Dataset loaders: parsing of hand-written fixtures, error paths, and the real files when present."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lora_edu import data
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# Invented sentences in the GLUE SST-2 format (note the trailing space GLUE leaves before the tab).
+SST2_FIXTURE = (
+    "sentence\tlabel\na cheerful little film about teapots \t1\ndreary and far too long \t0\n"
+)
+
+# Invented sentences in the CoNLL-2003 format, with a document separator.
+CONLL_FIXTURE = """-DOCSTART- -X- -X- O
+
+Mira NNP B-NP B-PER
+Tolvanen NNP I-NP I-PER
+visited VBD B-VP O
+Oulu NNP B-NP B-LOC
+. . O O
+
+Zentrix NNP B-NP B-ORG
+sells VBZ B-VP O
+Nordic JJ B-NP B-MISC
+kettles NNS I-NP O
+
+
+"""
+
+
+def _sst2_folder(root: Path, text: str = SST2_FIXTURE) -> Path:
+    for name in data.DATASET_FILES["sst2"]:
+        _write(root / "sst2" / name, text)
+    return root
+
+
+def test_read_sst2_strips_and_parses(tmp_path):
+    parsed = data.read_sst2_tsv(_write(tmp_path / "x.tsv", SST2_FIXTURE))
+    assert parsed == {
+        "text": ["a cheerful little film about teapots", "dreary and far too long"],
+        "label": [1, 0],
+    }
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("sentence\tlabel\nok \t1\nno label here\n", ":3:"),
+        ("sentence\tlabel\nbad label \t7\n", ":2:"),
+        ("text,label\nfoo,1\n", ":1:"),
+    ],
+)
+def test_read_sst2_malformed_names_file_and_line(tmp_path, text, where):
+    path = _write(tmp_path / "bad.tsv", text)
+    with pytest.raises(ValueError, match=f"bad.tsv{where}"):
+        data.read_sst2_tsv(path)
+
+
+def test_load_sst2_from_explicit_dir(tmp_path):
+    ds = data.load_sst2(_sst2_folder(tmp_path))
+    assert set(ds) == {"train", "validation", "test"}
+    assert ds["train"].column_names == ["text", "label"]
+    assert ds["train"].features["label"].names == ["negative", "positive"]
+    assert ds["validation"][0] == {"text": "a cheerful little film about teapots", "label": 1}
+
+
+def test_read_conll_parses_sentences_and_tags(tmp_path):
+    parsed = data.read_conll(_write(tmp_path / "c.txt", CONLL_FIXTURE))
+    assert parsed["tokens"] == [
+        ["Mira", "Tolvanen", "visited", "Oulu", "."],
+        ["Zentrix", "sells", "Nordic", "kettles"],
+    ]
+    names = [[data.CONLL_LABELS[i] for i in s] for s in parsed["ner_tags"]]
+    assert names == [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "B-MISC", "O"]]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("Oulu NNP B-LOC", "expected 4 columns"),
+        ("Oulu NNP B-NP B-CITY", "unknown NER tag 'B-CITY'"),
+    ],
+)
+def test_read_conll_malformed_names_file_and_line(tmp_path, line, message):
+    path = _write(tmp_path / "c.txt", f"Mira NNP B-NP B-PER\n{line}\n")
+    with pytest.raises(ValueError, match=f"c.txt:2: {message}"):
+        data.read_conll(path)
+
+
+def test_load_conll2003_features(tmp_path):
+    for name in data.DATASET_FILES["conll2003"]:
+        _write(tmp_path / "conll2003" / name, CONLL_FIXTURE)
+    ds = data.load_conll2003(tmp_path)
+    assert set(ds) == {"train", "validation", "test"}
+    assert ds["train"].features["ner_tags"].feature.names == list(data.CONLL_LABELS)
+    assert ds["test"][1]["tokens"] == ["Zentrix", "sells", "Nordic", "kettles"]
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    magic = 2048 + array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_read_idx_and_seeded_mnist_split(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    labels = np.arange(50) % 10
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+    assert np.array_equal(data.read_idx(folder / "t10k-images-idx3-ubyte.gz"), images)
+
+    ds = data.load_mnist(tmp_path, seed=3)
+    assert (len(ds["train"]), len(ds["test"])) == (40, 10)
+    again = data.load_mnist(tmp_path, seed=3)
+    assert np.array_equal(ds["test"][:]["label"], again["test"][:]["label"])
+    # every image lands in exactly one split, unchanged
+    seen = np.concatenate([ds["train"][:]["image"], ds["test"][:]["image"]]).reshape(50, -1)
+    assert sorted(map(bytes, seen.astype(np.uint8))) == sorted(map(bytes, images.reshape(50, -1)))
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x09\x99" + bytes(20)))
+    with pytest.raises(ValueError, match="IDX magic number"):
+        data.read_idx(path)
+
+
+def test_load_digits_offline():
+    ds = data.load_digits(seed=0)
+    assert len(ds["train"]) + len(ds["test"]) == 1797
+    assert ds["train"][0]["image"].shape == (8, 8)
+    images = ds["train"][:]["image"]
+    assert images.shape == (len(ds["train"]), 8, 8)
+    assert images.min() == 0 and images.max() == 255
+
+
+def test_missing_dataset_error_names_places_and_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_EDU_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load_sst2(tmp_path / "explicit")
+    message = str(err.value)
+    for expected in ("explicit", "nowhere", "train.tsv, dev.tsv, test.tsv", "lora-edu download"):
+        assert expected in message
+
+
+def test_search_order_explicit_then_env_then_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_EDU_DATA", str(tmp_path / "env"))
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    dirs = data.search_dirs(tmp_path / "explicit")
+    assert dirs == [(tmp_path / n).resolve() for n in ("explicit", "env")] + [
+        (tmp_path / "repo" / "data").resolve()
+    ]
+    _sst2_folder(tmp_path / "env")
+    _sst2_folder(tmp_path / "repo" / "data")
+    assert data.find_dataset("sst2") == (tmp_path / "env" / "sst2").resolve()
+
+
+# ------------------------------------------------------------------ the real files, when present
+
+
+def _real(name: str) -> Path:
+    folder = data.find_dataset(name)
+    if folder is None:
+        pytest.skip(f"{name} not found (set LORA_EDU_DATA to a folder holding {name}/)")
+    return folder
+
+
+def test_real_sst2_sizes():
+    _real("sst2")
+    ds = data.load_sst2()
+    assert {k: len(v) for k, v in ds.items()} == {"train": 67349, "validation": 872, "test": 1821}
+    assert not any(t.endswith(" ") for t in ds["validation"]["text"])
+
+
+def test_real_conll2003_sizes():
+    _real("conll2003")
+    ds = data.load_conll2003()
+    assert {k: len(v) for k, v in ds.items()} == {"train": 14041, "validation": 3250, "test": 3453}
+
+
+def test_real_mnist_split():
+    _real("mnist")
+    ds = data.load_mnist()
+    assert (len(ds["train"]), len(ds["test"])) == (8000, 2000)
+    assert ds["train"][0]["image"].shape == (28, 28)
