@@ -13,14 +13,132 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lora_edu.analysis import (
+    amplification_factor,
+    delta_w_report,
+    effective_rank,
+    low_rank_approx,
+    low_rank_error,
+    projection_norm,
+    random_projection_norm,
+    rank_for_energy,
+    singular_values,
+    stable_rank,
+    subspace_similarity,
+    subspace_similarity_grid,
+)
 from lora_edu.config import by_profile, cache_dir, data_dir, device, profile
+from lora_edu.numpy_lora import (
+    SGD,
+    Adam,
+    ToyProblem,
+    ToyResult,
+    gradient_check,
+    lora_backward,
+    lora_forward,
+    lora_parameter_counts,
+    make_toy_problem,
+    toy_loss,
+    toy_loss_floor,
+    train_full_toy,
+    train_lora_toy,
+)
 
 __version__ = "0.1.0"
 
-# Names that live in modules needing torch (or other heavy libraries): imported lazily.
-_LAZY: dict[str, str] = {}
+# Names from modules that need torch, transformers or datasets: imported on first use. The numpy
+# layer is ``lora_edu.numpy_lora.LoRALinear``; ``lora_edu.LoRALinear`` is the PyTorch one.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "LoRAConfig",
+            "LoRALinear",
+            "adapter_state_dict",
+            "apply_lora",
+            "count_parameters",
+            "load_adapter",
+            "lora_parameters",
+            "lora_plus_param_groups",
+            "lora_scaling",
+            "mark_only_lora_trainable",
+            "merge_lora",
+            "pissa_init",
+            "save_adapter",
+            "unload_lora",
+            "unmerge_lora",
+        ],
+        "lora_edu.lora",
+    ),
+    **dict.fromkeys(
+        [
+            "CONLL_LABELS",
+            "download_datasets",
+            "load_conll2003",
+            "load_digits",
+            "load_mnist",
+            "load_sst2",
+            "locate_datasets",
+        ],
+        "lora_edu.data",
+    ),
+    **dict.fromkeys(
+        [
+            "MeanPoolClassifier",
+            "TinyViT",
+            "TokenClassifier",
+            "load_text_model",
+            "pretrained_vit",
+        ],
+        "lora_edu.models",
+    ),
+    **dict.fromkeys(
+        [
+            "DEFAULT_LR",
+            "entity_f1",
+            "finetune_text_classifier",
+            "finetune_token_classifier",
+            "finetune_vit",
+            "prepare_model",
+        ],
+        "lora_edu.train",
+    ),
+    **dict.fromkeys(["make_grid", "read_results", "run_sweep", "summary_table"], "lora_edu.sweep"),
+}
 
-__all__ = ["__version__", "by_profile", "cache_dir", "data_dir", "device", "profile"]
+__all__ = [
+    "__version__",
+    "by_profile",
+    "cache_dir",
+    "data_dir",
+    "device",
+    "profile",
+    "SGD",
+    "Adam",
+    "ToyProblem",
+    "ToyResult",
+    "gradient_check",
+    "lora_backward",
+    "lora_forward",
+    "lora_parameter_counts",
+    "make_toy_problem",
+    "toy_loss",
+    "toy_loss_floor",
+    "train_full_toy",
+    "train_lora_toy",
+    "amplification_factor",
+    "delta_w_report",
+    "effective_rank",
+    "low_rank_approx",
+    "low_rank_error",
+    "projection_norm",
+    "random_projection_norm",
+    "rank_for_energy",
+    "singular_values",
+    "stable_rank",
+    "subspace_similarity",
+    "subspace_similarity_grid",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

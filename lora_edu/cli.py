@@ -50,6 +50,50 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from lora_edu.data import download_datasets
+
+    names = args.datasets.split(",") if args.datasets else None
+    for name, folder in download_datasets(names, args.dest).items():
+        print(f"{name:<10} → {folder}")
+    return 0
+
+
+def _csv(cast):
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {cast.__name__}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from lora_edu.sweep import make_grid, run_sweep, summary_table
+
+    targets = args.targets or [["query", "value"]]
+    grid = make_grid(
+        methods=args.methods,
+        ranks=args.ranks,
+        alphas=args.alphas,
+        target_sets=targets,
+        seeds=args.seeds,
+        init=args.init,
+        use_rslora=args.rslora,
+        lr=args.lr,
+    )
+    out = args.out or f"data/results/{args.task}-{profile()}.jsonl"
+    records = run_sweep(
+        args.task, grid, out, keep_adapters=args.keep_adapters, progress=not args.quiet
+    )
+    print(summary_table(records))
+    print(f"\n{len(records)} runs in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-edu", description="lora_edu: learn LoRA by building it."
@@ -58,6 +102,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="versions, device, profile and which datasets are found")
     info.set_defaults(func=_info)
+
+    dl = sub.add_parser("download", help="fetch the datasets from the Hugging Face Hub into data/")
+    dl.add_argument("--datasets", default="", help="comma-separated subset of sst2,conll2003,mnist")
+    dl.add_argument("--dest", default=None, help="folder to write into (default: the repo's data/)")
+    dl.set_defaults(func=_download)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a resumable grid of fine-tuning runs, one JSON line per finished run",
+        description="Runs methods × ranks × alphas × target sets × seeds on a task at the active "
+        "profile's budget (LORA_EDU_PROFILE). Runs already in --out are skipped.",
+    )
+    sw.add_argument("--task", required=True, choices=["sst2", "conll2003"])
+    sw.add_argument("--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit")
+    sw.add_argument("--ranks", type=_csv(int), default=[8], help="e.g. 1,2,4,8,16")
+    sw.add_argument("--alphas", type=_csv(float), default=[16.0], help="e.g. 8,16,32")
+    sw.add_argument(
+        "--targets",
+        type=_csv(str),
+        action="append",
+        help="a comma-separated target set; repeat for several sets (default: query,value)",
+    )
+    sw.add_argument("--seeds", type=_csv(int), default=[0])
+    sw.add_argument("--init", default="kaiming", choices=["kaiming", "gaussian", "pissa"])
+    sw.add_argument(
+        "--rslora", action="store_true", help="scaling alpha/sqrt(r) instead of alpha/r"
+    )
+    sw.add_argument("--lr", type=float, default=None, help="default: each method's default")
+    sw.add_argument(
+        "--out", default=None, help="results file (default data/results/TASK-PROFILE.jsonl)"
+    )
+    sw.add_argument(
+        "--keep-adapters", action="store_true", help="save each LoRA adapter (PEFT format)"
+    )
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_sweep)
     return parser
 
 

@@ -383,3 +383,89 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2):
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     labels = bunch.target.astype(np.int64)
     return _image_dataset(images, labels, _seeded_split(len(labels), test_fraction, seed))
+
+
+# --------------------------------------------------------------------------------------------
+# lora-edu download: Hub → the canonical local files, for an offline classroom
+# --------------------------------------------------------------------------------------------
+
+
+def _write_idx(path: Path, array) -> None:
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = (2048 + array.ndim).to_bytes(4, "big")
+    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def _download_sst2(folder: Path, load_dataset) -> None:
+    glue = load_dataset("nyu-mll/glue", "sst2")
+    # GLUE hides its test labels; SetFit/sst2 carries the labelled 1,821-sentence SST test set.
+    test = load_dataset("SetFit/sst2", split="test")
+    rows = {
+        "train.tsv": zip(glue["train"]["sentence"], glue["train"]["label"], strict=True),
+        "dev.tsv": zip(glue["validation"]["sentence"], glue["validation"]["label"], strict=True),
+        "test.tsv": zip(test["text"], test["label"], strict=True),
+    }
+    for name, pairs in rows.items():
+        lines = ["sentence\tlabel"] + [f"{s.strip()} \t{int(y)}" for s, y in pairs]
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _download_conll2003(folder: Path, load_dataset) -> None:
+    raw = load_dataset("eriktks/conll2003")
+    names = {
+        c: raw["train"].features[c].feature.names for c in ("pos_tags", "chunk_tags", "ner_tags")
+    }
+    for split, name in (("train", "train.txt"), ("validation", "valid.txt"), ("test", "test.txt")):
+        blocks = []
+        for ex in raw[split]:
+            cols = [ex["tokens"]] + [[names[c][i] for i in ex[c]] for c in names]
+            blocks.append("\n".join(" ".join(t) for t in zip(*cols, strict=True)))
+        (folder / name).write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+
+
+def _download_mnist(folder: Path, load_dataset) -> None:
+    import numpy as np
+
+    raw = load_dataset("ylecun/mnist")
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = np.stack([np.asarray(im, dtype=np.uint8) for im in raw[split]["image"]])
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.asarray(raw[split]["label"]))
+
+
+_DOWNLOADERS = {"sst2": _download_sst2, "conll2003": _download_conll2003, "mnist": _download_mnist}
+
+
+def download_datasets(
+    names: list[str] | None = None, dest: str | os.PathLike | None = None
+) -> dict[str, Path]:
+    """Fetch datasets from the Hugging Face Hub and write them in the canonical local formats
+    under ``dest`` (default: the repository's ``data/``), so later runs work offline.
+    Returns the folder written for each dataset."""
+    import datasets
+
+    if _offline():
+        raise RuntimeError(
+            "lora-edu download needs the Hugging Face Hub, but HF_HUB_OFFLINE or "
+            "HF_DATASETS_OFFLINE is set; unset them (and be online) to download"
+        )
+    names = list(DATASET_FILES) if names is None else names
+    unknown = [n for n in names if n not in _DOWNLOADERS]
+    if unknown:
+        raise ValueError(
+            f"unknown dataset(s) {unknown}; expected some of {', '.join(_DOWNLOADERS)}"
+        )
+    dest = Path(dest) if dest is not None else REPO_ROOT / "data"
+    written = {}
+    for name in names:
+        folder = dest / name
+        folder.mkdir(parents=True, exist_ok=True)
+        _DOWNLOADERS[name](folder, datasets.load_dataset)
+        written[name] = folder
+    return written

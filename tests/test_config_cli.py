@@ -94,3 +94,9 @@ def test_import_does_not_load_torch():
 def test_unknown_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'lora_fwd'"):
         lora_edu.lora_fwd  # noqa: B018
+
+
+def test_every_exported_name_resolves():
+    missing = [name for name in lora_edu.__all__ if not hasattr(lora_edu, name)]
+    assert missing == []
+    assert lora_edu.LoRALinear.__module__ == "lora_edu.lora"

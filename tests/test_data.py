@@ -200,3 +200,75 @@ def test_real_mnist_split():
     ds = data.load_mnist()
     assert (len(ds["train"]), len(ds["test"])) == (8000, 2000)
     assert ds["train"][0]["image"].shape == (28, 28)
+
+
+# ------------------------------------------------------------------ lora-edu download (Hub faked)
+
+
+def _fake_hub(name, config=None, split=None):
+    """Stand-ins with the Hub's schemas (invented content), so download's writers can be tested."""
+    import datasets
+
+    if name == "nyu-mll/glue":
+        part = {"sentence": ["a warm film ", "cold and dull "], "label": [1, 0], "idx": [0, 1]}
+        return datasets.DatasetDict(
+            {s: datasets.Dataset.from_dict(part) for s in ("train", "validation")}
+        )
+    if name == "SetFit/sst2":
+        return datasets.Dataset.from_dict({"text": ["quietly moving"], "label": [1]})
+    if name == "eriktks/conll2003":
+        feats = datasets.Features(
+            {
+                "tokens": datasets.Sequence(datasets.Value("string")),
+                "pos_tags": datasets.Sequence(datasets.ClassLabel(names=["NNP", "VBD"])),
+                "chunk_tags": datasets.Sequence(datasets.ClassLabel(names=["B-NP", "B-VP"])),
+                "ner_tags": datasets.Sequence(datasets.ClassLabel(names=list(data.CONLL_LABELS))),
+            }
+        )
+        part = {
+            "tokens": [["Ama", "smiled"]],
+            "pos_tags": [[0, 1]],
+            "chunk_tags": [[0, 1]],
+            "ner_tags": [[1, 0]],
+        }
+        return datasets.DatasetDict(
+            {
+                s: datasets.Dataset.from_dict(part, features=feats)
+                for s in ("train", "validation", "test")
+            }
+        )
+    if name == "ylecun/mnist":
+        from PIL import Image
+
+        imgs = [Image.fromarray(np.full((28, 28), v, dtype=np.uint8)) for v in (0, 255)]
+        return datasets.DatasetDict(
+            {
+                s: datasets.Dataset.from_dict({"image": imgs, "label": [3, 4]})
+                for s in ("train", "test")
+            }
+        )
+    raise AssertionError(f"unexpected Hub call {name}")
+
+
+def test_download_writes_canonical_files(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", _fake_hub)
+    written = data.download_datasets(dest=tmp_path)
+    assert set(written) == {"sst2", "conll2003", "mnist"}
+    sst2 = data.load_sst2(tmp_path)
+    assert sst2["train"][:]["text"] == ["a warm film", "cold and dull"]
+    assert sst2["test"][0] == {"text": "quietly moving", "label": 1}
+    conll = data.load_conll2003(tmp_path)
+    assert conll["test"][0] == {"tokens": ["Ama", "smiled"], "ner_tags": [1, 0]}
+    mnist = data.load_mnist(tmp_path)  # official train/test files present → official split
+    assert (len(mnist["train"]), len(mnist["test"])) == (2, 2)
+    assert mnist["test"][1]["image"].max() == 255
+
+
+def test_download_refuses_when_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="needs the Hugging Face Hub"):
+        data.download_datasets(["sst2"], tmp_path)

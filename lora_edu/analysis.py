@@ -1,0 +1,309 @@
+"""SVD tools for asking LoRA's questions: how low-rank is an update, and where does it point?
+
+Every function takes a numpy array or a torch tensor (converted with ``.detach().cpu()``; torch
+is never imported here) and computes in float64. Shapes, as everywhere in lora_edu:
+
+- ``M``: any matrix ``(m, n)``; singular values ``σ_1 ≥ σ_2 ≥ … ≥ σ_min(m,n) ≥ 0``
+- ``W``, ``delta_W``: ``(d_out, d_in)``
+- ``A``: ``(r, d_in)`` — its right-singular vectors live in ``R^{d_in}``
+- ``U``: ``(d_out, r)`` and ``V``: ``(d_in, r)``, orthonormal columns
+
+Three groups, following the LoRA paper (Hu et al. 2021, arXiv:2106.09685):
+
+1. Low rank: :func:`singular_values`, :func:`low_rank_approx` and :func:`low_rank_error`
+   (Eckart–Young), :func:`effective_rank`, :func:`stable_rank`, :func:`rank_for_energy`.
+2. §7.2 "what is the optimal rank?": :func:`subspace_similarity` and
+   :func:`subspace_similarity_grid` (the heatmaps of the paper's Figures 3 and 4).
+3. §7.3 "how does ΔW relate to W?": :func:`projection_norm`, :func:`amplification_factor`,
+   :func:`random_projection_norm`, :func:`delta_w_report` (the rows of Table 7).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "amplification_factor",
+    "delta_w_report",
+    "effective_rank",
+    "low_rank_approx",
+    "low_rank_error",
+    "projection_norm",
+    "random_projection_norm",
+    "rank_for_energy",
+    "singular_values",
+    "stable_rank",
+    "subspace_similarity",
+    "subspace_similarity_grid",
+]
+
+# Energy fractions are compared with this slack so that fraction=1.0 is reached despite float
+# rounding in the cumulative sum (the discarded tail of a rank-k matrix is ~1e-32 relative).
+_ENERGY_RTOL = 1e-12
+
+
+def _as_matrix(M: Any, name: str = "M") -> np.ndarray:
+    """``M`` as a finite 2-D float64 numpy array (torch tensors are detached and moved to CPU)."""
+    if hasattr(M, "detach"):
+        M = M.detach().cpu().double().numpy()
+    arr = np.asarray(M, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D matrix, got an array of shape {arr.shape} ({arr.ndim}-D); "
+            "for a batch of matrices call the function once per matrix, for a vector use "
+            "v.reshape(1, -1)"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} (shape {arr.shape}) contains NaN or inf; expected finite values")
+    return arr
+
+
+def _check_count(value: Any, what: str, name: str, upper: int, shape: tuple[int, ...]) -> int:
+    """Validate a rank-like integer ``1 <= value <= upper`` (``upper`` = min of ``shape``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
+    if not 1 <= value <= upper:
+        raise ValueError(
+            f"{what}={value} is out of range for {name} of shape {shape}: expected "
+            f"1 <= {what} <= {upper} (= min of the shape, the number of singular values)"
+        )
+    return int(value)
+
+
+def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``M = U diag(s) Vt`` with ``U (m, k)``, ``s (k,)``, ``Vt (k, n)``, k = min(m, n)."""
+    return np.linalg.svd(M, full_matrices=False)
+
+
+def _top_singular_vectors(M: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-r left and right singular vectors of ``M`` as columns: ``(m, r)`` and ``(n, r)``."""
+    U, _, Vt = _svd(M)
+    return U[:, :r], Vt[:r].T
+
+
+def _nonzero_singular_values(M: np.ndarray, name: str, what: str) -> np.ndarray:
+    s = np.linalg.svd(M, compute_uv=False)
+    if s[0] == 0.0:
+        raise ValueError(f"{what} is undefined for the all-zero {name} of shape {M.shape}")
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Low rank
+# ----------------------------------------------------------------------------------------------
+
+
+def singular_values(M: Any) -> np.ndarray:
+    """The singular values of ``M (m, n)`` in descending order, shape ``(min(m, n),)``."""
+    return np.linalg.svd(_as_matrix(M), compute_uv=False)
+
+
+def low_rank_approx(M: Any, r: int) -> np.ndarray:
+    """The best rank-``r`` approximation of ``M (m, n)``: truncated SVD ``Σ_{i≤r} σ_i u_i v_iᵀ``.
+
+    Eckart–Young–Mirsky: no matrix of rank ≤ r is closer to ``M`` in Frobenius (or spectral)
+    norm. Returns an ``(m, n)`` array.
+    """
+    M = _as_matrix(M)
+    r = _check_count(r, "r", "M", min(M.shape), M.shape)
+    U, s, Vt = _svd(M)
+    return (U[:, :r] * s[:r]) @ Vt[:r]
+
+
+def low_rank_error(M: Any, r: int) -> float:
+    """``||M - low_rank_approx(M, r)||_F = sqrt(Σ_{i>r} σ_i²)``, the norm of the discarded tail."""
+    M = _as_matrix(M)
+    r = _check_count(r, "r", "M", min(M.shape), M.shape)
+    s = np.linalg.svd(M, compute_uv=False)
+    return float(np.sqrt(np.sum(s[r:] ** 2)))
+
+
+def effective_rank(M: Any) -> float:
+    """Roy & Vetterli (2007) effective rank: ``exp(H(p))`` with ``p_i = σ_i / Σ_j σ_j``.
+
+    ``H(p) = -Σ p_i log p_i`` (with 0 log 0 = 0) is the Shannon entropy of the normalised
+    singular values, so the result lies in ``[1, min(m, n)]``: ``n`` for the identity ``(n, n)``,
+    1 for a rank-1 matrix, and in between for a spectrum that decays smoothly.
+    """
+    M = _as_matrix(M)
+    s = _nonzero_singular_values(M, "M", "the effective rank")
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def stable_rank(M: Any) -> float:
+    """Stable rank ``||M||_F² / ||M||_2² = Σ σ_i² / σ_1²``; at most ``rank(M)``, and not fooled
+    by tiny noise singular values (which barely change the numerator)."""
+    M = _as_matrix(M)
+    s = _nonzero_singular_values(M, "M", "the stable rank")
+    return float(np.sum(s**2) / s[0] ** 2)
+
+
+def rank_for_energy(M: Any, fraction: float) -> int:
+    """The smallest ``r`` whose top-r squared singular values hold ``≥ fraction`` of ``||M||_F²``.
+
+    Equivalently the smallest r with ``low_rank_error(M, r)² ≤ (1 - fraction) ||M||_F²``.
+    ``fraction`` must lie in ``(0, 1]``; ``fraction=1.0`` gives the numerical rank.
+    """
+    M = _as_matrix(M)
+    if not (isinstance(fraction, (int, float, np.floating)) and 0.0 < fraction <= 1.0):
+        raise ValueError(
+            f"fraction={fraction!r} is not an energy fraction: expected a number in (0, 1], "
+            "e.g. 0.9 for 90% of ||M||_F²"
+        )
+    s = _nonzero_singular_values(M, "M", "rank_for_energy")
+    cumulative = np.cumsum(s**2) / np.sum(s**2)
+    return int(np.argmax(cumulative >= fraction * (1.0 - _ENERGY_RTOL)) + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Subspace similarity (LoRA paper §7.2)
+# ----------------------------------------------------------------------------------------------
+
+
+def _right_singular_vectors(A1: Any, A2: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Right-singular vectors of A1 and A2 as rows (``Vt``), after checking both are (·, d_in)."""
+    A1 = _as_matrix(A1, "A1")
+    A2 = _as_matrix(A2, "A2")
+    if A1.shape[1] != A2.shape[1]:
+        raise ValueError(
+            f"A1 has shape {A1.shape} and A2 has shape {A2.shape}: both must be (r, d_in) with the "
+            f"same d_in (got {A1.shape[1]} and {A2.shape[1]}); compare A matrices of the same "
+            "layer, or pass B.T to compare B matrices"
+        )
+    return _svd(A1)[2], _svd(A2)[2]
+
+
+def subspace_similarity(A1: Any, A2: Any, i: int, j: int) -> float:
+    """LoRA paper eq. (4): ``φ(A1, A2, i, j) = ||U_iᵀ U_j||_F² / min(i, j)``.
+
+    ``U_i (d_in, i)`` holds the top-i right-singular vectors of ``A1 (r1, d_in)`` and ``U_j``
+    the top-j of ``A2 (r2, d_in)``. ``φ ∈ [0, 1]``: 1 when the smaller subspace lies inside the
+    larger one, 0 when they are orthogonal; two random subspaces of ``R^{d_in}`` give
+    ``max(i, j) / d_in`` on average. ``1 ≤ i ≤ min(r1, d_in)``, ``1 ≤ j ≤ min(r2, d_in)``.
+    """
+    Vt1, Vt2 = _right_singular_vectors(A1, A2)
+    i = _check_count(i, "i", "A1", Vt1.shape[0], (Vt1.shape[0], Vt1.shape[1]))
+    j = _check_count(j, "j", "A2", Vt2.shape[0], (Vt2.shape[0], Vt2.shape[1]))
+    overlap = Vt1[:i] @ Vt2[:j].T
+    return float(np.sum(overlap**2) / min(i, j))
+
+
+def subspace_similarity_grid(
+    A1: Any, A2: Any, max_i: int | None = None, max_j: int | None = None
+) -> np.ndarray:
+    """``φ(A1, A2, i, j)`` for all ``1 ≤ i ≤ max_i``, ``1 ≤ j ≤ max_j``: shape ``(max_i, max_j)``,
+    entry ``[i-1, j-1] = φ(i, j)`` — the heatmaps of the paper's Figures 3 and 4.
+
+    ``max_i`` defaults to ``min(A1.shape)`` (all of A1's directions), ``max_j`` likewise. One SVD
+    per matrix: ``||U_iᵀ U_j||_F²`` is a 2-D prefix sum of the squared overlaps ``(v1_a · v2_b)²``.
+    """
+    Vt1, Vt2 = _right_singular_vectors(A1, A2)
+    max_i = Vt1.shape[0] if max_i is None else max_i
+    max_j = Vt2.shape[0] if max_j is None else max_j
+    max_i = _check_count(max_i, "max_i", "A1", Vt1.shape[0], (Vt1.shape[0], Vt1.shape[1]))
+    max_j = _check_count(max_j, "max_j", "A2", Vt2.shape[0], (Vt2.shape[0], Vt2.shape[1]))
+    squared = (Vt1[:max_i] @ Vt2[:max_j].T) ** 2
+    prefix = squared.cumsum(axis=0).cumsum(axis=1)
+    i = np.arange(1, max_i + 1)[:, None]
+    j = np.arange(1, max_j + 1)[None, :]
+    return prefix / np.minimum(i, j)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. How ΔW relates to W (LoRA paper §7.3, Table 7)
+# ----------------------------------------------------------------------------------------------
+
+
+def projection_norm(W: Any, U: Any, V: Any) -> float:
+    """``||Uᵀ W V||_F``: how much of ``W (d_out, d_in)`` lies in the subspace pair (U, V).
+
+    ``U (d_out, r)`` and ``V (d_in, r)`` hold orthonormal vectors as *columns*. The paper writes
+    ``||Uᵀ W Vᵀ||_F`` because its V holds the right-singular vectors as *rows* (numpy's ``Vt``);
+    it is the same number.
+    """
+    W = _as_matrix(W, "W")
+    U = _as_matrix(U, "U")
+    V = _as_matrix(V, "V")
+    if U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1]:
+        raise ValueError(
+            f"W has shape {W.shape} (d_out, d_in), so expected U of shape ({W.shape[0]}, r) and V "
+            f"of shape ({W.shape[1]}, r) with vectors as columns; got U {U.shape} and V {V.shape}"
+            " (if V holds the vectors as rows, as numpy's Vt does, pass V.T)"
+        )
+    return float(np.linalg.norm(U.T @ W @ V))
+
+
+def _delta_and_W(delta_W: Any, W: Any, r: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Convert and validate the (ΔW, W, r) triple shared by the §7.3 functions."""
+    delta_W = _as_matrix(delta_W, "delta_W")
+    W = _as_matrix(W, "W")
+    if delta_W.shape != W.shape:
+        raise ValueError(
+            f"delta_W has shape {delta_W.shape} but W has shape {W.shape}: both must be "
+            "(d_out, d_in) of the same layer (delta_W = scaling * B @ A)"
+        )
+    return delta_W, W, _check_count(r, "r", "delta_W", min(W.shape), W.shape)
+
+
+def amplification_factor(delta_W: Any, W: Any, r: int) -> float:
+    """LoRA paper §7.3: ``||ΔW||_F / ||Uᵀ W V||_F``, U, V = top-r left/right singular vectors of ΔW.
+
+    How strongly the update amplifies directions that ``W`` itself barely uses: the paper reports
+    ~21.5 for r = 4 on GPT-3's W_q (6.91 / 0.32). ``delta_W`` and ``W`` are ``(d_out, d_in)``;
+    ``1 ≤ r ≤ min(d_out, d_in)``. Returns ``inf`` if W has no component in that subspace.
+    """
+    delta_W, W, r = _delta_and_W(delta_W, W, r)
+    return _amplification(
+        np.linalg.norm(delta_W), projection_norm(W, *_top_singular_vectors(delta_W, r))
+    )
+
+
+def _amplification(delta_norm: float, projected: float) -> float:
+    return math.inf if projected == 0.0 else float(delta_norm / projected)
+
+
+def _random_orthonormal(n: int, r: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, r)`` orthonormal columns spanning a uniformly random r-dim subspace (QR of a
+    Gaussian matrix)."""
+    Q, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return Q
+
+
+def random_projection_norm(W: Any, r: int, seed: int = 0) -> float:
+    """``||Uᵀ W V||_F`` for random orthonormal ``U (d_out, r)``, ``V (d_in, r)``: the paper's
+    "Random" baseline in Table 7 (what a subspace with no relation to W picks up)."""
+    W = _as_matrix(W, "W")
+    r = _check_count(r, "r", "W", min(W.shape), W.shape)
+    rng = np.random.default_rng(seed)
+    return projection_norm(
+        W, _random_orthonormal(W.shape[0], r, rng), _random_orthonormal(W.shape[1], r, rng)
+    )
+
+
+def delta_w_report(delta_W: Any, W: Any, r: int, seed: int = 0) -> dict[str, float]:
+    """The rows of the LoRA paper's Table 7 for one layer, as a dict of floats:
+
+    - ``"proj_W_on_delta"``: ``||Uᵀ W V||_F`` with U, V the top-r singular vectors of ΔW
+    - ``"proj_W_on_W"``: the same with the top-r singular vectors of W itself
+      (= ``sqrt(Σ_{i≤r} σ_i(W)²)``, the most any r-dim subspace pair can pick up)
+    - ``"proj_W_on_random"``: the same with a random r-dim subspace (:func:`random_projection_norm`)
+    - ``"W_norm"``: ``||W||_F``; ``"delta_W_norm"``: ``||ΔW||_F``
+    - ``"amplification"``: ``delta_W_norm / proj_W_on_delta`` (:func:`amplification_factor`)
+    """
+    delta_W, W, r = _delta_and_W(delta_W, W, r)
+    proj_on_delta = projection_norm(W, *_top_singular_vectors(delta_W, r))
+    delta_norm = float(np.linalg.norm(delta_W))
+    return {
+        "r": r,
+        "proj_W_on_delta": proj_on_delta,
+        "proj_W_on_W": projection_norm(W, *_top_singular_vectors(W, r)),
+        "proj_W_on_random": random_projection_norm(W, r, seed=seed),
+        "W_norm": float(np.linalg.norm(W)),
+        "delta_W_norm": delta_norm,
+        "amplification": _amplification(delta_norm, proj_on_delta),
+    }

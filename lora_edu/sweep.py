@@ -1,0 +1,373 @@
+"""Resumable sweeps: a grid of fine-tuning runs → one JSON line per finished run.
+
+    grid = make_grid(methods=["lora", "full"], ranks=[4, 8], alphas=[16], seeds=[0])
+    records = run_sweep("sst2", grid, "data/results/sst2.jsonl")
+
+Every finished run appends one line to the results file, written in one piece and flushed, so an
+interrupted sweep loses at most the run in progress. Running the same sweep again skips every run
+already in the file (matched on its configuration, see ``run_key``) and continues where it stopped.
+A last line cut off mid-write is reported, moved to ``<file>.corrupt`` and ignored; a broken line
+anywhere else is an error, so earlier results are never dropped silently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_edu.config import by_profile, profile
+
+#: The fields that identify a run: two records with equal values here are the same run.
+KEY_FIELDS = (
+    "task",
+    "method",
+    "r",
+    "alpha",
+    "target_modules",
+    "init",
+    "use_rslora",
+    "seed",
+    "n_train",
+    "epochs",
+    "lr",
+)
+
+#: Methods that adapt no low-rank update: rank, alpha and targets do not apply to them.
+NON_LORA_METHODS = ("full", "head", "bitfit")
+METHODS = ("lora", *NON_LORA_METHODS)
+
+
+# ---------------------------------------------------------------------------------- the grid
+
+
+def make_grid(
+    methods: Sequence[str] = ("lora",),
+    ranks: Sequence[int] = (8,),
+    alphas: Sequence[float | None] = (16,),
+    target_sets: Sequence[Sequence[str]] = (("query", "value"),),
+    seeds: Sequence[int] = (0,),
+    *,
+    init: str = "kaiming",
+    use_rslora: bool = False,
+    lr: float | None = None,
+) -> list[dict[str, Any]]:
+    """All run configurations of methods × ranks × alphas × target sets × seeds.
+
+    LoRA runs take every combination; ``full``, ``head`` and ``bitfit`` ignore rank, alpha and
+    targets, so they appear once per seed (with ``r``, ``alpha``, ``target_modules`` set to None).
+    An alpha of None means ``alpha = r`` (scaling 1). ``lr=None`` lets each method use its
+    default learning rate.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    bad_ranks = [r for r in ranks if int(r) < 1]
+    if bad_ranks:
+        raise ValueError(f"ranks must be ≥ 1, got {bad_ranks}")
+    runs: list[dict[str, Any]] = []
+    for method in methods:
+        if method == "lora":
+            combos = itertools.product(ranks, alphas, target_sets)
+            for r, alpha, targets in combos:
+                for seed in seeds:
+                    runs.append(
+                        {
+                            "method": "lora",
+                            "r": int(r),
+                            "alpha": float(r if alpha is None else alpha),
+                            "target_modules": list(targets),
+                            "init": init,
+                            "use_rslora": use_rslora,
+                            "seed": int(seed),
+                            "lr": lr,
+                        }
+                    )
+        else:
+            for seed in seeds:
+                runs.append(
+                    {
+                        "method": method,
+                        "r": None,
+                        "alpha": None,
+                        "target_modules": None,
+                        "init": None,
+                        "use_rslora": None,
+                        "seed": int(seed),
+                        "lr": lr,
+                    }
+                )
+    return runs
+
+
+def run_key(record: dict[str, Any]) -> str:
+    """A canonical string for the identifying fields of a run (``KEY_FIELDS``)."""
+    return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------- the file
+
+
+def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a results file (an empty list when it does not exist).
+
+    A last line that is not valid JSON (a run interrupted mid-write) is reported with a warning
+    and ignored; with ``repair=True`` it is also moved to ``<path>.corrupt`` so new records can be
+    appended. A broken line before the last raises a ValueError naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[dict[str, Any]] = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if lineno < len(lines):
+                raise ValueError(
+                    f"{path}:{lineno}: not a JSON record ({err.msg}); only the last line can be "
+                    "cut off by an interruption, so this file was edited or damaged: fix or "
+                    "remove that line by hand (earlier and later records are intact)"
+                ) from None
+            warnings.warn(
+                f"{path}:{lineno}: the last line is not a complete JSON record (a run interrupted "
+                f"while writing?); ignoring it{' and moving it to ' + path.name + '.corrupt' if repair else ''}",
+                stacklevel=2,
+            )
+            if repair:
+                with open(f"{path}.corrupt", "a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+                kept = "".join(ln + "\n" for ln in lines[: lineno - 1])
+                path.write_text(kept, encoding="utf-8")
+    return records
+
+
+def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one record as one JSON line, flushed to disk before returning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------- the tasks
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to run one task: where its data comes from, which fine-tuning function, what budget."""
+
+    name: str
+    metric_name: str
+    load: Callable[[int], tuple[Any, Any]]  # (seed) → (train, eval) datasets
+    finetune: Callable[..., dict[str, Any]]
+    budget: Callable[[], dict[str, Any]]  # the profile's n_train, n_eval, epochs, batch_size
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _subset(dataset, n: int | None, seed: int):
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def _text_task_data(loader: Callable[[], Any], budget: Callable[[], dict]):
+    def load(seed: int):
+        ds = loader()
+        b = budget()
+        # The training subset is drawn with a fixed seed (0), not the run's seed, so runs with
+        # different seeds differ in initialisation and order only, not in which examples they see.
+        return _subset(ds["train"], b["n_train"], 0), _subset(ds["validation"], b["n_eval"], 0)
+
+    return load
+
+
+def _sst2_budget() -> dict[str, Any]:
+    return by_profile(
+        smoke={"n_train": 64, "n_eval": 64, "epochs": 1, "batch_size": 16},
+        default={"n_train": 4000, "n_eval": None, "epochs": 2, "batch_size": 32},
+        full={"n_train": None, "n_eval": None, "epochs": 3, "batch_size": 32},
+    )
+
+
+def _conll_budget() -> dict[str, Any]:
+    return by_profile(
+        smoke={"n_train": 48, "n_eval": 48, "epochs": 1, "batch_size": 16},
+        default={"n_train": 3000, "n_eval": 1000, "epochs": 3, "batch_size": 32},
+        full={"n_train": None, "n_eval": None, "epochs": 3, "batch_size": 32},
+    )
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The ``TaskSpec`` of ``sst2`` or ``conll2003`` (imports the training code on demand)."""
+    from lora_edu import data, train
+
+    specs = {
+        "sst2": TaskSpec(
+            "sst2",
+            "accuracy",
+            _text_task_data(data.load_sst2, _sst2_budget),
+            train.finetune_text_classifier,
+            _sst2_budget,
+        ),
+        "conll2003": TaskSpec(
+            "conll2003",
+            "f1",
+            _text_task_data(data.load_conll2003, _conll_budget),
+            train.finetune_token_classifier,
+            _conll_budget,
+        ),
+    }
+    if name not in specs:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(specs)}")
+    return specs[name]
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def _full_config(task: TaskSpec, run: dict[str, Any], n_train: int) -> dict[str, Any]:
+    from lora_edu.train import DEFAULT_LR
+
+    budget = task.budget()
+    # The learning rate actually used is part of the run's identity: resolve the default here.
+    lr = DEFAULT_LR[run["method"]] if run.get("lr") is None else float(run["lr"])
+    return {**run, "lr": lr, "task": task.name, "n_train": n_train, "epochs": budget["epochs"]}
+
+
+def run_sweep(
+    task: str | TaskSpec,
+    runs: Iterable[dict[str, Any]],
+    out: str | os.PathLike,
+    *,
+    keep_adapters: bool = False,
+    progress: bool = True,
+    device: Any = None,
+) -> list[dict[str, Any]]:
+    """Run every configuration of ``runs`` not yet in ``out``; return all records of the grid.
+
+    Each record holds the run's configuration (``KEY_FIELDS``) and what it measured:
+    ``trainable_params``, ``total_params``, ``metric_name``, ``metric``, ``train_seconds``,
+    ``device``, ``profile``, ``version`` and, with ``keep_adapters``, ``adapter_path`` (a PEFT
+    format adapter folder next to the results file).
+    """
+    from tqdm.auto import tqdm
+
+    from lora_edu import __version__
+
+    spec = task_spec(task) if isinstance(task, str) else task
+    out = Path(out)
+    runs = list(runs)
+    done = {run_key(r): r for r in read_results(out, repair=True)}
+    budget = spec.budget()
+    data_cache: dict[int, tuple[Any, Any]] = {}
+    records: list[dict[str, Any]] = []
+    bar = tqdm(runs, desc=f"sweep {spec.name}", unit="run", disable=not progress)
+    for run in bar:
+        if 0 not in data_cache:
+            data_cache[0] = spec.load(0)
+        train_ds, eval_ds = data_cache[0]
+        config = _full_config(spec, run, len(train_ds))
+        key = run_key(config)
+        if key in done:
+            records.append(done[key])
+            continue
+        bar.set_postfix_str(_describe(config))
+        kwargs = {
+            "method": config["method"],
+            "epochs": config["epochs"],
+            "batch_size": budget["batch_size"],
+            "seed": config["seed"],
+            "lr": config["lr"],
+            "progress": False,
+            "device": device,
+            **spec.extra,
+        }
+        if config["method"] == "lora":
+            kwargs.update(
+                r=config["r"],
+                alpha=config["alpha"],
+                target_modules=tuple(config["target_modules"]),
+                init=config["init"],
+                use_rslora=config["use_rslora"],
+            )
+        started = time.perf_counter()
+        result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
+        model = None
+        if keep_adapters:
+            result, model = result
+        record = {
+            **{k: v for k, v in result.items() if k != "history"},
+            **config,
+            "metric_name": result.get("metric_name", spec.metric_name),
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            "profile": profile(),
+            "version": __version__,
+        }
+        if model is not None and config["method"] == "lora":
+            from lora_edu.lora import save_adapter
+
+            adapter_dir = out.parent / "adapters" / out.stem / _slug(config)
+            save_adapter(model, adapter_dir)
+            record["adapter_path"] = os.path.relpath(adapter_dir, out.parent)
+        append_record(out, record)
+        done[key] = record
+        records.append(record)
+    return records
+
+
+def _describe(config: dict[str, Any]) -> str:
+    if config["method"] != "lora":
+        return f"{config['method']} seed={config['seed']}"
+    targets = ",".join(config["target_modules"])
+    return f"lora r={config['r']} α={config['alpha']:g} [{targets}] seed={config['seed']}"
+
+
+def _slug(config: dict[str, Any]) -> str:
+    targets = "-".join(config["target_modules"] or [])
+    return f"{config['method']}_r{config['r']}_a{config['alpha']:g}_{targets}_s{config['seed']}"
+
+
+# ---------------------------------------------------------------------------------- reporting
+
+
+def summary_table(records: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table: one row per record (method, r, alpha, targets, trainable %, metric,
+    seconds), best metric first within each method."""
+    header = ("method", "r", "alpha", "targets", "trainable", "%", "metric", "seconds", "seed")
+    rows = []
+    for rec in sorted(records, key=lambda r: (METHODS.index(r["method"]), -r["metric"])):
+        total = rec.get("total_params") or 0
+        trainable = rec.get("trainable_params") or 0
+        rows.append(
+            (
+                rec["method"],
+                "" if rec.get("r") is None else str(rec["r"]),
+                "" if rec.get("alpha") is None else f"{rec['alpha']:g}",
+                ",".join(rec.get("target_modules") or []),
+                f"{trainable:,}",
+                f"{100 * trainable / total:.3f}" if total else "",
+                f"{rec['metric_name']} {rec['metric']:.4f}",
+                f"{rec.get('train_seconds', float('nan')):.1f}",
+                str(rec["seed"]),
+            )
+        )
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)

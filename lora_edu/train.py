@@ -1,0 +1,761 @@
+"""One training loop for every task (text classification, NER, images) and every method.
+
+Methods (``prepare_model``) — what trains; the ``classifier`` head always does:
+
+* ``"lora"``: low-rank adapters ``B A`` on ``target_modules`` (``W`` frozen), see ``lora.py``;
+* ``"full"``: every parameter;
+* ``"head"``: the classifier only (a linear probe);
+* ``"bitfit"``: every bias (including LayerNorm biases, as in BitFit) and the classifier.
+
+The loop (``fit``): seeds everything, AdamW on the trainable parameters, learning rate warmed up
+linearly over the first ``warmup_ratio`` of the steps then decayed linearly towards 0, gradients
+clipped to norm ``max_grad_norm``, batches padded to their own longest sequence (no sorting), bf16
+autocast on CUDA only (CPU and MPS run in float32), one evaluation after each epoch.
+
+Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
+
+| key | meaning |
+| --- | --- |
+| ``task``, ``model``, ``method`` | what was trained and how |
+| ``r``, ``alpha``, ``dropout``, ``target_modules``, ``init``, ``use_rslora`` | LoRA settings (None unless ``method="lora"``) |
+| ``lora_targets`` | names of the layers LoRA wrapped (``[]`` for other methods) |
+| ``lr``, ``lr_is_default`` | learning rate used; True when it came from ``DEFAULT_LR`` |
+| ``epochs``, ``batch_size``, ``max_length``, ``seed``, ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` | the rest of the configuration (``max_length`` is None for images) |
+| ``n_train``, ``n_eval``, ``num_labels``, ``steps`` | sizes |
+| ``metric_name``, ``metric`` | ``"accuracy"`` or ``"entity_f1"`` on ``eval`` after the last epoch (None without ``eval``) |
+| ``precision``, ``recall``, ``per_type`` | NER only: entity-level scores, ``per_type[type] = {precision, recall, f1, support}`` |
+| ``trainable_params``, ``total_params``, ``trainable_percent`` | from ``count_parameters`` after ``prepare_model`` |
+| ``train_seconds`` | wall time of the training steps only (data already tokenised; evaluation excluded) |
+| ``eval_seconds`` | wall time of all evaluations |
+| ``peak_memory_mb`` | CUDA: ``torch.cuda.max_memory_allocated`` during training; None on CPU/MPS |
+| ``process_peak_rss_mb`` | the process's resident-memory high-water mark since it started (``resource``), NOT the training alone; None where unavailable |
+| ``device``, ``precision_mode`` | e.g. ``"cpu"`` and ``"float32"`` / ``"bf16-autocast"`` |
+| ``history`` | ``loss`` and ``lr`` per step; ``epochs``: one ``{epoch, train_loss, metric}`` per epoch |
+| ``torch_version`` | for reproducing the run |
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lora_edu import config
+from lora_edu.lora import apply_lora, count_parameters, mark_only_lora_trainable
+from lora_edu.models import (
+    TinyViT,
+    classification_loss,
+    image_arrays,
+    load_text_model,
+    pretrained_vit,
+    replace_head,
+    resize_images,
+)
+
+#: Learning rates per method, from the project's measurements on MiniLM-L6 with mean pooling
+#: (2-core CPU, SST-2 and CoNLL-2003 subsets): LoRA wants 1e-3 to 2e-3 (at 2e-3, r=8 came within
+#: 1 point of full fine-tuning); full fine-tuning 5e-5 to 2e-4 (CoNLL: 1e-4 to 2e-4); the linear
+#: probe 1e-3 to 5e-3; BitFit about 1e-3. Pass ``lr=`` to override; the record says which was used.
+DEFAULT_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
+
+METHODS = tuple(DEFAULT_LR)
+
+#: Collate: a batch of example indices → (model keyword inputs, labels), all on the CPU.
+Collate = Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (every device) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def accuracy(preds: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Fraction of ``preds (N,)`` equal to ``labels (N,)``."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or preds.size == 0:
+        raise ValueError(
+            f"accuracy needs two non-empty arrays of one shape; got {preds.shape} and {labels.shape}"
+        )
+    return float((preds == labels).mean())
+
+
+def extract_entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """The entities in one IOB2 tag sequence, as ``(type, start, end)`` with ``end`` exclusive
+    (the entity is ``tokens[start:end]``).
+
+    ``B-X`` starts an entity of type X; ``I-X`` continues it. As in ``conlleval``, an ``I-X``
+    that does not follow a ``B-X``/``I-X`` (a "stray I-") starts a new entity, and ``B-X``
+    right after an X entity starts a second one.
+
+    >>> sorted(extract_entities(["B-PER", "I-PER", "O", "I-LOC", "B-LOC"]))
+    [('LOC', 3, 4), ('LOC', 4, 5), ('PER', 0, 2)]
+    """
+    entities = set()
+    kind, start = None, 0
+    for i, tag in enumerate([*tags, "O"]):  # the sentinel "O" closes a final entity
+        prefix, _, tag_type = tag.partition("-")
+        if tag != "O" and (prefix not in ("B", "I") or not tag_type):
+            raise ValueError(
+                f"tag {tag!r} at position {i} is not IOB2; expected 'O', 'B-<type>' or 'I-<type>'"
+            )
+        if prefix == "I" and tag_type == kind:
+            continue
+        if kind is not None:
+            entities.add((kind, start, i))
+        kind, start = (tag_type, i) if tag != "O" else (None, i)
+    return entities
+
+
+def entity_f1(
+    true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """Entity-level micro precision, recall and F1 (CoNLL convention: an entity counts only when
+    its type and both boundaries match exactly), plus ``per_type[type] = {precision, recall, f1,
+    support}`` with ``support`` the number of true entities of that type."""
+    if len(true_seqs) != len(pred_seqs):
+        raise ValueError(f"{len(true_seqs)} true sequences but {len(pred_seqs)} predicted ones")
+    true_count, pred_count, hits = Counter(), Counter(), Counter()
+    for i, (true_tags, pred_tags) in enumerate(zip(true_seqs, pred_seqs, strict=True)):
+        if len(true_tags) != len(pred_tags):
+            raise ValueError(
+                f"sequence {i}: {len(true_tags)} true tags but {len(pred_tags)} predicted tags"
+            )
+        true, pred = extract_entities(true_tags), extract_entities(pred_tags)
+        true_count.update(kind for kind, _, _ in true)
+        pred_count.update(kind for kind, _, _ in pred)
+        hits.update(kind for kind, _, _ in true & pred)
+
+    def scores(tp: int, n_pred: int, n_true: int) -> dict[str, float]:
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1}
+
+    result: dict[str, Any] = scores(
+        sum(hits.values()), sum(pred_count.values()), sum(true_count.values())
+    )
+    result["per_type"] = {
+        kind: {
+            **scores(hits[kind], pred_count[kind], true_count[kind]),
+            "support": true_count[kind],
+        }
+        for kind in sorted(true_count | pred_count)
+    }
+    return result
+
+
+def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
+    """One label per sub-word token: the word's label on its first sub-word, ``-100`` (ignored by
+    the loss) on special tokens (``word_id None``) and on the word's later sub-words.
+
+    >>> align_labels([None, 0, 1, 1, None], [3, 7])
+    [-100, 3, 7, -100, -100]
+    """
+    aligned, previous = [], None
+    for word in word_ids:
+        aligned.append(-100 if word is None or word == previous else int(word_labels[word]))
+        previous = word
+    return aligned
+
+
+def word_predictions(
+    words: Sequence[int], token_preds: Sequence[int], n_words: int, label_names: Sequence[str]
+) -> list[str]:
+    """Tags for the ``n_words`` words of a sentence from predictions on first sub-words:
+    ``token_preds[i]`` (a label id) belongs to word ``words[i]``; words without a first
+    sub-word (dropped by the tokenizer or cut off by truncation) get ``"O"``."""
+    tags = ["O"] * n_words
+    for word, pred in zip(words, token_preds, strict=True):
+        tags[word] = label_names[pred]
+    return tags
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def prepare_model(
+    model: nn.Module,
+    method: str,
+    *,
+    target_modules: Sequence[str] | str = ("query", "value"),
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    use_rslora: bool = False,
+) -> list[str]:
+    """Set which parameters of ``model`` train, in place, for ``method`` (see module docstring).
+
+    The LoRA arguments are used only by ``method="lora"``. Returns the names of the layers
+    LoRA wrapped (``[]`` for the other methods).
+    """
+    _check_method(method)
+    if not isinstance(getattr(model, "classifier", None), nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no module named 'classifier'; every method trains the "
+            "head by that name (load models with lora_edu.models.load_text_model or TinyViT)"
+        )
+    if method == "lora":
+        targets = apply_lora(
+            model,
+            target_modules,
+            r=r,
+            alpha=alpha,
+            dropout=dropout,
+            init=init,
+            use_rslora=use_rslora,
+        )
+        mark_only_lora_trainable(model, bias="none", modules_to_save=("classifier",))
+        return targets
+    for name, param in model.named_parameters():
+        in_head = name.startswith("classifier.")
+        is_bias = name.rsplit(".", 1)[-1] == "bias"
+        param.requires_grad = method == "full" or in_head or (method == "bitfit" and is_bias)
+    return []
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor for optimizer step ``step`` (0-based) of ``total_steps``: rises
+    linearly to 1 over ``warmup_steps`` (``(step + 1) / (warmup_steps + 1)``, so no step is
+    wasted at 0), then falls linearly: ``(total_steps - step) / (total_steps - warmup_steps)``."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+def _to(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: t.to(device, non_blocking=True) for name, t in inputs.items()}
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 autocast only on CUDA: CPU bf16 matmuls are slow on most laptops, and MPS support varies.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows has no resource module
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, n: int, collate: Collate, batch_size: int, device: torch.device
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(argmax predictions, labels)`` on the CPU for examples ``0..n-1`` in order, in
+    batches of ``batch_size``, with the model in eval mode (dropout off)."""
+    model.eval()
+    for indices in torch.arange(n).split(batch_size):
+        inputs, labels = collate(indices)
+        with _autocast(device):
+            logits = _logits(model(**_to(inputs, device)))
+        yield logits.argmax(dim=-1).cpu(), labels
+
+
+def fit(
+    model: nn.Module,
+    n_train: int,
+    collate: Collate,
+    evaluate: Callable[[nn.Module], dict[str, Any]] | None,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+    warmup_ratio: float = 0.06,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train ``model`` (already on ``device``, trainable parameters already chosen) on examples
+    ``0..n_train-1``, reshuffled each epoch by a generator seeded with ``seed``; call
+    ``evaluate(model)`` after each epoch. Returns ``history``, timings, memory and ``steps``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires grad; call prepare_model(model, method) first")
+    if epochs < 1 or batch_size < 1 or n_train < 1:
+        raise ValueError(
+            f"need epochs >= 1, batch_size >= 1 and a non-empty training set; "
+            f"got epochs={epochs}, batch_size={batch_size}, n_train={n_train}"
+        )
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = int(warmup_ratio * total)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_schedule(step, warmup, total)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    history: dict[str, list] = {"loss": [], "lr": [], "epochs": []}
+    train_seconds = eval_seconds = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        _sync(device)
+        start = time.perf_counter()
+        for indices in torch.randperm(n_train, generator=generator).split(batch_size):
+            inputs, labels = collate(indices)
+            with _autocast(device):
+                logits = _logits(model(**_to(inputs, device)))
+            loss = classification_loss(logits, labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            history["lr"].append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+            history["loss"].append(loss.item())
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{history['loss'][-1]:.4f}", refresh=False)
+        _sync(device)
+        train_seconds += time.perf_counter() - start
+        epoch_losses = history["loss"][-steps_per_epoch:]
+        summary: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": sum(epoch_losses) / len(epoch_losses),
+        }
+        if evaluate is not None:
+            start = time.perf_counter()
+            summary.update(evaluate(model))
+            eval_seconds += time.perf_counter() - start
+        history["epochs"].append(summary)
+    bar.close()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {
+        "history": history,
+        "steps": total,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "peak_memory_mb": peak,
+        "process_peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------- helpers per task
+
+
+def _require_columns(dataset: Any, columns: Sequence[str], what: str) -> None:
+    names = getattr(dataset, "column_names", None)
+    if names is None or any(c not in names for c in columns):
+        raise ValueError(
+            f"{what} needs a datasets.Dataset with columns {list(columns)}; got "
+            f"{type(dataset).__name__} with columns {names}. Rename columns with "
+            "dataset.rename_column(old, new), e.g. rename_column('sentence', 'text')"
+        )
+
+
+def _num_labels(datasets: Sequence[Any], column: str) -> int:
+    """From a ClassLabel feature if there is one, else the largest label + 1."""
+    feature = datasets[0].features[column]
+    feature = getattr(feature, "feature", feature)  # inside a Sequence/List for tag columns
+    if hasattr(feature, "num_classes"):
+        return int(feature.num_classes)
+    largest = -1
+    for data in datasets:
+        for value in data[column]:
+            largest = max(largest, max(value, default=-1) if isinstance(value, list) else value)
+    return largest + 1
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Right-pad to the longest sequence: ``(B, T_max)`` int64."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def _text_collate(input_ids: list[list[int]], labels: list, pad_id: int) -> Collate:
+    """Collate for tokenised text: pad ``input_ids`` per batch; ``labels`` are one int per text
+    or one list per text (token labels, padded with -100)."""
+
+    def collate(indices: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        ids = [input_ids[i] for i in indices.tolist()]
+        batch = _pad(ids, pad_id)
+        mask = _pad([[1] * len(s) for s in ids], 0)
+        picked = [labels[i] for i in indices.tolist()]
+        target = _pad(picked, -100) if isinstance(picked[0], list) else torch.tensor(picked)
+        return {"input_ids": batch, "attention_mask": mask}, target
+
+    return collate
+
+
+def _accuracy_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
+    """``evaluate(model) -> {"metric": accuracy}`` over examples ``0..n-1``."""
+
+    def evaluate(model: nn.Module) -> dict[str, Any]:
+        device = next(model.parameters()).device
+        batches = predict(model, n, collate, batch_size, device)
+        preds, labels = (torch.cat(t).numpy() for t in zip(*batches, strict=True))
+        return {"metric": accuracy(preds, labels)}
+
+    return evaluate
+
+
+def _run(
+    task: str,
+    model_name: str,
+    model: nn.Module,
+    n_train: int,
+    collate: Collate,
+    evaluate: Callable[[nn.Module], dict[str, Any]] | None,
+    extra: dict[str, Any],
+    args: dict[str, Any],
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
+    """Shared tail of the ``finetune_*`` functions: prepare the model for ``args["method"]``,
+    train, evaluate, build the record. ``args`` are the caller's arguments (``locals()`` at
+    entry: method, LoRA settings, lr, epochs, batch_size, seed, device, progress, return_model,
+    loop); ``extra`` are task-specific record entries."""
+    method, lr = args["method"], args["lr"]
+    lora = {k: args[k] for k in ("target_modules", "r", "alpha", "dropout", "init", "use_rslora")}
+    loop = args["loop"]
+    device = config.device() if args["device"] is None else torch.device(args["device"])
+    targets = prepare_model(model, method, **lora)
+    counts = count_parameters(model)
+    model.to(device)
+    used_lr = DEFAULT_LR[method] if lr is None else lr
+    epochs, batch_size, seed = args["epochs"], args["batch_size"], args["seed"]
+    result = fit(
+        model,
+        n_train,
+        collate,
+        evaluate,
+        epochs=epochs,
+        lr=used_lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=args["progress"],
+        desc=f"{task} · {method}",
+        **loop,
+    )
+    if not isinstance(lora["target_modules"], str):
+        lora["target_modules"] = list(lora["target_modules"])
+    final = result["history"]["epochs"][-1]
+    record = {
+        "task": task,
+        "model": model_name,
+        "method": method,
+        **(lora if method == "lora" else dict.fromkeys(lora)),
+        "lora_targets": targets,
+        "lr": used_lr,
+        "lr_is_default": lr is None,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "warmup_ratio": loop.get("warmup_ratio", 0.06),
+        "weight_decay": loop.get("weight_decay", 0.01),
+        "max_grad_norm": loop.get("max_grad_norm", 1.0),
+        **extra,
+        "n_train": n_train,
+        "metric": final.get("metric"),
+        **{k: final[k] for k in ("precision", "recall", "per_type") if k in final},
+        "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+        "trainable_percent": counts["percent"],
+        "train_seconds": result["train_seconds"],
+        "eval_seconds": result["eval_seconds"],
+        "steps": result["steps"],
+        "peak_memory_mb": result["peak_memory_mb"],
+        "process_peak_rss_mb": result["process_peak_rss_mb"],
+        "device": str(device),
+        "precision_mode": "bf16-autocast" if device.type == "cuda" else "float32",
+        "torch_version": torch.__version__,
+        "history": result["history"],
+    }
+    return (record, model) if args["return_model"] else record
+
+
+# --------------------------------------------------------------------------- the three tasks
+
+
+def finetune_text_classifier(
+    train: Any,
+    eval: Any,
+    *,
+    method: str = "lora",
+    r: int = 8,
+    alpha: float = 16,
+    target_modules: Sequence[str] | str = ("query", "value"),
+    epochs: int = 1,
+    lr: float | None = None,
+    batch_size: int = 32,
+    max_length: int = 64,
+    seed: int = 0,
+    model: str = "minilm",
+    device: Any = None,
+    progress: bool = True,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    use_rslora: bool = False,
+    return_model: bool = False,
+    **loop: Any,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
+    """Fine-tune a mean-pooling text classifier (``load_text_model("sequence")``) on ``train``
+    and report accuracy on ``eval`` (None to skip evaluation).
+
+    ``train``/``eval``: ``datasets.Dataset`` with columns ``text`` (str) and ``label`` (int); the
+    number of labels comes from the ``ClassLabel`` feature, else the largest label + 1.
+    ``lr=None`` → ``DEFAULT_LR[method]``; ``dropout`` is LoRA's. ``loop`` may set
+    ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` (see ``fit``). Texts are tokenised once
+    (truncated to ``max_length`` tokens). Returns the record (module docstring), and the trained
+    model too when ``return_model=True``.
+    """
+    args = dict(locals())  # the call's arguments, recorded as given
+    _check_method(method)
+    splits = [d for d in (train, eval) if d is not None]
+    for d in splits:
+        _require_columns(d, ("text", "label"), "finetune_text_classifier")
+    num_labels = _num_labels(splits, "label")
+    seed_everything(seed)
+    tokenizer, net = load_text_model("sequence", num_labels, model, seed=seed)
+
+    def encode(data: Any) -> Collate:
+        ids = tokenizer(list(data["text"]), truncation=True, max_length=max_length)["input_ids"]
+        return _text_collate(ids, [int(y) for y in data["label"]], tokenizer.pad_token_id)
+
+    evaluate = (
+        None if eval is None else _accuracy_evaluator(len(eval), encode(eval), 2 * batch_size)
+    )
+
+    return _run(
+        "sequence-classification",
+        model,
+        net,
+        len(train),
+        encode(train),
+        evaluate,
+        {
+            "max_length": max_length,
+            "metric_name": "accuracy",
+            "num_labels": num_labels,
+            "n_eval": None if eval is None else len(eval),
+        },
+        args,
+    )
+
+
+def finetune_token_classifier(
+    train: Any,
+    eval: Any,
+    *,
+    method: str = "lora",
+    r: int = 8,
+    alpha: float = 16,
+    target_modules: Sequence[str] | str = ("query", "value"),
+    epochs: int = 1,
+    lr: float | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    seed: int = 0,
+    model: str = "minilm",
+    device: Any = None,
+    progress: bool = True,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    use_rslora: bool = False,
+    label_names: Sequence[str] | None = None,
+    return_model: bool = False,
+    **loop: Any,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
+    """Fine-tune a token classifier (``load_text_model("token")``) for NER and report
+    entity-level F1 (``entity_f1``) on ``eval``.
+
+    ``train``/``eval``: ``datasets.Dataset`` with columns ``tokens`` (list of words) and
+    ``ner_tags`` (list of IOB2 label ids, a ``Sequence(ClassLabel)`` whose names are the tags, or
+    pass ``label_names``). Each word's label goes on its first sub-word (``align_labels``).
+    Evaluation is on whole sentences: words cut off by ``max_length`` are predicted ``"O"``.
+    Other arguments as in ``finetune_text_classifier``.
+    """
+    args = dict(locals())  # the call's arguments, recorded as given
+    _check_method(method)
+    splits = [d for d in (train, eval) if d is not None]
+    for d in splits:
+        _require_columns(d, ("tokens", "ner_tags"), "finetune_token_classifier")
+    if label_names is None:
+        feature = train.features["ner_tags"]
+        label_names = getattr(getattr(feature, "feature", None), "names", None)
+        if label_names is None:
+            raise ValueError(
+                "ner_tags has no ClassLabel names to read IOB2 tags from; pass label_names="
+                "['O', 'B-PER', 'I-PER', ...] in label-id order"
+            )
+    label_names = list(label_names)
+    num_labels = max(len(label_names), _num_labels(splits, "ner_tags"))
+    if num_labels > len(label_names):
+        raise ValueError(
+            f"ner_tags hold ids up to {num_labels - 1} but label_names has {len(label_names)}"
+        )
+    seed_everything(seed)
+    tokenizer, net = load_text_model("token", num_labels, model, seed=seed)
+
+    def encode(data: Any) -> tuple[Collate, list[list[int]]]:
+        tags = [list(t) for t in data["ner_tags"]]
+        enc = tokenizer(
+            [list(t) for t in data["tokens"]],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+        )
+        word_ids = [enc.word_ids(i) for i in range(len(tags))]
+        labels = [align_labels(w, t) for w, t in zip(word_ids, tags, strict=True)]
+        # The words whose first sub-word carries a label, in order (a word the tokenizer drops,
+        # or one cut off by max_length, has none and is predicted "O").
+        first_words = [
+            [w for w, y in zip(ws, ys, strict=True) if y != -100]
+            for ws, ys in zip(word_ids, labels, strict=True)
+        ]
+        return _text_collate(enc["input_ids"], labels, tokenizer.pad_token_id), first_words
+
+    evaluate = None
+    if eval is not None:
+        eval_collate, first_words = encode(eval)
+        true_tags = [[label_names[y] for y in t] for t in eval["ner_tags"]]
+
+        def evaluate(m: nn.Module) -> dict[str, Any]:
+            pred_tags = []
+            device = next(m.parameters()).device
+            for preds, labels in predict(m, len(eval), eval_collate, 2 * batch_size, device):
+                for p, y in zip(preds, labels, strict=True):
+                    pred_tags.append(p[y != -100].tolist())
+            seqs = [
+                word_predictions(words, ids, len(true), label_names)
+                for words, ids, true in zip(first_words, pred_tags, true_tags, strict=True)
+            ]
+            scores = entity_f1(true_tags, seqs)
+            return {"metric": scores.pop("f1"), **scores}
+
+    train_collate, _ = encode(train)
+    return _run(
+        "token-classification",
+        model,
+        net,
+        len(train),
+        train_collate,
+        evaluate,
+        {
+            "max_length": max_length,
+            "metric_name": "entity_f1",
+            "num_labels": num_labels,
+            "label_names": label_names,
+            "n_eval": None if eval is None else len(eval),
+        },
+        args,
+    )
+
+
+def finetune_vit(
+    train: Any,
+    eval: Any,
+    *,
+    base: TinyViT | None = None,
+    method: str = "lora",
+    r: int = 8,
+    alpha: float = 16,
+    target_modules: Sequence[str] | str = ("query", "value"),
+    epochs: int = 1,
+    lr: float | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: Any = None,
+    progress: bool = True,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    use_rslora: bool = False,
+    return_model: bool = False,
+    **loop: Any,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
+    """Fine-tune a copy of ``base`` (default: ``pretrained_vit()``, trained on MNIST) with a
+    fresh ``classifier`` for the labels of ``train``, and report accuracy on ``eval``.
+
+    ``train``/``eval``: a ``datasets.Dataset`` with columns ``image`` (H×W or C×H×W, uint8 or
+    float in [0, 1]) and ``label``, or a pair ``(images, labels)``; ``eval=None`` skips
+    evaluation. ``base`` itself is not modified. Other arguments as in
+    ``finetune_text_classifier``.
+    """
+    args = dict(locals())  # the call's arguments, recorded as given
+    _check_method(method)
+    splits = [image_arrays(train)] + ([] if eval is None else [image_arrays(eval)])
+    label_feature = getattr(train, "features", {}).get("label")
+    num_labels = getattr(label_feature, "num_classes", None) or 1 + max(
+        int(labels.max()) for _, labels in splits
+    )
+    if base is None:
+        base = pretrained_vit(progress=progress)
+    # Images of another size (e.g. 8×8 digits for a ViT trained on 28×28 MNIST) are resized.
+    size = base.config["image_size"]
+    resized_from = None
+    for i, (images, labels) in enumerate(splits):
+        if images.shape[-2:] != (size, size):
+            resized_from = list(images.shape[-2:])
+            splits[i] = (resize_images(images, size), labels)
+    seed_everything(seed)
+    net = replace_head(base, num_labels, seed=seed)
+    device = torch.device(device) if device is not None else config.device()
+
+    def collate_for(images: np.ndarray, labels: np.ndarray) -> Collate:
+        # The whole image array goes to the device once; batches are slices of it.
+        images_t, labels_t = torch.from_numpy(images).to(device), torch.from_numpy(labels)
+        return lambda indices: ({"images": images_t[indices.to(device)]}, labels_t[indices])
+
+    evaluate = None
+    if len(splits) == 2:
+        evaluate = _accuracy_evaluator(len(splits[1][1]), collate_for(*splits[1]), 2 * batch_size)
+
+    return _run(
+        "image-classification",
+        "tinyvit",
+        net,
+        len(splits[0][1]),
+        collate_for(*splits[0]),
+        evaluate,
+        {
+            "max_length": None,
+            "metric_name": "accuracy",
+            "num_labels": num_labels,
+            "n_eval": len(splits[1][1]) if len(splits) == 2 else None,
+            "resized_from": resized_from,
+            "base": getattr(base, "pretrain_record", None),
+            "vit_config": dict(net.config),
+        },
+        args,
+    )

@@ -1,0 +1,140 @@
+"""The sweep runner: grids, resumable results files, corrupted lines, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lora_edu import sweep
+from lora_edu.data import find_dataset
+
+
+def _fake_task(calls: list, fail_on: int | None = None) -> sweep.TaskSpec:
+    """A task whose 'training' is instant: the metric is a function of the configuration."""
+
+    def finetune(train, eval, *, return_model=False, **kwargs):
+        if fail_on is not None and len(calls) == fail_on:
+            raise KeyboardInterrupt  # an interruption in the middle of the sweep
+        calls.append(kwargs)
+        metric = 0.5 + 0.01 * (kwargs.get("r") or 0) + 0.001 * kwargs["seed"]
+        return {"metric": metric, "metric_name": "accuracy", "trainable_params": 10,
+                "total_params": 1000, "train_seconds": 0.1, "history": {"loss": [1.0]}}  # fmt: skip
+
+    return sweep.TaskSpec(
+        name="fake",
+        metric_name="accuracy",
+        load=lambda seed: (list(range(20)), list(range(5))),
+        finetune=finetune,
+        budget=lambda: {"n_train": 20, "n_eval": 5, "epochs": 1, "batch_size": 4},
+    )
+
+
+def test_make_grid_counts_and_non_lora_methods():
+    grid = sweep.make_grid(
+        methods=["lora", "full", "head"],
+        ranks=[1, 8],
+        alphas=[None, 16],
+        target_sets=[["query"], ["query", "value"]],
+        seeds=[0, 1],
+    )
+    lora = [g for g in grid if g["method"] == "lora"]
+    assert len(lora) == 2 * 2 * 2 * 2
+    assert {g["alpha"] for g in lora if g["r"] == 1} == {1.0, 16.0}  # None → alpha = r
+    others = [g for g in grid if g["method"] != "lora"]
+    assert len(others) == 2 * 2 and all(g["r"] is None for g in others)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"methods": ["lora", "prompt"]}, "unknown method"), ({"ranks": [0, 4]}, "ranks must be")],
+)
+def test_make_grid_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.make_grid(**kwargs)
+
+
+def test_sweep_writes_one_line_per_run_and_resumes(tmp_path):
+    out = tmp_path / "results.jsonl"
+    grid = sweep.make_grid(methods=["lora", "head"], ranks=[2, 4], seeds=[0, 1])
+    calls: list = []
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(_fake_task(calls, fail_on=3), grid, out, progress=False)
+    assert len(out.read_text().splitlines()) == 3  # three finished runs survived the interruption
+    records = sweep.run_sweep(_fake_task(calls), grid, out, progress=False)
+    assert len(calls) == len(grid) == 6  # the three finished runs were not run again
+    assert len(records) == 6 and len(out.read_text().splitlines()) == 6
+    again = sweep.run_sweep(_fake_task(calls), grid, out, progress=False)
+    assert len(calls) == 6 and again == records
+    first = json.loads(out.read_text().splitlines()[0])
+    for key in ("task", "method", "r", "alpha", "target_modules", "seed", "n_train", "epochs",
+                "lr", "trainable_params", "total_params", "metric_name", "metric",
+                "train_seconds", "profile", "version"):  # fmt: skip
+        assert key in first
+    assert "history" not in first
+
+
+def test_default_lr_is_resolved_into_the_record(tmp_path):
+    from lora_edu.train import DEFAULT_LR
+
+    records = sweep.run_sweep(
+        _fake_task([]), sweep.make_grid(methods=["full"]), tmp_path / "r.jsonl", progress=False
+    )
+    assert records[0]["lr"] == DEFAULT_LR["full"]
+
+
+def test_corrupted_last_line_is_reported_and_set_aside(tmp_path):
+    out = tmp_path / "results.jsonl"
+    grid = sweep.make_grid(ranks=[2, 4])
+    calls: list = []
+    sweep.run_sweep(_fake_task(calls), grid[:1], out, progress=False)
+    with out.open("a") as f:
+        f.write('{"task": "fake", "method": "lo')  # cut off mid-write
+    with pytest.warns(UserWarning, match="last line is not a complete JSON record"):
+        records = sweep.run_sweep(_fake_task(calls), grid, out, progress=False)
+    assert len(records) == 2 and len(calls) == 2
+    assert [json.loads(x)["r"] for x in out.read_text().splitlines()] == [2, 4]
+    assert (tmp_path / "results.jsonl.corrupt").read_text().startswith('{"task": "fake"')
+
+
+def test_corrupted_middle_line_is_an_error(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(ValueError, match=r"results.jsonl:2: not a JSON record"):
+        sweep.read_results(out)
+    assert out.read_text().count("\n") == 3  # nothing was dropped
+
+
+def test_summary_table_lists_every_run():
+    records = [
+        {"method": "lora", "r": 8, "alpha": 16.0, "target_modules": ["query", "value"], "seed": 0,
+         "trainable_params": 73728, "total_params": 22713216, "metric_name": "accuracy",
+         "metric": 0.8, "train_seconds": 12.0},
+        {"method": "full", "r": None, "alpha": None, "target_modules": None, "seed": 0,
+         "trainable_params": 22713216, "total_params": 22713216, "metric_name": "accuracy",
+         "metric": 0.81, "train_seconds": 20.0},
+    ]  # fmt: skip
+    table = sweep.summary_table(records)
+    assert "73,728" in table and "0.325" in table and "query,value" in table
+    assert table.index("lora") < table.index("full")
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="unknown task 'imagenet'"):
+        sweep.task_spec("imagenet")
+
+
+def test_cli_sweep_on_real_sst2_smoke(tmp_path, monkeypatch, capsys):
+    if find_dataset("sst2") is None:
+        pytest.skip("SST-2 not found (set LORA_EDU_DATA to a folder holding sst2/)")
+    from lora_edu import cli
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    out = tmp_path / "sst2.jsonl"
+    args = ["sweep", "--task", "sst2", "--methods", "lora,head", "--ranks", "2", "--quiet"]
+    assert cli.main([*args, "--out", str(out), "--keep-adapters"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["method"] for r in lines] == ["lora", "head"]
+    assert lines[0]["n_train"] == 64 and lines[0]["profile"] == "smoke"
+    assert (tmp_path / lines[0]["adapter_path"] / "adapter_model.safetensors").is_file()
+    assert "2 runs in" in capsys.readouterr().out

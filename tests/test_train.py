@@ -1,0 +1,400 @@
+"""Tests for lora_edu.train: metrics, methods, the loop and the three finetune_* functions.
+
+Models are tiny (a 2-layer BERT with hidden size 32, a 1-block TinyViT) and the data synthetic,
+so every training run takes well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import datasets
+import numpy as np
+import pytest
+import test_models
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_models import FILLER, NEGATIVE, POSITIVE, small_vit, synthetic_digits
+
+from lora_edu.models import load_text_model
+from lora_edu.train import (
+    DEFAULT_LR,
+    METHODS,
+    accuracy,
+    align_labels,
+    entity_f1,
+    extract_entities,
+    finetune_text_classifier,
+    finetune_token_classifier,
+    finetune_vit,
+    linear_schedule,
+    prepare_model,
+    word_predictions,
+)
+
+# Fixtures shared with test_models.py (pytest finds fixtures by module attribute).
+tiny_bert = test_models.tiny_bert
+one_torch_thread = test_models.one_torch_thread
+
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+#: Keys every record holds (module docstring of lora_edu.train).
+RECORD_KEYS = {
+    "task", "model", "method", "r", "alpha", "dropout", "target_modules", "init", "use_rslora",
+    "lora_targets", "lr", "lr_is_default", "epochs", "batch_size", "max_length", "seed",
+    "warmup_ratio", "weight_decay", "max_grad_norm", "n_train", "n_eval", "num_labels", "steps",
+    "metric_name", "metric", "trainable_params", "total_params", "trainable_percent",
+    "train_seconds", "eval_seconds", "peak_memory_mb", "process_peak_rss_mb", "device",
+    "precision_mode", "history", "torch_version",
+}  # fmt: skip
+
+
+def sentiment(n: int, seed: int = 0) -> datasets.Dataset:
+    """Invented sentences; label 1 when the one sentiment word in them is positive."""
+    rng = random.Random(seed)
+    rows: dict[str, list] = {"text": [], "label": []}
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = rng.sample(FILLER, rng.randint(1, 5))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+        rows["text"].append(" ".join(words))
+        rows["label"].append(label)
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def ner(n: int, seed: int = 0) -> datasets.Dataset:
+    """Invented sentences of filler words and entities ("alice" PER, "acme corp" ORG, ...)."""
+    entities = {
+        "PER": [["alice"], ["bob"], ["alices"]],
+        "LOC": [["paris"], ["rome"]],
+        "ORG": [["acme", "corp"], ["acme"]],
+    }
+    rng = random.Random(seed)
+    rows: dict[str, list] = {"tokens": [], "ner_tags": []}
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(2, 5)):
+            if rng.random() < 0.4:
+                kind = rng.choice(sorted(entities))
+                words = rng.choice(entities[kind])
+                tokens += words
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+            else:
+                tokens.append(rng.choice(FILLER))
+                tags.append("O")
+        rows["tokens"].append(tokens)
+        rows["ner_tags"].append([TAGS.index(t) for t in tags])
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=TAGS)),
+        }
+    )
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_accuracy():
+    assert accuracy([1, 0, 2, 2], [1, 1, 2, 0]) == 0.5
+    assert accuracy(np.array([3]), np.array([3])) == 1.0
+    with pytest.raises(ValueError, match="one shape"):
+        accuracy([1, 2], [1])
+    with pytest.raises(ValueError, match="non-empty"):
+        accuracy([], [])
+
+
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        (["B-PER", "I-PER", "O", "B-LOC"], {("PER", 0, 2), ("LOC", 3, 4)}),
+        (["O", "O"], set()),
+        (["B-ORG", "I-ORG", "I-ORG"], {("ORG", 0, 3)}),  # entity running to the end
+        (["I-PER", "I-PER", "O"], {("PER", 0, 2)}),  # stray I- starts an entity (conlleval)
+        (["O", "I-LOC"], {("LOC", 1, 2)}),
+        (["B-PER", "B-PER", "I-PER"], {("PER", 0, 1), ("PER", 1, 3)}),  # adjacent, same type
+        (["B-PER", "I-LOC", "I-LOC"], {("PER", 0, 1), ("LOC", 1, 3)}),  # type switch inside I-
+        (["B-MISC", "I-PER"], {("MISC", 0, 1), ("PER", 1, 2)}),
+        ([], set()),
+    ],
+)
+def test_extract_entities(tags, expected):
+    assert extract_entities(tags) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(TAGS), max_size=12))
+def test_extract_entities_partitions_the_tagged_tokens(tags):
+    entities = sorted(extract_entities(tags), key=lambda e: e[1])
+    covered = [i for _, start, end in entities for i in range(start, end)]
+    assert covered == [i for i, tag in enumerate(tags) if tag != "O"]  # each once, in order
+    for kind, start, end in entities:
+        assert all(tag[2:] == kind for tag in tags[start:end])
+        assert all(tag.startswith("I-") for tag in tags[start + 1 : end])
+    assert entity_f1([tags], [tags])["f1"] == (1.0 if entities else 0.0)
+
+
+def test_extract_entities_rejects_non_iob2():
+    with pytest.raises(ValueError, match="'PER' at position 1 is not IOB2"):
+        extract_entities(["O", "PER"])
+    with pytest.raises(ValueError, match="not IOB2"):
+        extract_entities(["E-PER"])
+
+
+def test_entity_f1_by_hand():
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O", "B-PER"]]
+    # true: PER(0,2) LOC(3,4) | ORG(0,1) PER(2,3)  → 4 entities
+    # pred: PER(0,2) ORG(3,4) | ORG(0,1) PER(2,3)  → 4 entities, 3 right (type mismatch at 3)
+    scores = entity_f1(true, pred)
+    assert scores["precision"] == pytest.approx(3 / 4)
+    assert scores["recall"] == pytest.approx(3 / 4)
+    assert scores["f1"] == pytest.approx(3 / 4)
+    per_type = scores["per_type"]
+    assert per_type["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert per_type["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert per_type["ORG"]["precision"] == 0.5 and per_type["ORG"]["recall"] == 1.0
+    assert per_type["ORG"]["f1"] == pytest.approx(2 / 3) and per_type["ORG"]["support"] == 1
+
+
+def test_entity_f1_boundaries_must_match_exactly():
+    # true PER(0,2); predicted PER(0,1) and a stray-I PER(1,2): right type, wrong boundaries.
+    scores = entity_f1([["B-PER", "I-PER"]], [["B-PER", "B-PER"]])
+    assert scores["precision"] == 0.0 and scores["recall"] == 0.0 and scores["f1"] == 0.0
+    # precision 1/1, recall 1/2 → F1 = 2/3
+    scores = entity_f1([["B-LOC", "O", "B-LOC"]], [["B-LOC", "O", "O"]])
+    assert (scores["precision"], scores["recall"]) == (1.0, 0.5)
+    assert scores["f1"] == pytest.approx(2 / 3)
+    assert entity_f1([["O"]], [["O"]]) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "per_type": {},
+    }
+    with pytest.raises(ValueError, match="sequence 0: 2 true tags but 1"):
+        entity_f1([["O", "O"]], [["O"]])
+
+
+def test_align_labels_first_subword(tiny_bert):
+    assert align_labels([None, 0, 1, 1, 2, None], [5, 6, 0]) == [-100, 5, 6, -100, 0, -100]
+    tokenizer, _ = load_text_model("token", 9, tiny_bert)
+    enc = tokenizer([["alices", "met", "bob"]], is_split_into_words=True)
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0]) == [
+        "[CLS]", "alice", "##s", "met", "bob", "[SEP]"
+    ]  # fmt: skip
+    assert align_labels(enc.word_ids(0), [1, 0, 1]) == [-100, 1, -100, 0, 1, -100]
+
+
+def test_word_predictions_fill_unlabelled_words_with_o():
+    # words 0, 1, 3 have a first sub-word; word 2 was dropped and word 4 cut off by truncation.
+    assert word_predictions([0, 1, 3], [1, 2, 5], 5, TAGS) == ["B-PER", "I-PER", "O", "B-LOC", "O"]
+
+
+def test_linear_schedule():
+    factors = [linear_schedule(s, warmup_steps=2, total_steps=10) for s in range(10)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert factors[2:] == pytest.approx([(10 - s) / 8 for s in range(2, 10)])
+    assert linear_schedule(0, 0, 4) == 1.0 and linear_schedule(3, 0, 4) == 0.25
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def trainable(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_prepare_model_trainable_sets(tiny_bert, method):
+    _, model = load_text_model("sequence", 2, tiny_bert)
+    everything = {n for n, _ in model.named_parameters()}
+    targets = prepare_model(model, method, target_modules=["query", "value"], r=2)
+    names = trainable(model)
+    head = {"classifier.weight", "classifier.bias"}
+    assert head <= names
+    if method == "full":
+        assert names == everything and targets == []
+    elif method == "head":
+        assert names == head
+    elif method == "bitfit":
+        biases = {n for n in everything if n.endswith(".bias")}
+        assert names == biases | head and any("LayerNorm.bias" in n for n in names)
+    else:
+        assert len(targets) == 4 and all(t.endswith(("query", "value")) for t in targets)
+        lora = {n for n in names if n.endswith((".lora_A", ".lora_B"))}
+        assert names == lora | head and len(lora) == 8
+
+
+def test_prepare_model_on_tinyvit_and_errors():
+    vit = small_vit()
+    targets = prepare_model(vit, "lora", target_modules=["query", "value", "output"], r=2)
+    assert len(targets) == 6
+    assert {n for n in trainable(vit) if not n.startswith("classifier")} == {
+        f"{t}.{ab}" for t in targets for ab in ("lora_A", "lora_B")
+    }
+    with pytest.raises(ValueError, match="unknown method 'prefix'; expected one of lora"):
+        prepare_model(small_vit(), "prefix")
+    with pytest.raises(ValueError, match="no module named 'classifier'"):
+        prepare_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), "head")
+
+
+def test_default_lr_covers_every_method():
+    assert set(DEFAULT_LR) == set(METHODS) == {"lora", "full", "head", "bitfit"}
+    assert DEFAULT_LR["full"] < DEFAULT_LR["bitfit"] <= DEFAULT_LR["lora"]
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_text_classifier_runs_every_method(tiny_bert, method):
+    train, eval_ = sentiment(48), sentiment(16, seed=1)
+    record = finetune_text_classifier(
+        train, eval_, method=method, model=tiny_bert, r=2, epochs=2, batch_size=16, progress=False
+    )
+    assert RECORD_KEYS <= set(record)
+    assert record["method"] == method and record["lr"] == DEFAULT_LR[method]
+    assert record["lr_is_default"] and record["steps"] == 6 and len(record["history"]["loss"]) == 6
+    assert [e["epoch"] for e in record["history"]["epochs"]] == [1, 2]
+    assert record["metric_name"] == "accuracy" and 0 <= record["metric"] <= 1
+    assert record["n_train"] == 48 and record["n_eval"] == 16 and record["num_labels"] == 2
+    assert record["device"] == "cpu" and record["peak_memory_mb"] is None
+    assert record["train_seconds"] > 0 and record["trainable_params"] > 0
+    assert (record["trainable_params"] == record["total_params"]) == (method == "full")
+    assert (record["r"] == 2) == (method == "lora")
+    assert json.loads(json.dumps(record)) == record  # JSON-ready, for the sweep's JSON lines
+    assert bool(record["lora_targets"]) == (method == "lora")
+
+
+def test_text_classifier_learns_an_easy_task_and_is_deterministic(tiny_bert):
+    train, eval_ = sentiment(96), sentiment(48, seed=1)
+    kwargs = dict(method="full", model=tiny_bert, lr=1e-2, epochs=6, batch_size=16, progress=False)
+    record, model = finetune_text_classifier(train, eval_, return_model=True, **kwargs)
+    losses = record["history"]["loss"]
+    assert np.mean(losses[-6:]) < 0.3 * np.mean(losses[:6])
+    assert record["metric"] >= 0.9
+    assert record["history"]["lr"][0] < record["history"]["lr"][3] > record["history"]["lr"][-1]
+    assert isinstance(model, torch.nn.Module)
+    again = finetune_text_classifier(train, eval_, **kwargs)
+    assert again["history"]["loss"] == losses and again["metric"] == record["metric"]
+    other_seed = finetune_text_classifier(train, eval_, **{**kwargs, "seed": 1})
+    assert other_seed["history"]["loss"] != losses
+
+
+def test_text_classifier_infers_labels_without_classlabel(tiny_bert):
+    train = datasets.Dataset.from_dict({"text": ["good", "bad", "the film"], "label": [0, 2, 1]})
+    record = finetune_text_classifier(train, None, model=tiny_bert, method="head", progress=False)
+    assert record["num_labels"] == 3 and record["metric"] is None and record["n_eval"] is None
+
+
+def test_text_classifier_errors(tiny_bert):
+    wrong = datasets.Dataset.from_dict({"sentence": ["good"], "label": [1]})
+    with pytest.raises(ValueError, match=r"columns \['text', 'label'\].*'sentence'"):
+        finetune_text_classifier(wrong, None, model=tiny_bert, progress=False)
+    with pytest.raises(ValueError, match="unknown method 'adapter'"):
+        finetune_text_classifier(sentiment(4), None, model=tiny_bert, method="adapter")
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit"])
+def test_token_classifier_runs(tiny_bert, method):
+    train, eval_ = ner(48), ner(16, seed=1)
+    record = finetune_token_classifier(
+        train, eval_, method=method, model=tiny_bert, epochs=2, batch_size=16, progress=False
+    )
+    assert RECORD_KEYS | {"precision", "recall", "per_type", "label_names"} <= set(record)
+    assert record["metric_name"] == "entity_f1" and 0 <= record["metric"] <= 1
+    assert record["num_labels"] == 9 and record["label_names"] == TAGS
+    assert set(record["per_type"]) <= {"PER", "LOC", "ORG", "MISC"}
+    assert all(
+        set(v) == {"precision", "recall", "f1", "support"} for v in record["per_type"].values()
+    )
+
+
+def test_token_classifier_learns_and_handles_truncation(tiny_bert):
+    train, eval_ = ner(96), ner(48, seed=1)
+    kwargs = dict(method="full", model=tiny_bert, lr=1e-2, epochs=5, batch_size=16, progress=False)
+    record = finetune_token_classifier(train, eval_, **kwargs)
+    losses = record["history"]["loss"]
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]) and record["metric"] > 0.8
+    # max_length=4 keeps [CLS] + 2 words + [SEP]: later words are predicted "O" (recall drops).
+    short = finetune_token_classifier(train, eval_, **{**kwargs, "max_length": 4, "epochs": 1})
+    assert short["recall"] < 0.8 and 0 <= short["metric"] <= 1
+
+
+def test_token_classifier_errors(tiny_bert):
+    plain = datasets.Dataset.from_dict({"tokens": [["alice"]], "ner_tags": [[1]]})
+    with pytest.raises(ValueError, match="label_names="):
+        finetune_token_classifier(plain, None, model=tiny_bert, progress=False)
+    with pytest.raises(ValueError, match="ids up to 1 but label_names has 1"):
+        finetune_token_classifier(plain, None, model=tiny_bert, label_names=["O"], progress=False)
+    with pytest.raises(ValueError, match=r"\['tokens', 'ner_tags'\]"):
+        finetune_token_classifier(sentiment(4), None, model=tiny_bert, progress=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vit_runs_every_method_and_leaves_base_alone(method):
+    base = small_vit(depth=1)
+    before = {n: p.clone() for n, p in base.state_dict().items()}
+    train, eval_ = synthetic_digits(64), synthetic_digits(32, seed=1)
+    record, model = finetune_vit(
+        train, eval_, base=base, method=method, r=2, epochs=1, batch_size=32, progress=False,
+        return_model=True,
+    )  # fmt: skip
+    assert RECORD_KEYS | {"vit_config", "base"} <= set(record)
+    assert record["num_labels"] == 6 and model.classifier.out_features == 6
+    assert record["vit_config"]["num_classes"] == 6 and record["max_length"] is None
+    assert all(torch.equal(before[n], p) for n, p in base.state_dict().items())
+    assert json.loads(json.dumps(record)) == record
+
+
+def test_vit_learns_from_a_dataset_and_is_deterministic():
+    images, labels = synthetic_digits(320)
+    features = datasets.Features(
+        {
+            "image": datasets.Array2D((28, 28), "uint8"),
+            "label": datasets.ClassLabel(num_classes=8),
+        }
+    )
+    ds = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    train, eval_ = ds.select(range(256)), ds.select(range(256, 320))
+    kwargs = dict(base=small_vit(depth=1), method="full", lr=1e-2, epochs=8, batch_size=32)
+    record = finetune_vit(train, eval_, progress=False, **kwargs)
+    losses = record["history"]["loss"]
+    assert record["num_labels"] == 8  # from the ClassLabel, though only labels 0-5 occur
+    assert np.mean(losses[-4:]) < 0.2 * np.mean(losses[:4]) and record["metric"] > 0.9
+    again = finetune_vit(train, eval_, progress=False, **kwargs)
+    assert again["history"]["loss"] == losses and again["metric"] == record["metric"]
+
+
+def test_vit_resizes_other_image_sizes():
+    images, labels = synthetic_digits(48)
+    small = images[:, ::4, ::4][:, :7, :7].copy()  # 7×7, like scikit-learn's 8×8 digits
+    record = finetune_vit(
+        (small[:32], labels[:32]), (small[32:], labels[32:]), base=small_vit(depth=1),
+        method="head", epochs=1, batch_size=16, progress=True,  # the bar's code path too
+    )  # fmt: skip
+    assert record["resized_from"] == [7, 7] and record["vit_config"]["image_size"] == 28
+    assert record["num_labels"] == int(labels.max()) + 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runs_in_bf16_and_measures_memory(tiny_bert):
+    record = finetune_text_classifier(
+        sentiment(64), sentiment(32, seed=1), model=tiny_bert, method="lora", epochs=2,
+        device="cuda", progress=False,
+    )  # fmt: skip
+    assert record["device"].startswith("cuda") and record["precision_mode"] == "bf16-autocast"
+    assert record["peak_memory_mb"] > 0 and 0 <= record["metric"] <= 1
+    vit = finetune_vit(
+        synthetic_digits(64), synthetic_digits(32, seed=1), base=small_vit(depth=1),
+        method="full", lr=1e-2, epochs=3, batch_size=16, device="cuda", progress=False,
+    )  # fmt: skip
+    losses = vit["history"]["loss"]
+    assert vit["peak_memory_mb"] > 0 and np.mean(losses[-3:]) < np.mean(losses[:3])
