@@ -260,8 +260,9 @@ def run_sweep(
 
     Each record holds the run's configuration (``KEY_FIELDS``) and what it measured:
     ``trainable_params``, ``total_params``, ``metric_name``, ``metric``, ``train_seconds``,
-    ``device``, ``profile``, ``version`` and, with ``keep_adapters``, ``adapter_path`` (a PEFT
-    format adapter folder next to the results file).
+    ``device``, ``profile``, ``version``, ``history`` (loss per step, metric per epoch) and,
+    with ``keep_adapters``, ``adapter_path`` (a PEFT-format adapter folder next to the results
+    file).
     """
     from tqdm.auto import tqdm
 
@@ -310,6 +311,8 @@ def run_sweep(
             result, model = result
         record = {
             **{k: v for k, v in result.items() if k != "history"},
+            # Learning curves (loss per step, metric per epoch) without the per-step lr schedule.
+            "history": {k: v for k, v in result.get("history", {}).items() if k != "lr"},
             **config,
             "metric_name": result.get("metric_name", spec.metric_name),
             "wall_seconds": round(time.perf_counter() - started, 3),
