@@ -102,6 +102,21 @@ def _from_hub(name: str, data_dir, loader):
         raise _not_found(name, data_dir, f"{type(err).__name__}: {err}") from err
 
 
+def _local_splits(folder: Path, reader, features):
+    """A DatasetDict of train / validation / test from a dataset folder's three files (in the
+    order of ``DATASET_FILES``), each parsed by ``reader(path) -> dict of columns``."""
+    import datasets
+
+    splits = ("train", "validation", "test")
+    files = DATASET_FILES[folder.name]
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(reader(folder / file), features=features)
+            for split, file in zip(splits, files, strict=True)
+        }
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # SST-2
 # --------------------------------------------------------------------------------------------
@@ -153,13 +168,7 @@ def load_sst2(data_dir: str | os.PathLike | None = None):
     )
     folder = find_dataset("sst2", data_dir)
     if folder is not None:
-        files = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-        return datasets.DatasetDict(
-            {
-                split: datasets.Dataset.from_dict(read_sst2_tsv(folder / file), features=features)
-                for split, file in files.items()
-            }
-        )
+        return _local_splits(folder, read_sst2_tsv, features)
 
     def hub():
         raw = datasets.load_dataset("nyu-mll/glue", "sst2")
@@ -237,13 +246,7 @@ def load_conll2003(data_dir: str | os.PathLike | None = None):
     )
     folder = find_dataset("conll2003", data_dir)
     if folder is not None:
-        files = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
-        return datasets.DatasetDict(
-            {
-                split: datasets.Dataset.from_dict(read_conll(folder / file), features=features)
-                for split, file in files.items()
-            }
-        )
+        return _local_splits(folder, read_conll, features)
 
     def hub():
         raw = datasets.load_dataset("eriktks/conll2003")
