@@ -103,6 +103,10 @@ _LAZY: dict[str, str] = {
         "lora_edu.train",
     ),
     **dict.fromkeys(["make_grid", "read_results", "run_sweep", "summary_table"], "lora_edu.sweep"),
+    **dict.fromkeys(
+        ["BenchConfig", "compute_ratios", "format_table", "paired_ratios", "run_bench"],
+        "lora_edu.bench",
+    ),
 }
 
 __all__ = [

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs methods × ranks × alphas × target sets × seeds on a task at the active "
         "profile's budget (LORA_EDU_PROFILE). Runs already in --out are skipped.",
     )
-    sw.add_argument("--task", required=True, choices=["sst2", "conll2003"])
+    sw.add_argument("--task", required=True, choices=["sst2", "conll2003", "vit"])
     sw.add_argument("--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit")
     sw.add_argument("--ranks", type=_csv(int), default=[8], help="e.g. 1,2,4,8,16")
     sw.add_argument("--alphas", type=_csv(float), default=[16.0], help="e.g. 8,16,32")
@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
+
+    from lora_edu.bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

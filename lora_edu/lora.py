@@ -203,8 +203,16 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y  # ΔW already lives inside W
         x = x.to(self.lora_A.dtype)  # a no-op unless A, B are kept in another dtype than W
-        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
-        return y + (update * self.scaling).to(y.dtype)
+        h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): the bottleneck x Aᵀ
+        # scaling · Bᵀ as a contiguous (r, d_out) matrix: the scaling costs d_out·r multiplies
+        # instead of a pass over the whole (..., d_out) update, autograd still gives
+        # ∂L/∂B = scaling · Gᵀ h, and this layout keeps the backward matmuls on BLAS's fast paths.
+        scaled_Bt = (self.lora_B.t() * self.scaling).contiguous()
+        if h.dtype != y.dtype:  # LoRA kept in float32 on a bfloat16 base: round the update once
+            return y + (h @ scaled_Bt).to(y.dtype)
+        # y + h · scaled_Bt as one fused matmul-add (addmm) on 2-D views: no separate add pass.
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, self.r), scaled_Bt)
+        return out.view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scaling · B A, shape (d_out, d_in), in the base weight's dtype."""

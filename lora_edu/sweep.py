@@ -210,8 +210,40 @@ def _conll_budget() -> dict[str, Any]:
     )
 
 
+def _vit_budget() -> dict[str, Any]:
+    # pretrain_*: the source-task training of TinyViT on MNIST (cached after the first call).
+    return by_profile(
+        smoke={"n_train": 128, "n_eval": 64, "epochs": 1, "batch_size": 64,
+               "pretrain_epochs": 1, "pretrain_max_train": 512},
+        default={"n_train": None, "n_eval": None, "epochs": 20, "batch_size": 64,
+                 "pretrain_epochs": 10, "pretrain_max_train": None},
+    )  # fmt: skip
+
+
+def _vit_data(seed: int):
+    """The shifted target task: scikit-learn's 8×8 digits (other writers, other resolution),
+    upsampled by ``finetune_vit`` to the 28×28 input of the MNIST-pretrained TinyViT."""
+    from lora_edu.data import load_digits
+
+    ds = load_digits(seed=0)
+    b = _vit_budget()
+    return _subset(ds["train"], b["n_train"], 0), _subset(ds["test"], b["n_eval"], 0)
+
+
+def _vit_finetune(train_ds, eval_ds, **kwargs):
+    from lora_edu.models import pretrained_vit
+    from lora_edu.train import finetune_vit
+
+    b = _vit_budget()
+    base = pretrained_vit(
+        epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=False
+    )
+    return finetune_vit(train_ds, eval_ds, base=base, **kwargs)
+
+
 def task_spec(name: str) -> TaskSpec:
-    """The ``TaskSpec`` of ``sst2`` or ``conll2003`` (imports the training code on demand)."""
+    """The ``TaskSpec`` of ``sst2``, ``conll2003`` or ``vit`` (MNIST-pretrained TinyViT adapted
+    to scikit-learn's digits); imports the training code on demand."""
     from lora_edu import data, train
 
     specs = {
@@ -229,6 +261,7 @@ def task_spec(name: str) -> TaskSpec:
             train.finetune_token_classifier,
             _conll_budget,
         ),
+        "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
     }
     if name not in specs:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(specs)}")

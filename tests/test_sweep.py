@@ -138,3 +138,20 @@ def test_cli_sweep_on_real_sst2_smoke(tmp_path, monkeypatch, capsys):
     assert lines[0]["n_train"] == 64 and lines[0]["profile"] == "smoke"
     assert (tmp_path / lines[0]["adapter_path"] / "adapter_model.safetensors").is_file()
     assert "2 runs in" in capsys.readouterr().out
+
+
+def test_cli_sweep_vit_smoke(tmp_path, monkeypatch):
+    if find_dataset("mnist") is None:
+        pytest.skip("MNIST not found (set LORA_EDU_DATA to a folder holding mnist/)")
+    from lora_edu import cli
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    monkeypatch.setenv("LORA_EDU_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "vit.jsonl"
+    args = ["sweep", "--task", "vit", "--methods", "lora,head", "--ranks", "4", "--quiet"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["method"] for r in lines] == ["lora", "head"]
+    assert lines[0]["n_train"] == 128 and lines[0]["metric_name"] == "accuracy"
+    assert lines[0]["resized_from"] is not None
+    assert list((tmp_path / "cache").glob("tinyvit-*.safetensors"))  # the pretrained base, cached

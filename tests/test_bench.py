@@ -1,0 +1,312 @@
+"""``lora_edu.bench`` on a tiny BERT: every documented key, the modes' setup (equal weights, a
+floor that is frozen yet passes gradients back), the ratios, the command line. No timing is
+asserted here: timings are checked by running the benchmark, not by unit tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from lora_edu import bench
+from lora_edu.lora import LoRALinear
+from lora_edu.models import MeanPoolClassifier
+
+TOP_KEYS = {
+    "config",
+    "machine",
+    "train",
+    "inference",
+    "merged_max_abs_diff",
+    "layer",
+    "ratios",
+    "paired_ratios",
+    "targets",
+    "meets_targets",
+    "memory_method",
+    "skipped",
+}
+TRAIN_KEYS = {
+    "median_ms",
+    "times_ms",
+    "trainable_params",
+    "total_params",
+    "optimizer_state_bytes",
+    "peak_memory_mb",
+}
+# One thread: tiny operators on a busy machine otherwise wait on each other's threads.
+TINY = {
+    "model": "tiny-bert",
+    "batch": 2,
+    "seq": 8,
+    "reps": 2,
+    "warmup": 1,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
+def tiny_model() -> MeanPoolClassifier:
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        vocab_size=100,
+    )
+    return MeanPoolClassifier(BertModel(config, add_pooling_layer=False), 2, 0.1, 0)
+
+
+def without_adapter_names(name: str) -> str:
+    """A weight's name as in the plain model: lora_edu and PEFT wrap adapted layers
+    (``base_layer``), and PEFT keeps the head twice (``original_module``, a trainable copy)."""
+    for wrapper in (".base_layer", ".original_module", ".modules_to_save.default"):
+        name = name.replace(wrapper, "")
+    return name.removeprefix("base_model.model.")
+
+
+def test_tiny_bert_is_the_documented_config():
+    built = bench.bench_model("tiny-bert").encoder.config
+    reference = tiny_model().encoder.config
+    for key, value in bench.TINY_BERT.items():
+        assert getattr(built, key) == getattr(reference, key) == value
+
+
+def test_every_mode_starts_from_equal_weights_and_equal_outputs():
+    base = tiny_model()
+    config = bench.BenchConfig(**TINY)
+    batch = bench.make_batch(base, 3, 5, torch.device("cpu"))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    expected = base.eval()(**inputs).logits
+    reference = base.state_dict()
+    for mode in bench.MODES:
+        model = bench.build_mode(base, mode, config).eval()
+        state = {
+            n: t
+            for n, t in model.state_dict().items()
+            if "lora_" not in n and "input_scale" not in n  # the adapter's own parameters
+        }
+        assert {without_adapter_names(n) for n in state} == set(reference)
+        for name, tensor in state.items():
+            plain = without_adapter_names(name)
+            assert torch.equal(tensor, reference[plain]), f"{mode}: {name} differs from the base"
+        # B = 0 and a scale of 1.0: every mode computes the base model's function at the start
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=1e-6)
+    assert all(torch.equal(base.state_dict()[k], t) for k, t in reference.items())  # untouched
+
+
+def test_floor_freezes_every_base_weight_and_still_sends_gradients_to_the_embeddings():
+    model = bench.build_mode(tiny_model(), "floor", bench.BenchConfig(**TINY)).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"encoder.embeddings.input_scale", "classifier.weight", "classifier.bias"}
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+
+    seen = {}
+
+    def keep(module, args, output):  # runs after the floor's own hook: sees the scaled output
+        output.retain_grad()
+        seen["embeddings"] = output
+
+    model.encoder.embeddings.register_forward_hook(keep)
+    batch = bench.make_batch(model, 2, 6, torch.device("cpu"))
+    model(**batch).loss.backward()
+    grad = seen["embeddings"].grad
+    assert grad is not None and grad.shape == (2, 6, 32) and grad.abs().sum() > 0
+    assert model.encoder.embeddings.input_scale.grad.abs() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+
+
+@pytest.mark.parametrize("targets", [("query", "value"), ("all-linear",)])
+def test_lora_and_peft_modes_adapt_the_same_layers(targets):
+    base = tiny_model()
+    config = bench.BenchConfig(**TINY | {"targets": targets})
+    lora = bench.build_mode(base, "lora", config)
+    peft_model = bench.build_mode(base, "peft", config)
+    ours = {n for n, m in lora.named_modules() if isinstance(m, LoRALinear)}
+    theirs = {
+        n.removeprefix("base_model.model.")
+        for n, m in peft_model.named_modules()
+        if hasattr(m, "lora_A") and not isinstance(m, LoRALinear)
+    }
+    assert ours == theirs and len(ours) == (4 if len(targets) == 2 else 12)
+    counts = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (lora, peft_model)]
+    if len(targets) == 2:  # r (d_in + d_out) per adapted layer + the head (32·2 + 2)
+        assert counts[0] == 4 * 8 * (32 + 32) + 66
+    assert counts[0] == counts[1]
+
+
+def test_run_bench_end_to_end_through_the_command_line(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    flags = ["--model", "tiny-bert", "--batch", "2", "--seq", "8", "--reps", "2", "--threads", "1"]
+    code = bench.main(
+        [*flags, "--warmup", "1", "--device", "cpu", "--no-memory", "--json", str(out)]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result) == TOP_KEYS
+    assert set(result["config"]) == {
+        *("model", "batch", "seq", "r", "alpha", "targets", "device", "precision"),
+        *("reps", "warmup", "lr", "seed", "threads", "memory"),
+    }
+    assert set(result["machine"]) == {
+        *("python", "platform", "processor", "cpu_count", "torch", "transformers", "peft"),
+        "device_name",
+    }
+    assert set(result["train"]) == set(bench.MODES)
+    for row in result["train"].values():
+        assert set(row) == TRAIN_KEYS and len(row["times_ms"]) == 2 and row["median_ms"] > 0
+        assert row["peak_memory_mb"] is None  # --no-memory
+    assert set(result["inference"]) == set(bench.INFERENCE)
+    assert set(result["ratios"]) == set(result["paired_ratios"]) == set(bench.RATIOS)
+    assert all(v is not None for v in result["ratios"].values())
+    assert set(result["meets_targets"]) == set(bench.TARGETS)
+    assert result["merged_max_abs_diff"] < 1e-4  # merging kept the trained model's outputs
+    assert result["layer"]["max_abs_diff"] < 1e-3  # numpy and torch layers agree
+    assert result["layer"]["shape"] == {"tokens": 16, "d_in": 32, "d_out": 32, "r": 8}
+    assert result["skipped"] == {"memory": "not requested (--no-memory)"}
+    trained = {m: r["trainable_params"] for m, r in result["train"].items()}
+    assert trained["full"] > trained["lora"] == trained["peft"] > trained["floor"] == 67
+    states = {m: r["optimizer_state_bytes"] for m, r in result["train"].items()}
+    assert states["full"] > states["lora"] > states["floor"] > 0
+    printed = capsys.readouterr().out
+    assert "lora/floor" in printed and "training step" in printed
+
+
+def test_peft_mode_is_skipped_with_a_reason_when_peft_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` raise ImportError
+    assert "not installed" in bench.peft_missing()
+    result = bench.run_bench(bench.BenchConfig(**TINY | {"reps": 1, "warmup": 0, "memory": False}))
+    assert "peft" not in result["train"] and "not installed" in result["skipped"]["peft"]
+    assert result["ratios"]["lora/peft"] is None and result["meets_targets"]["lora/peft"] is None
+    assert result["machine"]["peft"] is None
+    assert "skipped peft" in bench.format_table(result)
+
+
+def test_peak_memory_in_a_worker_process():
+    config = bench.BenchConfig(**TINY)
+    found = bench.peak_memory_in_workers(config, ["lora"])["lora"]
+    assert "error" not in found, found
+    assert found["peak_memory_mb"] >= 0 and found["method"]
+
+
+def test_a_model_object_skips_the_memory_workers():
+    config = bench.BenchConfig(**TINY | {"reps": 1, "warmup": 0})
+    result = bench.run_bench(config, base=tiny_model())
+    assert "worker processes cannot rebuild it" in result["skipped"]["memory"]
+    assert result["memory_method"] is None
+
+
+def test_ratios_from_given_medians():
+    ratios = bench.compute_ratios(
+        {"full": 200.0, "lora": 120.0, "peft": 150.0, "floor": 100.0},
+        {"base": 50.0, "unmerged": 55.0, "merged": 51.0},
+    )
+    assert ratios == pytest.approx(
+        {
+            "lora/peft": 0.8,
+            "lora/full": 0.6,
+            "lora/floor": 1.2,
+            "merged/base": 1.02,
+            "unmerged/base": 1.1,
+        }
+    )
+    assert bench.check_targets(ratios) == {
+        "lora/peft": True,
+        "lora/full": True,
+        "lora/floor": False,  # 1.2 > 1.10
+        "merged/base": True,  # equal to the target counts as met
+        "unmerged/base": True,
+    }
+    missing = bench.compute_ratios({"lora": 1.0, "full": 2.0, "floor": 1.0}, {"base": 1.0})
+    assert missing["lora/peft"] is None and missing["merged/base"] is None
+    assert bench.check_targets(missing)["lora/peft"] is None
+
+
+def test_paired_ratios_cancel_a_change_of_load_between_rounds():
+    # The machine got twice as slow after round 2: the ratio of medians is skewed, the pairs not.
+    train = {"lora": [10.0, 10.0, 20.0, 20.0, 20.0], "floor": [10.0, 10.0, 10.0, 20.0, 20.0]}
+    infer = {"base": [1.0, 2.0], "unmerged": [1.1, 2.2], "merged": [1.0, 2.0]}
+    paired = bench.paired_ratios(train, infer)
+    assert paired["lora/floor"] == 1.0 and paired["lora/peft"] is None
+    assert paired["unmerged/base"] == pytest.approx(1.1) and paired["merged/base"] == 1.0
+    assert bench.compute_ratios({"lora": 20.0, "floor": 10.0}, {})["lora/floor"] == 2.0
+
+
+def test_interleaved_times_runs_rounds_in_order_and_drops_warmup():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
+    times = bench.interleaved_times(fns, reps=3, warmup=2)
+    assert calls == list("ABC") * 5
+    assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
+
+
+def test_optimizer_state_bytes_counts_adamws_two_moments():
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    optimizer = torch.optim.AdamW(params)
+    assert bench.optimizer_state_bytes(optimizer) == 0  # AdamW allocates its state lazily
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    step_bytes = sum(s["step"].numel() * s["step"].element_size() for s in optimizer.state.values())
+    assert bench.optimizer_state_bytes(optimizer) == 2 * 19 * 4 + step_bytes
+
+
+def test_the_bench_subcommand_accepts_the_documented_flags():
+    parser = argparse.ArgumentParser(prog="lora-edu")
+    bench.add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            *("bench", "--model", "minilm", "--batch", "16", "--seq", "32", "--r", "4"),
+            *("--targets", "query,key,value", "--device", "cpu", "--json", "out.json"),
+            *("--reps", "5", "--warmup", "1", "--alpha", "8", "--threads", "1", "--no-memory"),
+            "--check",
+        ]
+    )
+    assert args.func is bench._bench and args.json == "out.json" and args.check
+    config = bench._config_from(args)
+    assert config == bench.BenchConfig(
+        model="minilm",
+        batch=16,
+        seq=32,
+        r=4,
+        alpha=8.0,
+        targets=("query", "key", "value"),
+        device="cpu",
+        reps=5,
+        warmup=1,
+        threads=1,
+        memory=False,
+    )
+    defaults = bench._config_from(parser.parse_args(["bench"]))
+    assert defaults == bench.BenchConfig()
+    assert (defaults.batch, defaults.seq, defaults.r, defaults.targets) == (
+        32,
+        64,
+        8,
+        ("query", "value"),
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--targets", ","])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch": 0}, "batch must be a positive int, got 0"),
+        ({"reps": 1.5}, "reps must be a positive int"),
+        ({"warmup": -1}, "warmup must be an int >= 0"),
+        ({"targets": ()}, "targets must name layers"),
+    ],
+)
+def test_bad_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bench.BenchConfig(**kwargs)
+
+
+def test_too_long_a_sequence_names_the_limit():
+    with pytest.raises(ValueError, match="seq=600 is longer than this model's 512 positions"):
+        bench.make_batch(tiny_model(), 1, 600, torch.device("cpu"))
