@@ -28,6 +28,15 @@ from lora_edu.analysis import (
     subspace_similarity_grid,
 )
 from lora_edu.config import by_profile, cache_dir, data_dir, device, profile
+from lora_edu.convergence import (
+    classify_run,
+    delta_w_first_order,
+    first_step_decrease,
+    loglog_slope,
+    lora_factor_grads,
+    steps_to_tolerance,
+    toy_weight_grad,
+)
 from lora_edu.numpy_lora import (
     SGD,
     Adam,
@@ -99,6 +108,7 @@ _LAZY: dict[str, str] = {
             "finetune_token_classifier",
             "finetune_vit",
             "prepare_model",
+            "text_classifier_accuracy",
         ],
         "lora_edu.train",
     ),
@@ -129,6 +139,13 @@ __all__ = [
     "toy_loss_floor",
     "train_full_toy",
     "train_lora_toy",
+    "classify_run",
+    "delta_w_first_order",
+    "first_step_decrease",
+    "loglog_slope",
+    "lora_factor_grads",
+    "steps_to_tolerance",
+    "toy_weight_grad",
     "amplification_factor",
     "delta_w_report",
     "effective_rank",

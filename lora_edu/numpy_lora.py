@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-INITS = ("gaussian", "kaiming", "zeros")
+INITS = ("gaussian", "kaiming", "zeros", "pissa")
 OPTIMIZERS = ("adam", "sgd")
 SPLITS = ("train", "val")
 
@@ -216,6 +216,19 @@ def lora_parameter_counts(d_in: int, d_out: int, r: int) -> dict[str, int]:
     return {"trainable": r * (d_in + d_out), "frozen": d_in * d_out}
 
 
+def _pissa_factors(W: np.ndarray, r: int, scaling: float) -> tuple[np.ndarray, np.ndarray]:
+    """PiSSA's A (r, d_in) and B (d_out, r): ``scaling · B A`` is the best rank-r approximation
+    of W (Eckart–Young), split evenly between the two factors (both get √(S_r / scaling))."""
+    if not scaling > 0:
+        raise ValueError(
+            f"init='pissa' needs scaling > 0 (it takes √(S / scaling)), got scaling={scaling!r}; "
+            "use a positive alpha"
+        )
+    U, S, Vt = np.linalg.svd(W.astype(np.float64), full_matrices=False)
+    root = np.sqrt(S[:r] / scaling)
+    return root[:, None] * Vt[:r], U[:, :r] * root
+
+
 # --------------------------------------------------------------------------------------------
 # A LoRA layer: the pure functions above plus the state a training loop needs
 
@@ -225,7 +238,8 @@ class LoRALinear:
 
     Parameters
     ----------
-    W : (d_out, d_in) frozen weight. It is held, not copied, and never written to.
+    W : (d_out, d_in) frozen weight. It is held, not copied, and never written to (with
+        ``init="pissa"`` the layer holds the residual ``W − scaling · B₀ A₀`` instead, a new array).
     r : rank of the update, ``1 <= r <= min(d_in, d_out)``.
     alpha : scaling numerator; ``None`` means ``alpha = r``, i.e. ``scaling = 1`` (with rsLoRA
         ``scaling = sqrt(r)``). PEFT's default is a fixed ``lora_alpha = 8`` instead.
@@ -237,6 +251,11 @@ class LoRALinear:
           initialisation of ``nn.Linear`` and PEFT's default (``init_lora_weights=True``).
         - ``"zeros"``: A = 0 and B = 0. Both gradients are then zero forever: it never learns
           (a teaching case for why one factor must be random).
+        - ``"pissa"`` (Meng et al. 2024): A and B start on W's top-r singular directions,
+          ``A = diag(√(S_r / scaling)) Vh_r``, ``B = U_r diag(√(S_r / scaling))``, and the layer
+          keeps ``W_res = W − scaling · B A`` as its frozen weight, so ``W_res + scaling · B A = W``
+          and the output at step 0 is unchanged (up to rounding). PEFT's formulas; needs
+          ``scaling > 0``; ``seed`` is not used.
     use_rslora : ``scaling = alpha / sqrt(r)`` (rank-stabilised LoRA, Kalajdzievski 2023).
     seed : an int seed or a ``np.random.Generator`` for A's initialisation.
 
@@ -276,16 +295,21 @@ class LoRALinear:
         self.init = init
 
         rng = np.random.default_rng(seed)
+        # B = 0 makes the adapted layer equal the pretrained one at step 0 (PiSSA instead moves
+        # the top-r part of W into B A and keeps the rest in W).
+        B = np.zeros((d_out, self.r))
         if init == "gaussian":
             A = rng.normal(0.0, 1.0 / self.r, size=(self.r, d_in))
         elif init == "kaiming":
             bound = 1.0 / math.sqrt(d_in)
             A = rng.uniform(-bound, bound, size=(self.r, d_in))
+        elif init == "pissa":
+            A, B = _pissa_factors(W, self.r, self.scaling)
+            self.W = W - self.scaling * (B @ A).astype(W.dtype)
         else:
             A = np.zeros((self.r, d_in))
         self.A = A.astype(W.dtype)
-        # B = 0 makes the adapted layer equal the pretrained one at step 0.
-        self.B = np.zeros((d_out, self.r), dtype=W.dtype)
+        self.B = B.astype(W.dtype)
         self.grad_A: np.ndarray | None = None
         self.grad_B: np.ndarray | None = None
         self._x: np.ndarray | None = None
@@ -521,7 +545,8 @@ class ToyResult:
     ``losses[t]`` and ``val_losses[t]`` are the full training / validation losses *after* update
     t + 1 (so ``final_loss == losses[-1]``; the loss before training is ``toy_loss(problem, 0)``).
     ``delta_W`` (d_out, d_in) is ``scaling · B A`` for LoRA and ``W − W0`` for full fine-tuning,
-    where A, B and scaling are None.
+    where A, B and scaling are None. With PiSSA it is ``W_res + scaling · B A − W0``, the change of
+    the layer's effective weight (PiSSA's B A starts non-zero, so ``scaling · B A`` alone is not it).
     """
 
     losses: np.ndarray
@@ -542,12 +567,14 @@ def make_toy_problem(
     n_val: int = 512,
     noise: float = 0.0,
     seed: int = 0,
+    decay: float = 0.5,
 ) -> ToyProblem:
     """A seeded toy problem whose true update ``ΔW* = U diag(σ) Vᵀ`` has exactly rank k.
 
     ``W0`` has N(0, 1/d_in) entries (a "pretrained" map that keeps unit-scale outputs); U, V are
-    random orthonormal (d_out, k), (d_in, k); ``σ_i = 2^-(i-1)`` = 1, 1/2, 1/4, ... — distinct, so
-    the best rank-r approximation is unique, and decaying, so each extra rank buys less.
+    random orthonormal (d_out, k), (d_in, k); ``σ_i = decay^(i-1)``, by default 1, 1/2, 1/4, ... —
+    distinct, so the best rank-r approximation is unique, and decaying, so each extra rank buys
+    less. A ``decay`` near 1 (e.g. 0.97 with k = 64) makes a task that needs many ranks.
     """
     for name, value in (("d_in", d_in), ("d_out", d_out), ("n_train", n_train), ("n_val", n_val)):
         if int(value) != value or value < 1:
@@ -559,11 +586,16 @@ def make_toy_problem(
         )
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite standard deviation >= 0, got noise={noise!r}")
+    if not (math.isfinite(decay) and 0 < decay <= 1):
+        raise ValueError(
+            f"decay={decay!r} must be in (0, 1]: the singular values of ΔW* are decay^(i-1), "
+            "i = 1..k (0.5 halves each one; 1 makes them all equal)"
+        )
     rng = np.random.default_rng(seed)
     W0 = rng.standard_normal((d_out, d_in)) / math.sqrt(d_in)
     U, _ = np.linalg.qr(rng.standard_normal((d_out, k)))
     V, _ = np.linalg.qr(rng.standard_normal((d_in, k)))
-    sigma = 2.0 ** -np.arange(k)
+    sigma = float(decay) ** np.arange(k)
     delta_W_star = (U * sigma) @ V.T
     W_star = W0 + delta_W_star
 
@@ -576,7 +608,7 @@ def make_toy_problem(
     return ToyProblem(W0, delta_W_star, X_train, Y_train, X_val, Y_val, k, float(noise))
 
 
-def _split(problem: ToyProblem, split: str) -> tuple[np.ndarray, np.ndarray]:
+def toy_data(problem: ToyProblem, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split == "train":
         return problem.X_train, problem.Y_train
     if split == "val":
@@ -588,7 +620,7 @@ def _split(problem: ToyProblem, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def toy_loss(problem: ToyProblem, delta_W: np.ndarray | float, split: str = "train") -> float:
     """``0.5 · mean over samples of ||x (W0 + ΔW)ᵀ − y||²``; ``delta_W`` (d_out, d_in) or 0."""
-    X, Y = _split(problem, split)
+    X, Y = toy_data(problem, split)
     delta_W = _as_float(delta_W)
     if delta_W.ndim == 0 and delta_W == 0:
         delta_W = np.zeros_like(problem.W0)
@@ -613,7 +645,7 @@ def toy_loss_floor(problem: ToyProblem, r: int, split: str = "train") -> float:
     divided by 2n. Without noise this is the tail of σ(ΔW* Rᵀ)²/(2n); as n → ∞ (XᵀX/n → I) it
     tends to ``½ Σ_{i>r} σ_i(ΔW*)²``. The floor is computed on the split's own data.
     """
-    X, Y = _split(problem, split)
+    X, Y = toy_data(problem, split)
     _check_rank(r, problem.d_in, problem.d_out)
     E = Y - X @ problem.W0.T
     # An SVD basis instead of QR also covers n < d_in or a rank-deficient X.
@@ -644,10 +676,12 @@ def _fit(
     steps: int,
     batch_size: int | None,
     rng: np.random.Generator,
+    callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training loop shared by LoRA and full fine-tuning; returns (losses, val_losses, ΔW).
 
-    ``grads_of(X, Y)`` runs forward and backward on one batch and returns the gradients.
+    ``grads_of(X, Y)`` runs forward and backward on one batch and returns the gradients;
+    ``callback(t, ΔW)``, if given, sees the update ΔW (d_out, d_in) after update t = 1, 2, ...
     """
     n = len(problem.X_train)
     losses, val_losses = np.full(steps, np.nan), np.full(steps, np.nan)
@@ -659,6 +693,8 @@ def _fit(
             delta_W = delta_weight()
             losses[t] = toy_loss(problem, delta_W, "train")
             val_losses[t] = toy_loss(problem, delta_W, "val")
+            if callback is not None:
+                callback(t + 1, delta_W)
             if not np.isfinite(losses[t]):
                 warnings.warn(
                     f"training diverged: the train loss is {losses[t]} after update {t + 1} with "
@@ -683,12 +719,16 @@ def train_lora_toy(
     lr_ratio_B: float = 1.0,
     batch_size: int | None = None,
     seed: int = 0,
+    callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> ToyResult:
     """Train a rank-r LoRA update of ``problem.W0`` on the toy regression.
 
-    ``alpha=None`` means ``alpha = r`` (scaling 1). ``lr_ratio_B`` multiplies B's learning rate
-    (LoRA+ uses ~16). ``batch_size=None`` is full-batch; otherwise each step samples a batch
-    without replacement. ``seed`` drives A's initialisation and the batch sampling.
+    ``alpha=None`` means ``alpha = r`` (scaling 1). ``init`` is one of ``INITS`` (see
+    ``LoRALinear``). ``lr_ratio_B`` multiplies B's learning rate (LoRA+ uses ~16).
+    ``batch_size=None`` is full-batch; otherwise each step samples a batch without replacement.
+    ``seed`` drives A's initialisation and the batch sampling. ``callback(t, delta_W)`` is called
+    after every update t = 1, 2, ... with the current update (d_out, d_in), e.g. to record how
+    its singular values grow; it must not modify ``delta_W``.
     """
     _check_training(steps, batch_size, len(problem.X_train))
     rng = np.random.default_rng(seed)
@@ -700,8 +740,14 @@ def train_lora_toy(
         layer.backward((layer.forward(X) - Y) / len(X))
         return layer.grads()
 
+    def delta_weight() -> np.ndarray:
+        if init == "pissa":
+            # PiSSA moved s·B₀A₀ out of W0 into the factors: what changed is W_res + s·B A − W0.
+            return layer.merge() - problem.W0
+        return layer.delta_weight()
+
     losses, val_losses, delta_W = _fit(
-        problem, layer.params(), grads_of, layer.delta_weight, opt, steps, batch_size, rng
+        problem, layer.params(), grads_of, delta_weight, opt, steps, batch_size, rng, callback
     )
     return ToyResult(
         losses=losses,
@@ -723,8 +769,12 @@ def train_full_toy(
     optimizer: str = "adam",
     batch_size: int | None = None,
     seed: int = 0,
+    callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> ToyResult:
-    """Full fine-tuning baseline: train every entry of ``W`` (starting at W0); ∂L/∂W = Gᵀ X."""
+    """Full fine-tuning baseline: train every entry of ``W`` (starting at W0); ∂L/∂W = Gᵀ X.
+
+    ``callback(t, delta_W)`` is called after every update, as in ``train_lora_toy``.
+    """
     _check_training(steps, batch_size, len(problem.X_train))
     rng = np.random.default_rng(seed)
     W = problem.W0.copy()
@@ -734,7 +784,7 @@ def train_full_toy(
         return {"W": ((X @ W.T - Y) / len(X)).T @ X}
 
     losses, val_losses, delta_W = _fit(
-        problem, {"W": W}, grads_of, lambda: W - problem.W0, opt, steps, batch_size, rng
+        problem, {"W": W}, grads_of, lambda: W - problem.W0, opt, steps, batch_size, rng, callback
     )
     return ToyResult(
         losses=losses,

@@ -58,6 +58,7 @@ from lora_edu.models import (
     pretrained_vit,
     replace_head,
     resize_images,
+    resolve_text_model,
 )
 
 #: Learning rates per method, from the project's measurements on MiniLM-L6 with mean pooling
@@ -572,6 +573,30 @@ def finetune_text_classifier(
         },
         args,
     )
+
+
+def text_classifier_accuracy(
+    model: Any,
+    data: Any,
+    *,
+    model_name: str = "minilm",
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> float:
+    """Accuracy of ``model`` on ``data`` (a ``datasets.Dataset`` with columns text, label).
+
+    ``model`` is the second value of ``finetune_text_classifier(..., return_model=True)``; the
+    texts are tokenised as that function does (``model_name``'s tokenizer, truncation to
+    ``max_length``), and the model is put in eval mode. Use it to measure training accuracy
+    next to validation accuracy, i.e. the generalisation gap.
+    """
+    from transformers import AutoTokenizer
+
+    _require_columns(data, ("text", "label"), "text_classifier_accuracy")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model_name))
+    ids = tokenizer(list(data["text"]), truncation=True, max_length=max_length)["input_ids"]
+    collate = _text_collate(ids, [int(y) for y in data["label"]], tokenizer.pad_token_id)
+    return float(_accuracy_evaluator(len(data), collate, batch_size)(model)["metric"])
 
 
 def finetune_token_classifier(

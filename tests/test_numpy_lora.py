@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -185,6 +186,41 @@ def test_initialisations():
         assert not layer.B.any()
 
 
+def test_pissa_initialisation():
+    rng = np.random.default_rng(0)
+    W, x = rng.standard_normal((7, 9)), rng.standard_normal((3, 9))
+    W_before = W.copy()
+    layer = LoRALinear(W, r=3, alpha=6, init="pissa")  # scaling 2
+    U, S, Vt = np.linalg.svd(W)
+    # s·B A is W's best rank-3 approximation, split evenly: A A^T = B^T B = diag(S_3 / s)
+    np.testing.assert_allclose(layer.delta_weight(), (U[:, :3] * S[:3]) @ Vt[:3], atol=1e-12)
+    np.testing.assert_allclose(layer.A @ layer.A.T, np.diag(S[:3] / 2), atol=1e-12)
+    np.testing.assert_allclose(layer.B.T @ layer.B, np.diag(S[:3] / 2), atol=1e-12)
+    # the layer holds the residual, W itself is untouched, and the output is unchanged
+    assert layer.W is not W and np.array_equal(W, W_before)
+    np.testing.assert_allclose(layer.W, W - layer.delta_weight(), atol=1e-12)
+    np.testing.assert_allclose(layer.merge(), W, atol=1e-12)
+    np.testing.assert_allclose(layer.forward(x), x @ W.T, atol=1e-12)
+    # both factors are non-zero, so both get a gradient at step 0 (unlike B = 0 inits)
+    layer.backward(rng.standard_normal((3, 7)))
+    assert np.abs(layer.grad_A).max() > 1e-3 and np.abs(layer.grad_B).max() > 1e-3
+    assert LoRALinear(W.astype(np.float32), r=2, init="pissa").W.dtype == np.float32
+    with pytest.raises(ValueError, match=r"init='pissa' needs scaling > 0.*scaling=-1"):
+        LoRALinear(W, r=2, alpha=-2, init="pissa")
+
+
+def test_pissa_matches_torch_pissa_init():
+    torch = pytest.importorskip("torch")
+    from lora_edu.lora import pissa_init
+
+    W = np.random.default_rng(1).standard_normal((6, 10))
+    layer = LoRALinear(W, r=4, alpha=8, init="pissa")
+    A, B, residual = pissa_init(torch.from_numpy(W), 4, layer.scaling)
+    # singular vectors are defined up to sign: compare the sign-free products
+    np.testing.assert_allclose(B.numpy() @ A.numpy(), layer.B @ layer.A, atol=1e-10)
+    np.testing.assert_allclose(residual.numpy(), layer.W, atol=1e-10)
+
+
 def test_seed_and_generator_reproduce():
     W = np.zeros((5, 6))
     assert np.array_equal(LoRALinear(W, 2, seed=7).A, LoRALinear(W, 2, seed=7).A)
@@ -361,6 +397,51 @@ def test_lora_at_or_above_true_rank_fits_exactly(small, r):
     result = train_lora_toy(small, r, steps=500, lr=1e-2)
     assert result.final_loss < 1e-3 * toy_loss(small, 0)
     np.testing.assert_allclose(result.delta_W, small.delta_W_star, atol=0.05)
+
+
+def test_pissa_toy_training_reaches_its_own_floor(small):
+    # PiSSA's factors also carry W0's top-r part, so its best loss is the Eckart–Young floor
+    # of the problem with W0 replaced by the residual, not toy_loss_floor(small, r).
+    result = train_lora_toy(small, 3, steps=300, lr=0.05, optimizer="sgd", init="pissa")
+    layer = LoRALinear(small.W0, 3, init="pissa")
+    own_floor = toy_loss_floor(dataclasses.replace(small, W0=layer.W), 3)
+    assert result.final_loss == pytest.approx(toy_loss(small, result.delta_W), rel=1e-12)
+    assert result.final_loss == pytest.approx(own_floor, rel=1e-6)
+    assert own_floor > 10 * toy_loss_floor(small, 3) + 1e-3  # worse than LoRA's floor here
+    # delta_W is the change of the effective weight: zero before training, not s·B₀A₀
+    np.testing.assert_allclose(
+        result.delta_W, layer.W + result.scaling * result.B @ result.A - small.W0, atol=1e-12
+    )
+    first = train_lora_toy(small, 3, steps=1, lr=1e-12, optimizer="sgd", init="pissa")
+    assert np.abs(first.delta_W).max() < 1e-9
+
+
+def test_callback_sees_every_update(small):
+    seen = []
+    result = train_lora_toy(small, 2, steps=5, callback=lambda t, dW: seen.append((t, dW.copy())))
+    assert [t for t, _ in seen] == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(seen[-1][1], result.delta_W)
+    assert toy_loss(small, seen[2][1]) == result.losses[2]
+    full_seen = []
+    full = train_full_toy(small, steps=3, callback=lambda t, dW: full_seen.append(dW.copy()))
+    assert len(full_seen) == 3 and np.array_equal(full_seen[-1], full.delta_W)
+
+
+def test_decay_sets_the_spectrum():
+    old = make_toy_problem(d_in=10, d_out=8, k=5, n_train=20, n_val=4, seed=2)
+    same = make_toy_problem(d_in=10, d_out=8, k=5, n_train=20, n_val=4, seed=2, decay=0.5)
+    for name in ("W0", "delta_W_star", "X_train", "Y_train", "X_val", "Y_val"):
+        assert np.array_equal(getattr(old, name), getattr(same, name)), name  # default unchanged
+    np.testing.assert_allclose(
+        np.linalg.svd(old.delta_W_star, compute_uv=False)[:5], 2.0 ** -np.arange(5), atol=1e-12
+    )
+    flat = make_toy_problem(d_in=10, d_out=8, k=5, n_train=20, n_val=4, decay=0.9)
+    np.testing.assert_allclose(
+        np.linalg.svd(flat.delta_W_star, compute_uv=False)[:5], 0.9 ** np.arange(5), atol=1e-12
+    )
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"decay=.* must be in \(0, 1\]"):
+            make_toy_problem(decay=bad)
 
 
 def test_toy_result_fields(small):
