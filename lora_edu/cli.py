@@ -94,6 +94,24 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lora_edu.sweep import markdown_report, read_results, update_readme
+
+    files = [Path(f) for f in args.files] or sorted(Path("data/results").glob("*.jsonl"))
+    if not files:
+        print("no results files given and none in data/results/ (run `lora-edu sweep` first)")
+        return 1
+    records = [rec for f in files for rec in read_results(f)]
+    table = markdown_report(records)
+    print(table)
+    if args.readme:
+        changed = update_readme(args.readme, table)
+        print(f"\n{args.readme} {'updated' if changed else 'already up to date'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-edu", description="lora_edu: learn LoRA by building it."
@@ -138,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
+
+    rp = sub.add_parser(
+        "report", help="a markdown table of sweep results (mean over seeds), optionally into README"
+    )
+    rp.add_argument("files", nargs="*", help="results files (default: data/results/*.jsonl)")
+    rp.add_argument("--readme", default=None, help="also write the table into this README")
+    rp.set_defaults(func=_report)
 
     from lora_edu.bench import add_bench_parser
 

@@ -155,3 +155,43 @@ def test_cli_sweep_vit_smoke(tmp_path, monkeypatch):
     assert lines[0]["n_train"] == 128 and lines[0]["metric_name"] == "accuracy"
     assert lines[0]["resized_from"] is not None
     assert list((tmp_path / "cache").glob("tinyvit-*.safetensors"))  # the pretrained base, cached
+
+
+def _rec(method, seed, metric, r=None):
+    return {"task": "sst2", "method": method, "r": r, "alpha": None if r is None else 16.0,
+            "target_modules": None if r is None else ["query", "value"], "init": None,
+            "use_rslora": None, "seed": seed, "n_train": 100, "epochs": 1, "lr": 1e-3,
+            "metric_name": "accuracy", "metric": metric, "trainable_params": 10,
+            "total_params": 1000, "train_seconds": 2.0 + seed}  # fmt: skip
+
+
+def test_aggregate_means_over_seeds_only():
+    rows = sweep.aggregate(
+        [_rec("lora", 0, 0.80, r=8), _rec("lora", 1, 0.84, r=8), _rec("full", 0, 0.85)]
+    )
+    assert [(r["method"], r["seeds"]) for r in rows] == [("lora", [0, 1]), ("full", [0])]
+    assert rows[0]["metric"] == pytest.approx(0.82) and rows[0]["spread"] == pytest.approx(0.04)
+    assert rows[0]["train_seconds"] == pytest.approx(2.5)
+
+
+def test_report_into_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{sweep.REPORT_START}\nold\n{sweep.REPORT_END}\n\nafter\n")
+    table = sweep.markdown_report([_rec("lora", 0, 0.80, r=8), _rec("lora", 1, 0.84, r=8)])
+    assert "accuracy 82.00 ± 2.00" in table and "| 2 |" in table
+    assert sweep.update_readme(readme, table) is True
+    text = readme.read_text()
+    assert "old" not in text and table in text and text.endswith("after\n")
+    assert sweep.update_readme(readme, table) is False
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="has no results markers"):
+        sweep.update_readme(tmp_path / "plain.md", table)
+
+
+def test_cli_report(tmp_path, capsys):
+    from lora_edu import cli
+
+    out = tmp_path / "r.jsonl"
+    sweep.append_record(out, _rec("head", 0, 0.7))
+    assert cli.main(["report", str(out)]) == 0
+    assert "| sst2 | head |" in capsys.readouterr().out
