@@ -112,7 +112,14 @@ _LAZY: dict[str, str] = {
         ],
         "lora_edu.train",
     ),
-    **dict.fromkeys(["make_grid", "read_results", "run_sweep", "summary_table"], "lora_edu.sweep"),
+    **dict.fromkeys(
+        ["aggregate", "make_grid", "markdown_report", "read_results", "run_sweep", "summary_table"],
+        "lora_edu.sweep",
+    ),
+    **dict.fromkeys(
+        ["learning_curves", "metric_vs_params", "rank_alpha_heatmap", "similarity_heatmap"],
+        "lora_edu.plots",
+    ),
     **dict.fromkeys(
         ["BenchConfig", "compute_ratios", "format_table", "paired_ratios", "run_bench"],
         "lora_edu.bench",
