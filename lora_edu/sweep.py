@@ -438,10 +438,11 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown_report(records: Sequence[dict[str, Any]]) -> str:
     """A markdown table of ``aggregate(records)``: task, method, rank, alpha, targets,
-    trainable %, metric (mean over seeds, ± half the spread when there are several), seconds."""
+    trainable %, metric (mean over seeds, ± half the spread when there are several), seeds,
+    training budget, seconds."""
     lines = [
-        "| task | method | r | α | targets | trainable % | metric | seeds | train s |",
-        "|---|---|---:|---:|---|---:|---|---:|---:|",
+        "| task | method | r | α | targets | trainable % | metric | seeds | train examples × epochs | train s |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for row in aggregate(records):
         pct = 100 * row["trainable_params"] / row["total_params"] if row["total_params"] else 0
@@ -452,7 +453,8 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
             f"| {row['task']} | {row['method']} | {row['r'] or ''} | "
             f"{'' if row['alpha'] is None else format(row['alpha'], 'g')} | "
             f"{','.join(row['target_modules'] or [])} | {pct:.3f} | {metric} | "
-            f"{len(row['seeds'])} | {row['train_seconds']:.0f} |"
+            f"{len(row['seeds'])} | {row['n_train']:,} × {row['epochs']} | "
+            f"{row['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
 
