@@ -420,6 +420,13 @@ def _text_collate(input_ids: list[list[int]], labels: list, pad_id: int) -> Coll
     return collate
 
 
+def _encode_texts(tokenizer: Any, data: Any, max_length: int) -> Collate:
+    """Tokenise a text/label dataset once (truncated to ``max_length`` tokens) into a collate
+    that pads each batch to its longest text."""
+    ids = tokenizer(list(data["text"]), truncation=True, max_length=max_length)["input_ids"]
+    return _text_collate(ids, [int(y) for y in data["label"]], tokenizer.pad_token_id)
+
+
 def _accuracy_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
     """``evaluate(model) -> {"metric": accuracy}`` over examples ``0..n-1``."""
 
@@ -551,8 +558,7 @@ def finetune_text_classifier(
     tokenizer, net = load_text_model("sequence", num_labels, model, seed=seed)
 
     def encode(data: Any) -> Collate:
-        ids = tokenizer(list(data["text"]), truncation=True, max_length=max_length)["input_ids"]
-        return _text_collate(ids, [int(y) for y in data["label"]], tokenizer.pad_token_id)
+        return _encode_texts(tokenizer, data, max_length)
 
     evaluate = (
         None if eval is None else _accuracy_evaluator(len(eval), encode(eval), 2 * batch_size)
@@ -594,8 +600,7 @@ def text_classifier_accuracy(
 
     _require_columns(data, ("text", "label"), "text_classifier_accuracy")
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model_name))
-    ids = tokenizer(list(data["text"]), truncation=True, max_length=max_length)["input_ids"]
-    collate = _text_collate(ids, [int(y) for y in data["label"]], tokenizer.pad_token_id)
+    collate = _encode_texts(tokenizer, data, max_length)
     return float(_accuracy_evaluator(len(data), collate, batch_size)(model)["metric"])
 
 
