@@ -171,7 +171,7 @@ class TaskSpec:
 
     name: str
     metric_name: str
-    load: Callable[[int], tuple[Any, Any]]  # (seed) → (train, eval) datasets
+    load: Callable[[], tuple[Any, Any]]  # () → (train, eval) datasets at the profile's budget
     finetune: Callable[..., dict[str, Any]]
     budget: Callable[[], dict[str, Any]]  # the profile's n_train, n_eval, epochs, batch_size
     extra: dict[str, Any] = field(default_factory=dict)
@@ -184,7 +184,7 @@ def _subset(dataset, n: int | None, seed: int):
 
 
 def _text_task_data(loader: Callable[[], Any], budget: Callable[[], dict]):
-    def load(seed: int):
+    def load():
         ds = loader()
         b = budget()
         # The training subset is drawn with a fixed seed (0), not the run's seed, so runs with
@@ -220,7 +220,7 @@ def _vit_budget() -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _vit_data(seed: int):
+def _vit_data():
     """The shifted target task: scikit-learn's 8×8 digits (other writers, other resolution),
     upsampled by ``finetune_vit`` to the 28×28 input of the MNIST-pretrained TinyViT."""
     from lora_edu.data import load_digits
@@ -271,10 +271,11 @@ def task_spec(name: str) -> TaskSpec:
 # ---------------------------------------------------------------------------------- running
 
 
-def _full_config(task: TaskSpec, run: dict[str, Any], n_train: int) -> dict[str, Any]:
+def _full_config(
+    task: TaskSpec, run: dict[str, Any], n_train: int, budget: dict[str, Any]
+) -> dict[str, Any]:
     from lora_edu.train import DEFAULT_LR
 
-    budget = task.budget()
     # The learning rate actually used is part of the run's identity: resolve the default here.
     lr = DEFAULT_LR[run["method"]] if run.get("lr") is None else float(run["lr"])
     return {**run, "lr": lr, "task": task.name, "n_train": n_train, "epochs": budget["epochs"]}
@@ -306,14 +307,13 @@ def run_sweep(
     runs = list(runs)
     done = {run_key(r): r for r in read_results(out, repair=True)}
     budget = spec.budget()
-    data_cache: dict[int, tuple[Any, Any]] = {}
+    # Every run of the grid sees the same data (only initialisation and order vary with the
+    # seed); even a finished sweep loads it, since the training-set size is part of each key.
+    train_ds, eval_ds = spec.load()
     records: list[dict[str, Any]] = []
     bar = tqdm(runs, desc=f"sweep {spec.name}", unit="run", disable=not progress)
     for run in bar:
-        if 0 not in data_cache:
-            data_cache[0] = spec.load(0)
-        train_ds, eval_ds = data_cache[0]
-        config = _full_config(spec, run, len(train_ds))
+        config = _full_config(spec, run, len(train_ds), budget)
         key = run_key(config)
         if key in done:
             records.append(done[key])

@@ -24,7 +24,7 @@ def _fake_task(calls: list, fail_on: int | None = None) -> sweep.TaskSpec:
     return sweep.TaskSpec(
         name="fake",
         metric_name="accuracy",
-        load=lambda seed: (list(range(20)), list(range(5))),
+        load=lambda: (list(range(20)), list(range(5))),
         finetune=finetune,
         budget=lambda: {"n_train": 20, "n_eval": 5, "epochs": 1, "batch_size": 4},
     )
