@@ -27,7 +27,15 @@ from lora_edu.analysis import (
     subspace_similarity,
     subspace_similarity_grid,
 )
-from lora_edu.config import by_profile, cache_dir, data_dir, device, profile
+from lora_edu.config import (
+    adapters_dir,
+    by_profile,
+    cache_dir,
+    data_dir,
+    device,
+    profile,
+    results_dir,
+)
 from lora_edu.convergence import (
     classify_run,
     delta_w_first_order,
@@ -107,10 +115,29 @@ _LAZY: dict[str, str] = {
             "finetune_text_classifier",
             "finetune_token_classifier",
             "finetune_vit",
+            "format_entities",
+            "predict_tags",
             "prepare_model",
             "text_classifier_accuracy",
         ],
         "lora_edu.train",
+    ),
+    **dict.fromkeys(
+        [
+            "kept_adapters",
+            "preset_grid",
+            "results_file",
+            "run_presets",
+            "select",
+            "sweep_command",
+            "training_memory_mb",
+        ],
+        "lora_edu.experiments",
+    ),
+    **dict.fromkeys(["make_figures", "paper_adapters", "verdicts_markdown"], "lora_edu.figures"),
+    **dict.fromkeys(
+        ["attention_maps", "attention_rollout", "cls_attention", "plot_attention"],
+        "lora_edu.attention",
     ),
     **dict.fromkeys(
         ["aggregate", "make_grid", "markdown_report", "read_results", "run_sweep", "summary_table"],
@@ -128,11 +155,13 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "__version__",
+    "adapters_dir",
     "by_profile",
     "cache_dir",
     "data_dir",
     "device",
     "profile",
+    "results_dir",
     "SGD",
     "Adam",
     "ToyProblem",

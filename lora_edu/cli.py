@@ -71,21 +71,44 @@ def _csv(cast):
     return parse
 
 
+def _alpha(text: str) -> float | str:
+    """An alpha: a number (``16``) or a multiple of the rank (``r``, ``2r``)."""
+    text = text.strip()
+    if text.endswith("r"):
+        factor = text[:-1] or "1"
+        float(factor)  # raises ValueError on e.g. "xr"
+        return f"{factor}r"
+    return float(text)
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    from lora_edu.experiments import preset_grid, results_file
     from lora_edu.sweep import make_grid, run_sweep, summary_table
 
-    targets = args.targets or [["query", "value"]]
-    grid = make_grid(
-        methods=args.methods,
-        ranks=args.ranks,
-        alphas=args.alphas,
-        target_sets=targets,
-        seeds=args.seeds,
-        init=args.init,
-        use_rslora=args.rslora,
-        lr=args.lr,
-    )
-    out = args.out or f"data/results/{args.task}-{profile()}.jsonl"
+    if args.preset:
+        grid = preset_grid(args.task, args.preset)
+    else:
+        targets = args.targets or [["query", "value"]]
+        grid = []
+        for alpha in args.alphas:
+            # "2r" means alpha = 2 × rank: one grid per rank.
+            if isinstance(alpha, str):
+                groups = [([r], [float(alpha[:-1]) * r]) for r in args.ranks]
+            else:
+                groups = [(args.ranks, [alpha])]
+            for ranks, alphas in groups:
+                grid += make_grid(
+                    methods=args.methods,
+                    ranks=ranks,
+                    alphas=alphas,
+                    target_sets=targets,
+                    seeds=args.seeds,
+                    init=args.init,
+                    use_rslora=args.rslora,
+                    lr=args.lr,
+                )
+        grid = [g for i, g in enumerate(grid) if g not in grid[:i]]  # non-LoRA runs once
+    out = args.out or results_file(args.task)
     records = run_sweep(
         args.task, grid, out, keep_adapters=args.keep_adapters, progress=not args.quiet
     )
@@ -112,6 +135,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figures(args: argparse.Namespace) -> int:
+    from lora_edu.figures import make_figures, verdicts_markdown
+
+    result = make_figures(args.out, progress=not args.quiet)
+    table = verdicts_markdown(result["verdicts"])
+    print(table)
+    print(f"\n{len(result['paths'])} files written to {args.out}/")
+    if args.readme:
+        from lora_edu.figures import VERDICTS_END, VERDICTS_START
+        from lora_edu.sweep import update_readme
+
+        changed = update_readme(args.readme, table, VERDICTS_START, VERDICTS_END)
+        print(f"{args.readme} {'updated' if changed else 'already up to date'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-edu", description="lora_edu: learn LoRA by building it."
@@ -135,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--task", required=True, choices=["sst2", "conll2003", "vit"])
     sw.add_argument("--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit")
     sw.add_argument("--ranks", type=_csv(int), default=[8], help="e.g. 1,2,4,8,16")
-    sw.add_argument("--alphas", type=_csv(float), default=[16.0], help="e.g. 8,16,32")
+    sw.add_argument(
+        "--alphas", type=_csv(_alpha), default=[16.0], help="numbers or rank multiples: 16,r,2r"
+    )
     sw.add_argument(
         "--targets",
         type=_csv(str),
@@ -154,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--keep-adapters", action="store_true", help="save each LoRA adapter (PEFT format)"
     )
+    sw.add_argument(
+        "--preset",
+        type=_csv(str),
+        default=None,
+        help="named grids of lora_edu.experiments instead of the options above, e.g. "
+        "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters; "
+        "conll2003 and vit: headline, ranks)",
+    )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
 
@@ -163,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("files", nargs="*", help="results files (default: data/results/*.jsonl)")
     rp.add_argument("--readme", default=None, help="also write the table into this README")
     rp.set_defaults(func=_report)
+
+    fg = sub.add_parser(
+        "figures",
+        help="the LoRA paper's §7 figures and tables at small scale, with paper-vs-ours verdicts",
+        description="Draws Tables 5–7 and Figures 2–4 (PNG + PDF) from the results in "
+        "data/results and the adapters in data/adapters, and writes verdicts.md; runs or "
+        "adapters that are missing at the active profile are trained first.",
+    )
+    fg.add_argument("--out", default="figures", help="output folder (default: figures/)")
+    fg.add_argument("--quiet", action="store_true", help="no progress bars")
+    fg.add_argument("--readme", default=None, help="also write the verdict table into this README")
+    fg.set_defaults(func=_figures)
 
     from lora_edu.bench import add_bench_parser
 

@@ -6,6 +6,7 @@
 | ``LORA_EDU_DATA``    | folder holding the benchmark datasets                | the repository's ``data/`` |
 | ``LORA_EDU_CACHE``   | cached checkpoints (e.g. the pretrained TinyViT)     | ``~/.cache/lora_edu``    |
 | ``LORA_EDU_DEVICE``  | force a torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``) | best available  |
+| ``LORA_EDU_RESULTS`` | sweep results (``*.jsonl``) and kept adapters        | the repository's ``data/`` |
 
 This module imports neither torch nor any other heavy library at import time, so the
 numpy notebooks run without torch installed.
@@ -56,6 +57,20 @@ def data_dir() -> Path:
     ``data/`` folder (which may not exist in a non-editable install)."""
     env = os.environ.get("LORA_EDU_DATA", "").strip()
     return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
+
+
+def results_dir() -> Path:
+    """Where sweep results live: ``LORA_EDU_RESULTS``/``results`` if set, else the repository's
+    ``data/results`` (committed default-profile results)."""
+    env = os.environ.get("LORA_EDU_RESULTS", "").strip()
+    return (Path(env).expanduser() if env else REPO_ROOT / "data") / "results"
+
+
+def adapters_dir() -> Path:
+    """Where the adapters kept for the paper figures live: ``LORA_EDU_RESULTS``/``adapters`` if
+    set, else the repository's ``data/adapters`` (committed, float16)."""
+    env = os.environ.get("LORA_EDU_RESULTS", "").strip()
+    return (Path(env).expanduser() if env else REPO_ROOT / "data") / "adapters"
 
 
 def cache_dir() -> Path:

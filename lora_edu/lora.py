@@ -712,6 +712,7 @@ def save_adapter(
     directory: str | os.PathLike,
     base_model_name_or_path: str | None = None,
     task_type: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` as PEFT does, so that
     ``peft.PeftModel.from_pretrained(base_model, directory)`` and ``load_adapter`` both read it.
@@ -726,6 +727,9 @@ def save_adapter(
     ``init_lora_weights="pissa"``, exactly as PEFT saves a PiSSA adapter; both PEFT and
     load_adapter recompute ``W_res`` from the original base model when loading.
 
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point tensors in that precision (half
+    the size); loading casts them back to the model's dtype.
+
     Returns the directory.
     """
     from safetensors.torch import save_file
@@ -739,6 +743,8 @@ def save_adapter(
         )
     # Copies on the CPU: safetensors refuses tensors that share memory (tied weights).
     tensors = {k: t.detach().to("cpu", copy=True) for k, t in adapter_state_dict(model).items()}
+    if dtype is not None:
+        tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})

@@ -58,8 +58,9 @@ def _percent(metric: float) -> float:
 
 def metric_vs_params(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     """The LoRA paper's Figure 2 view: metric (in %) against trainable parameters (log axis), one
-    colour per method; LoRA points are labelled with their rank, several seeds are averaged and
-    drawn with an error bar spanning min to max."""
+    colour per method; LoRA points are labelled with their rank (the ranks of one α and target
+    set joined by a line), several seeds are averaged and drawn with an error bar spanning min
+    to max."""
     from lora_edu.sweep import aggregate
 
     ax = _axes(ax)
@@ -85,6 +86,17 @@ def metric_vs_params(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
             ax.annotate(
                 f"r={row['r']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
             )
+    families: dict[tuple, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row["method"] == "lora":
+            family = (row["alpha"], tuple(row["target_modules"] or ()))
+            families.setdefault(family, []).append(
+                (row["trainable_params"], _percent(row["metric"]))
+            )
+    for points in families.values():
+        if len(points) > 1:  # the ranks of one α and target set, joined in order of size
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, "-", color=METHOD_COLORS["lora"], alpha=0.4, zorder=1)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"{rows[0]['metric_name']} (%)")
@@ -115,6 +127,7 @@ def rank_alpha_heatmap(records: Sequence[dict[str, Any]], ax: Any = None) -> Any
     ax.set_yticks(range(len(ranks)), [str(r) for r in ranks])
     ax.set_xlabel("alpha (α)")
     ax.set_ylabel("rank r")
+    ax.grid(False)
     ax.figure.colorbar(image, ax=ax, label=f"{rows[0]['metric_name']} (%)")
     return ax
 
@@ -147,6 +160,173 @@ def learning_curves(records: Sequence[dict[str, Any]], ax: Any = None, smooth: i
     ax.set_ylabel(f"training loss ({k}-step moving average)")
     ax.legend(fontsize=8)
     return ax
+
+
+#: The LoRA paper's names of the attention projections (W_q, W_k, W_v, W_o).
+TARGET_SHORT = {"query": "q", "key": "k", "value": "v", "attention.output.dense": "o"}
+METHOD_SHORT = {"lora": "LoRA", "full": "full FT", "head": "probe", "bitfit": "BitFit"}
+
+
+def targets_label(targets: Sequence[str] | None) -> str:
+    """``["query", "value"]`` → ``"q,v"``; ``["all-linear"]`` → ``"all-linear"``; other module
+    names stay as given."""
+    return ",".join(TARGET_SHORT.get(t, t) for t in targets or ())
+
+
+def config_label(record: dict[str, Any]) -> str:
+    """A short name for a run's method: ``"LoRA r=8"``, ``"probe"``, ``"BitFit"``, ``"full FT"``."""
+    method = record["method"]
+    label = METHOD_SHORT.get(method, method)
+    return f"{label} r={record['r']}" if method == "lora" else label
+
+
+def _configs(records: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The records grouped by configuration (equal in everything but the seed), in order of
+    first appearance."""
+    from lora_edu.sweep import run_key
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(run_key({**rec, "seed": None}), []).append(rec)
+    return list(groups.values())
+
+
+def _seed_errorbar(ax: Any, x: Sequence[float], samples: Sequence[np.ndarray]) -> None:
+    """Error bars from min to max of each sample (drawn only where there are several seeds)."""
+    for xi, values in zip(x, samples, strict=True):
+        if values.size > 1:
+            mean = values.mean()
+            low, high = mean - values.min(), values.max() - mean
+            ax.errorbar(xi, mean, yerr=[[low], [high]], fmt="none", color="black", capsize=3)
+
+
+def target_sets_bar(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
+    """The LoRA paper's Table 5 view: one bar per LoRA configuration (in order of first
+    appearance), its height the metric (%, mean over seeds, error bar min to max when there are
+    several), labelled with the adapted weights (``targets_label``), the rank and the trainable
+    parameters (head included)."""
+    ax = _axes(ax)
+    groups = [g for g in _configs(records) if g[0]["method"] == "lora"]
+    if not groups:
+        raise ValueError(
+            "no LoRA records to plot; target_sets_bar compares LoRA target sets (e.g. the "
+            "'targets' preset of lora_edu.experiments)"
+        )
+    samples = [np.array([_percent(r["metric"]) for r in g]) for g in groups]
+    means = [s.mean() for s in samples]
+    x = np.arange(len(groups))
+    ax.bar(x, means, color=METHOD_COLORS["lora"])
+    _seed_errorbar(ax, x, samples)
+    for xi, s in zip(x, samples, strict=True):
+        ax.text(xi, s.max() + 0.3, f"{s.mean():.1f}", ha="center", va="bottom", fontsize=8)
+    labels = [
+        f"{targets_label(g[0]['target_modules'])}\nr={g[0]['r']}\n"
+        f"{(g[0].get('trainable_params') or 0) / 1e3:.1f}k"
+        for g in groups
+    ]
+    ax.set_xticks(x, labels, fontsize=8)
+    low, high = min(min(s) for s in samples), max(max(s) for s in samples)
+    ax.set_ylim(max(0.0, low - 5), min(100.0, high + 2.5))
+    ax.set_ylabel(f"{groups[0][0]['metric_name']} (%)")
+    ax.set_xlabel("adapted weights, rank, trainable parameters")
+    return ax
+
+
+def epoch_curves(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
+    """The metric (%) after each epoch (``history["epochs"]``) of each configuration: the mean
+    over seeds, with a band from min to max when there are several, labelled by
+    ``config_label`` and the number of seeds."""
+    ax = _axes(ax)
+    groups = _configs(records)
+    methods = [g[0]["method"] for g in groups]
+    longest = 0
+    for group in groups:
+        curves = [
+            [e["metric"] for e in (rec.get("history") or {}).get("epochs", [])] for rec in group
+        ]
+        curves = [c for c in curves if c and None not in c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)  # seeds of one configuration ran the same epochs
+        values = 100.0 * np.array([c[:n] for c in curves])
+        epochs = np.arange(1, n + 1)
+        method = group[0]["method"]
+        color = METHOD_COLORS.get(method) if methods.count(method) == 1 else None
+        seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+        (line,) = ax.plot(
+            epochs,
+            values.mean(axis=0),
+            "o-",
+            color=color,
+            label=f"{config_label(group[0])} ({seeds})",
+        )
+        if len(curves) > 1:
+            ax.fill_between(
+                epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
+            )
+        longest = max(longest, n)
+    if not longest:
+        raise ValueError("no record holds a metric per epoch (history['epochs'])")
+    ax.set_xticks(range(1, longest + 1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{groups[0][0]['metric_name']} (%) after the epoch")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def time_memory_bars(records: Sequence[dict[str, Any]], axes: Any = None) -> tuple[Any, Any]:
+    """Two panels, one bar per configuration in order of trainable parameters: training
+    seconds (mean over seeds, error bar min to max), and training memory for the model's state
+    from ``experiments.training_memory_mb`` (weights + gradients + Adam's two moments in fp32:
+    an estimate from the parameter counts, drawn hatched) beside the measured CUDA peak
+    (``peak_memory_mb``) where records have one. ``axes``: a pair of axes, or None for a new
+    figure; returns the pair."""
+    from lora_edu.experiments import training_memory_mb
+
+    groups = sorted(_configs(records), key=lambda g: g[0].get("trainable_params") or 0)
+    if not groups:
+        raise ValueError("no records to plot; run `lora-edu sweep` first")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        apply_style()
+        axes = plt.subplots(1, 2, figsize=(10, 3.6))[1]
+    ax_time, ax_memory = axes
+    x = np.arange(len(groups))
+    colors = [METHOD_COLORS.get(g[0]["method"], "black") for g in groups]
+    seconds = [np.array([r.get("train_seconds", np.nan) for r in g], dtype=float) for g in groups]
+    ax_time.bar(x, [s.mean() for s in seconds], color=colors)
+    _seed_errorbar(ax_time, x, seconds)
+    ax_time.set_ylabel("training time (s)")
+    measured = [
+        np.array([r["peak_memory_mb"] for r in g if r.get("peak_memory_mb") is not None])
+        for g in groups
+    ]
+    has_measured = any(m.size for m in measured)
+    width = 0.4 if has_measured else 0.8
+    ax_memory.bar(
+        x - width / 2 if has_measured else x,
+        [training_memory_mb(g[0]) for g in groups],
+        width,
+        color=colors,
+        hatch="//",
+        edgecolor="white",
+        label="estimate: weights + grads + Adam (fp32)",
+    )
+    if has_measured:
+        ax_memory.bar(
+            x + width / 2,
+            [m.mean() if m.size else np.nan for m in measured],
+            width,
+            color=colors,
+            label="measured peak (CUDA)",
+        )
+    ax_memory.set_ylabel("training memory (MiB)")
+    ax_memory.legend(fontsize=8)
+    labels = [config_label(g[0]) for g in groups]
+    for ax in (ax_time, ax_memory):
+        ax.set_xticks(x, labels, fontsize=8)
+    return ax_time, ax_memory
 
 
 def similarity_heatmap(grid: np.ndarray, ax: Any = None, title: str | None = None) -> Any:

@@ -184,6 +184,22 @@ def word_predictions(
     return tags
 
 
+def format_entities(words: Sequence[str], tags: Sequence[str]) -> str:
+    """One sentence as text with each entity (``extract_entities``) in brackets followed by its
+    type, for reading predictions side by side.
+
+    >>> format_entities(["Ann", "Lee", "left", "Acme", "."], ["B-PER", "I-PER", "O", "B-ORG", "O"])
+    '[Ann Lee]PER left [Acme]ORG .'
+    """
+    if len(words) != len(tags):
+        raise ValueError(f"{len(words)} words but {len(tags)} tags; expected one tag per word")
+    pieces = list(words)
+    for kind, start, end in extract_entities(tags):
+        pieces[start] = "[" + pieces[start]
+        pieces[end - 1] += "]" + kind
+    return " ".join(pieces)
+
+
 # --------------------------------------------------------------------------- methods
 
 
@@ -439,6 +455,61 @@ def _accuracy_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
     return evaluate
 
 
+def _encode_words(
+    tokenizer: Any, data: Any, max_length: int, tags: bool = True
+) -> tuple[Collate, list[list[int]]]:
+    """Tokenise a dataset of word lists (column ``tokens``) once, truncated to ``max_length``
+    sub-words, into a collate and, per sentence, the words whose first sub-word is kept.
+
+    Labels sit on first sub-words (``align_labels``): the word's tag id from ``ner_tags`` when
+    ``tags``, else the word's index (prediction only); ``-100`` on every other token either way.
+    """
+    words = [list(w) for w in data["tokens"]]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    word_ids = [enc.word_ids(i) for i in range(len(words))]
+    # Labelling each first sub-word with its word's index lists the words that get a prediction
+    # (a word the tokenizer drops, or one cut off by max_length, has none and is predicted "O").
+    positions = [align_labels(ids, range(len(w))) for ids, w in zip(word_ids, words, strict=True)]
+    first_words = [[i for i in p if i != -100] for p in positions]
+    labels = positions
+    if tags:
+        labels = [align_labels(ids, t) for ids, t in zip(word_ids, data["ner_tags"], strict=True)]
+    return _text_collate(enc["input_ids"], labels, tokenizer.pad_token_id), first_words
+
+
+def _word_tags(
+    model: nn.Module,
+    collate: Collate,
+    first_words: list[list[int]],
+    n_words: Sequence[int],
+    label_names: Sequence[str],
+    batch_size: int,
+) -> list[list[str]]:
+    """Predicted tags, one per word, for the sentences of ``_encode_words``: the argmax label
+    on each word's first sub-word (``word_predictions``), ``"O"`` for words without one."""
+    device = next(model.parameters()).device
+    token_preds = []
+    for preds, labels in predict(model, len(first_words), collate, batch_size, device):
+        token_preds += [p[y != -100].tolist() for p, y in zip(preds, labels, strict=True)]
+    return [
+        word_predictions(words, ids, n, label_names)
+        for words, ids, n in zip(first_words, token_preds, n_words, strict=True)
+    ]
+
+
+def _tag_names(data: Any, label_names: Sequence[str] | None) -> list[str]:
+    """``label_names``, else the ``ClassLabel`` names of ``data``'s ``ner_tags`` column."""
+    if label_names is None:
+        feature = getattr(data, "features", {}).get("ner_tags")
+        label_names = getattr(getattr(feature, "feature", None), "names", None)
+        if label_names is None:
+            raise ValueError(
+                "ner_tags has no ClassLabel names to read IOB2 tags from; pass label_names="
+                "['O', 'B-PER', 'I-PER', ...] in label-id order"
+            )
+    return list(label_names)
+
+
 def _run(
     task: str,
     model_name: str,
@@ -641,15 +712,7 @@ def finetune_token_classifier(
     splits = [d for d in (train, eval) if d is not None]
     for d in splits:
         _require_columns(d, ("tokens", "ner_tags"), "finetune_token_classifier")
-    if label_names is None:
-        feature = train.features["ner_tags"]
-        label_names = getattr(getattr(feature, "feature", None), "names", None)
-        if label_names is None:
-            raise ValueError(
-                "ner_tags has no ClassLabel names to read IOB2 tags from; pass label_names="
-                "['O', 'B-PER', 'I-PER', ...] in label-id order"
-            )
-    label_names = list(label_names)
+    label_names = _tag_names(train, label_names)
     num_labels = max(len(label_names), _num_labels(splits, "ner_tags"))
     if num_labels > len(label_names):
         raise ValueError(
@@ -658,43 +721,18 @@ def finetune_token_classifier(
     seed_everything(seed)
     tokenizer, net = load_text_model("token", num_labels, model, seed=seed)
 
-    def encode(data: Any) -> tuple[Collate, list[list[int]]]:
-        tags = [list(t) for t in data["ner_tags"]]
-        enc = tokenizer(
-            [list(t) for t in data["tokens"]],
-            is_split_into_words=True,
-            truncation=True,
-            max_length=max_length,
-        )
-        word_ids = [enc.word_ids(i) for i in range(len(tags))]
-        labels = [align_labels(w, t) for w, t in zip(word_ids, tags, strict=True)]
-        # The words whose first sub-word carries a label, in order (a word the tokenizer drops,
-        # or one cut off by max_length, has none and is predicted "O").
-        first_words = [
-            [w for w, y in zip(ws, ys, strict=True) if y != -100]
-            for ws, ys in zip(word_ids, labels, strict=True)
-        ]
-        return _text_collate(enc["input_ids"], labels, tokenizer.pad_token_id), first_words
-
     evaluate = None
     if eval is not None:
-        eval_collate, first_words = encode(eval)
+        eval_collate, first_words = _encode_words(tokenizer, eval, max_length)
         true_tags = [[label_names[y] for y in t] for t in eval["ner_tags"]]
+        n_words = [len(t) for t in true_tags]
 
         def evaluate(m: nn.Module) -> dict[str, Any]:
-            pred_tags = []
-            device = next(m.parameters()).device
-            for preds, labels in predict(m, len(eval), eval_collate, 2 * batch_size, device):
-                for p, y in zip(preds, labels, strict=True):
-                    pred_tags.append(p[y != -100].tolist())
-            seqs = [
-                word_predictions(words, ids, len(true), label_names)
-                for words, ids, true in zip(first_words, pred_tags, true_tags, strict=True)
-            ]
+            seqs = _word_tags(m, eval_collate, first_words, n_words, label_names, 2 * batch_size)
             scores = entity_f1(true_tags, seqs)
             return {"metric": scores.pop("f1"), **scores}
 
-    train_collate, _ = encode(train)
+    train_collate, _ = _encode_words(tokenizer, train, max_length)
     return _run(
         "token-classification",
         model,
@@ -711,6 +749,42 @@ def finetune_token_classifier(
         },
         args,
     )
+
+
+def predict_tags(
+    model: nn.Module,
+    data: Any,
+    *,
+    label_names: Sequence[str] | None = None,
+    model_name: str = "minilm",
+    max_length: int = 128,
+    batch_size: int = 64,
+) -> list[list[str]]:
+    """The IOB2 tags ``model`` predicts for the sentences of ``data``, one list of tags per
+    sentence and one tag per word: the argmax on the word's first sub-word, as
+    ``finetune_token_classifier`` evaluates (words cut off by ``max_length`` get ``"O"``).
+
+    ``model``: a token classifier, e.g. the second value of
+    ``finetune_token_classifier(..., return_model=True)`` or ``load_text_model("token", ...)``
+    with ``load_adapter``; it is put in eval mode. ``data``: a ``datasets.Dataset`` with a column
+    ``tokens`` (lists of words); tag names come from ``label_names`` or from the ``ClassLabel``
+    of its ``ner_tags`` column. The words are tokenised by ``model_name``'s tokenizer. Score the
+    result with ``entity_f1(true_tags, predict_tags(...))``.
+    """
+    from transformers import AutoTokenizer
+
+    _require_columns(data, ("tokens",), "predict_tags")
+    label_names = _tag_names(data, label_names)
+    num_labels = getattr(model, "num_labels", len(label_names))
+    if num_labels != len(label_names):
+        raise ValueError(
+            f"the model predicts {num_labels} labels but {len(label_names)} tag names were "
+            "given; pass label_names in the label-id order the model was trained with"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model_name))
+    collate, first_words = _encode_words(tokenizer, data, max_length, tags=False)
+    n_words = [len(words) for words in data["tokens"]]
+    return _word_tags(model, collate, first_words, n_words, label_names, batch_size)
 
 
 def finetune_vit(

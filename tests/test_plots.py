@@ -80,3 +80,94 @@ def test_similarity_heatmap_fixed_scale_and_save(tmp_path):
 def test_empty_records_error():
     with pytest.raises(ValueError, match="run `lora-edu sweep` first"):
         plots.metric_vs_params([])
+
+
+def test_metric_vs_params_joins_lora_ranks_of_one_alpha():
+    ax = plots.metric_vs_params(RECORDS)
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+    assert len(lines) == 1  # α=16: r=2 and r=8; α=4 has a single rank, so no line
+    assert list(lines[0].get_xdata()) == [200, 800]
+    assert np.allclose(lines[0].get_ydata(), [78.0, 81.0])
+    plt.close("all")
+
+
+def test_targets_and_config_labels():
+    assert plots.targets_label(["query", "value"]) == "q,v"
+    assert plots.targets_label(["query", "key", "value", "attention.output.dense"]) == "q,k,v,o"
+    assert plots.targets_label(["all-linear"]) == "all-linear"
+    assert plots.config_label(_rec("lora", 0.8, r=4)) == "LoRA r=4"
+    assert plots.config_label(_rec("head", 0.8)) == "probe"
+
+
+def _target_rec(targets, r, metric, seed=0):
+    return {**_rec("lora", metric, r=r, alpha=16.0, seed=seed, trainable=73_728 + 770),
+            "target_modules": targets}  # fmt: skip
+
+
+def test_target_sets_bar_one_bar_per_set_with_seed_range():
+    recs = [
+        _target_rec(["query"], 16, 0.80),
+        _target_rec(["query", "value"], 8, 0.82),
+        _target_rec(["query", "value"], 8, 0.86, seed=1),
+        _rec("full", 0.9),  # not LoRA: no bar
+    ]
+    ax = plots.target_sets_bar(recs)
+    heights = [p.get_height() for p in ax.patches]
+    assert np.allclose(heights, [80.0, 84.0])  # in order of appearance, seeds averaged
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["q\nr=16\n74.5k", "q,v\nr=8\n74.5k"]
+    # One error bar, for the two-seed set: from 82 to 86.
+    (segments,) = [c.get_segments() for c in ax.collections]
+    assert np.allclose(segments[0][:, 1], [82.0, 86.0])
+    with pytest.raises(ValueError, match="no LoRA records"):
+        plots.target_sets_bar([_rec("full", 0.9)])
+    plt.close("all")
+
+
+def _epochs_rec(method, per_epoch, seed=0, r=None):
+    rec = _rec(method, per_epoch[-1], r=r, alpha=None if r is None else 16.0, seed=seed)
+    rec["history"] = {"loss": [], "epochs": [{"epoch": i + 1, "metric": m}
+                                             for i, m in enumerate(per_epoch)]}  # fmt: skip
+    return rec
+
+
+def test_epoch_curves_mean_and_band_over_seeds():
+    recs = [
+        _epochs_rec("lora", [0.80, 0.84], r=8),
+        _epochs_rec("lora", [0.82, 0.86], r=8, seed=1),
+        _epochs_rec("head", [0.70, 0.71]),
+        _rec("full", 0.9),  # no epoch history: skipped
+    ]
+    ax = plots.epoch_curves(recs)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"LoRA r=8 (2 seeds)", "probe (1 seed)"}
+    assert np.allclose(lines["LoRA r=8 (2 seeds)"].get_ydata(), [81.0, 85.0])
+    assert list(lines["probe (1 seed)"].get_xdata()) == [1, 2]
+    (band,) = ax.collections  # only the two-seed configuration has a band
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(80.0) and ys.max() == pytest.approx(86.0)
+    with pytest.raises(ValueError, match="metric per epoch"):
+        plots.epoch_curves([_rec("full", 0.9)])
+    plt.close("all")
+
+
+def test_time_memory_bars_estimate_and_measured_peak():
+    from lora_edu.experiments import training_memory_mb
+
+    recs = [_rec("full", 0.9, trainable=10_000), _rec("head", 0.7, trainable=10)]
+    recs[0]["train_seconds"], recs[1]["train_seconds"] = 5.0, 1.0
+    ax_time, ax_memory = plots.time_memory_bars(recs)
+    assert [t.get_text() for t in ax_time.get_xticklabels()] == ["probe", "full FT"]  # by size
+    assert [p.get_height() for p in ax_time.patches] == [1.0, 5.0]
+    estimates = [training_memory_mb(recs[1]), training_memory_mb(recs[0])]
+    assert np.allclose([p.get_height() for p in ax_memory.patches], estimates)  # CPU: no peak
+    plt.close("all")
+
+    recs[0]["peak_memory_mb"] = 123.0  # a CUDA run measured its peak
+    _, ax_memory = plots.time_memory_bars(recs)
+    heights = [p.get_height() for p in ax_memory.patches]
+    assert np.allclose(heights[:2], estimates)
+    assert np.isnan(heights[2]) and heights[3] == 123.0
+    legend = {t.get_text() for t in ax_memory.get_legend().get_texts()}
+    assert legend == {"estimate: weights + grads + Adam (fp32)", "measured peak (CUDA)"}
+    plt.close("all")

@@ -4,11 +4,13 @@ committed without outputs, and the README holds the two quickstart commands CI r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -44,3 +46,29 @@ def test_readme_has_the_two_quickstart_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert '<!-- quickstart:install -->\n```bash\npip install -e ".[test]"' in readme
     assert "<!-- quickstart:test -->\n```bash\npython -m pytest\n```" in readme
+
+
+def test_readme_images_exist_and_are_small():
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text(encoding="utf-8"))
+    assert images, "the README shows the headline figures"
+    for image in images:
+        path = ROOT / image
+        assert path.is_file(), f"README shows {image}, which does not exist"
+        assert path.stat().st_size < 400_000, f"{image} is {path.stat().st_size:,} bytes"
+
+
+def test_kept_adapters_are_small_float16_peft_folders():
+    from safetensors import safe_open
+
+    folders = sorted(p.parent for p in (ROOT / "data" / "adapters").rglob("adapter_config.json"))
+    total = 0
+    for folder in folders:
+        weights = folder / "adapter_model.safetensors"
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        assert size < 2 * 2**20, f"{folder} is {size / 2**20:.2f} MB (limit 2 MB)"
+        total += size
+        with safe_open(weights, "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes == {"F16"}, f"{weights}: {dtypes}"
+        assert (folder / "run.json").is_file(), f"{folder} lacks the record of its run"
+    assert total < 10 * 2**20, f"data/adapters holds {total / 2**20:.1f} MB (limit 10 MB)"

@@ -29,7 +29,9 @@ from lora_edu.train import (
     finetune_text_classifier,
     finetune_token_classifier,
     finetune_vit,
+    format_entities,
     linear_schedule,
+    predict_tags,
     prepare_model,
     word_predictions,
 )
@@ -398,3 +400,41 @@ def test_cuda_runs_in_bf16_and_measures_memory(tiny_bert):
     )  # fmt: skip
     losses = vit["history"]["loss"]
     assert vit["peak_memory_mb"] > 0 and np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+# --------------------------------------------------------------------------- NER predictions
+
+
+def test_format_entities():
+    words = ["Peter", "Blackburn", "met", "EU", "staff"]
+    tags = ["B-PER", "I-PER", "O", "B-ORG", "O"]
+    assert format_entities(words, tags) == "[Peter Blackburn]PER met [EU]ORG staff"
+    # A stray I- starts an entity and B- after the same type starts a second (extract_entities).
+    assert format_entities(["a", "b", "c"], ["I-LOC", "B-LOC", "I-LOC"]) == "[a]LOC [b c]LOC"
+    assert format_entities([], []) == ""
+    with pytest.raises(ValueError, match="2 words but 1 tags"):
+        format_entities(["a", "b"], ["O"])
+
+
+def test_predict_tags_reproduces_the_training_evaluation(tiny_bert):
+    train, eval_ = ner(48), ner(24, seed=1)
+    # max_length=6 keeps at most 4 first sub-words: later words must come back as "O".
+    kwargs = dict(method="full", model=tiny_bert, lr=1e-2, epochs=2, batch_size=16, max_length=6)
+    record, model = finetune_token_classifier(
+        train, eval_, progress=False, return_model=True, **kwargs
+    )
+    pred = predict_tags(model, eval_, model_name=tiny_bert, max_length=6)
+    true = [[TAGS[i] for i in t] for t in eval_["ner_tags"]]
+    assert [len(p) for p in pred] == [len(t) for t in true]
+    assert any(len(p) > 4 for p in pred) and all(set(p[4:]) <= {"O"} for p in pred)
+    scores = entity_f1(true, pred)
+    assert record["metric"] > 0.3 and scores["f1"] == record["metric"]
+    assert scores["per_type"] == record["per_type"]
+    # Prediction needs the words only; the tag names then come from label_names.
+    words_only = eval_.remove_columns("ner_tags")
+    again = predict_tags(model, words_only, label_names=TAGS, model_name=tiny_bert, max_length=6)
+    assert again == pred
+    with pytest.raises(ValueError, match="label_names="):
+        predict_tags(model, words_only, model_name=tiny_bert)
+    with pytest.raises(ValueError, match="predicts 9 labels but 3 tag names"):
+        predict_tags(model, words_only, label_names=TAGS[:3], model_name=tiny_bert)

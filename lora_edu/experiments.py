@@ -1,0 +1,258 @@
+"""The named sweeps behind notebooks 05–08: one definition used by the notebooks, the
+``lora-edu sweep --preset`` command that produced the committed results, and ``lora-edu figures``.
+
+    records = run_presets("sst2", ["headline", "ranks"])       # trains only what is missing
+    print(sweep_command("sst2", ["headline", "ranks"]))         # the equivalent shell command
+
+Where results go (``results_file``): in ``default`` and ``full`` the profile-specific file under
+``data/results/`` (``sst2-default.jsonl`` is committed, so the notebooks re-use it instead of
+training); in ``smoke`` a fresh temporary file, so CI runs a tiny live sweep through every code
+path and never writes into the repository.
+
+Every preset is a function of the active profile: ``smoke`` keeps the structure (every method,
+several ranks, alphas and target sets) with fewer points; ``default`` and ``full`` share a grid
+and differ only in the training budget that ``lora_edu.sweep`` picks.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_edu.config import adapters_dir, by_profile, profile, results_dir
+from lora_edu.sweep import _slug, make_grid, run_key, run_sweep
+
+QV = ("query", "value")
+#: BERT's attention output projection (``output.dense`` alone would also match the MLP's).
+ATTN_OUT = "attention.output.dense"
+VIT_ATTENTION = ("query", "key", "value", "output")
+VIT_ATTENTION_MLP = (*VIT_ATTENTION, "fc1", "fc2")
+HEADLINE_METHODS = ("head", "bitfit", "lora", "full")
+
+#: LoRA paper Table 5 at our scale: each set gets the rank that gives q,v at r=8's budget
+#: (73,728 trainable LoRA parameters on MiniLM-L6); all-linear cannot hit it exactly (41,472
+#: per unit of rank: r=2 is 82,944, r=1 41,472), so it takes the nearest rank above.
+TABLE5_TARGETS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (16, ("query",)),
+    (16, ("key",)),
+    (16, ("value",)),
+    (16, (ATTN_OUT,)),
+    (8, ("query", "key")),
+    (8, QV),
+    (4, ("query", "key", "value", ATTN_OUT)),
+    (2, ("all-linear",)),
+)
+
+#: The adapters the paper figures read (A and B kept): q,v at r = 4, 8, 64 (two seeds for 8, 64).
+PAPER_ADAPTERS: tuple[tuple[int, int], ...] = ((4, 0), (8, 0), (8, 1), (64, 0), (64, 1))
+
+
+def _seeds() -> list[int]:
+    return by_profile(smoke=[0], default=[0, 1])
+
+
+def _lora(ranks, alphas=(16,), targets=(QV,), seeds=(0,)) -> list[dict[str, Any]]:
+    return make_grid(["lora"], ranks, alphas, targets, seeds)
+
+
+def _headline(lora_targets: Sequence[str] = QV) -> list[dict[str, Any]]:
+    seeds = _seeds()
+    return (
+        make_grid(["head", "bitfit"], seeds=seeds)
+        + _lora([8], targets=[lora_targets], seeds=seeds)
+        + make_grid(["full"], seeds=seeds)
+    )
+
+
+def _ranks(targets: Sequence[str] = QV) -> list[dict[str, Any]]:
+    return _lora(by_profile(smoke=[1, 8], default=[1, 2, 4, 8, 16, 32, 64]), targets=[targets])
+
+
+def _alphas() -> list[dict[str, Any]]:
+    """α = r (scaling 1) and α = 2r (scaling 2) at every rank; α = 16 is the ``ranks`` preset."""
+    ranks = by_profile(smoke=[1, 8], default=[1, 2, 4, 8, 16, 32, 64])
+    return [run for r in ranks for run in _lora([r], alphas=[r, 2 * r])]
+
+
+def _table5() -> list[dict[str, Any]]:
+    sets = by_profile(smoke=TABLE5_TARGETS[-3:], default=TABLE5_TARGETS)
+    return [run for r, targets in sets for run in _lora([r], targets=[targets])]
+
+
+def _query_ranks() -> list[dict[str, Any]]:
+    return _lora(by_profile(smoke=[1, 8], default=[1, 2, 4, 8, 64]), targets=[("query",)])
+
+
+def _paper_adapters() -> list[dict[str, Any]]:
+    return [run for r, seed in PAPER_ADAPTERS for run in _lora([r], seeds=[seed])]
+
+
+def _vit_headline() -> list[dict[str, Any]]:
+    seeds = _seeds()
+    return (
+        make_grid(["head"], seeds=seeds)
+        + _lora([8], targets=[VIT_ATTENTION], seeds=seeds)
+        + make_grid(["full"], seeds=seeds)
+    )
+
+
+def _vit_ranks() -> list[dict[str, Any]]:
+    ranks = by_profile(smoke=[1, 8], default=[1, 2, 4, 8, 16])
+    return _lora(ranks, targets=[VIT_ATTENTION, VIT_ATTENTION_MLP])
+
+
+#: task → preset name → the grid (at the active profile).
+PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
+    "sst2": {
+        "headline": _headline,
+        "ranks": _ranks,
+        "alphas": _alphas,
+        "targets": _table5,
+        "query-ranks": _query_ranks,
+        "paper-adapters": _paper_adapters,
+    },
+    "conll2003": {"headline": _headline, "ranks": _ranks},
+    "vit": {"headline": _vit_headline, "ranks": _vit_ranks},
+}
+
+
+def preset_grid(task: str, names: str | Sequence[str]) -> list[dict[str, Any]]:
+    """The runs of one or more presets of ``task``, in order, each run once."""
+    if task not in PRESETS:
+        raise ValueError(f"no presets for task {task!r}; expected one of {', '.join(PRESETS)}")
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in PRESETS[task]]
+    if unknown:
+        raise ValueError(
+            f"unknown preset(s) {unknown} for {task}; expected some of {', '.join(PRESETS[task])}"
+        )
+    grid: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for run in PRESETS[task][name]():
+            grid.setdefault(run_key(run), run)
+    return list(grid.values())
+
+
+_SMOKE_DIR: Path | None = None
+
+
+def _smoke_dir() -> Path:
+    global _SMOKE_DIR
+    if _SMOKE_DIR is None:
+        _SMOKE_DIR = Path(tempfile.mkdtemp(prefix="lora_edu-smoke-"))
+    return _SMOKE_DIR
+
+
+def results_file(task: str) -> Path:
+    """The results file of ``task`` at the active profile: ``data/results/TASK-PROFILE.jsonl``
+    (see ``config.results_dir``), or in ``smoke`` a file in a temporary folder made once per
+    process."""
+    if profile() == "smoke":
+        return _smoke_dir() / "results" / f"{task}-smoke.jsonl"
+    return results_dir() / f"{task}-{profile()}.jsonl"
+
+
+def kept_adapter_dir(task: str, run: dict[str, Any]) -> Path:
+    """Where the float16 adapter of one LoRA run of ``task`` is kept at the active profile:
+    ``data/adapters/TASK-PROFILE/<run>`` (see ``config.adapters_dir``; a temporary folder in
+    ``smoke``)."""
+    home = _smoke_dir() / "adapters" if profile() == "smoke" else adapters_dir()
+    return home / f"{task}-{profile()}" / _slug(run)
+
+
+def kept_adapters(
+    task: str, runs: Sequence[dict[str, Any]], *, progress: bool = True
+) -> list[Path]:
+    """The kept adapter folders of these LoRA runs (PEFT format, float16), training the missing
+    ones first at the profile's budget (``run_sweep`` with ``keep_adapters``; their records go
+    to a scratch file, not to the results)."""
+    from lora_edu.lora import ADAPTER_WEIGHTS
+
+    not_lora = [run for run in runs if run["method"] != "lora"]
+    if not_lora:
+        raise ValueError(f"only LoRA runs have adapters, got {not_lora[0]}")
+    missing = [run for run in runs if not (kept_adapter_dir(task, run) / ADAPTER_WEIGHTS).exists()]
+    if missing:
+        scratch = Path(tempfile.mkdtemp(prefix="lora_edu-adapters-")) / f"{task}.jsonl"
+        for record in run_sweep(task, missing, scratch, keep_adapters=True, progress=progress):
+            to_float16(
+                scratch.parent / record["adapter_path"], kept_adapter_dir(task, record), record
+            )
+    return [kept_adapter_dir(task, run) for run in runs]
+
+
+#: The record of the run that trained a kept adapter, saved next to it (what it measured).
+RUN_RECORD = "run.json"
+
+
+def to_float16(source: str | Path, dest: str | Path, record: dict[str, Any] | None = None) -> Path:
+    """Copy a PEFT-format adapter folder with its floating-point tensors stored as float16;
+    with ``record``, also write the run's record (without its learning curves) as ``run.json``."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    source, dest = Path(source), Path(dest)
+    tensors = load_file(source / ADAPTER_WEIGHTS)
+    half = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(half, dest / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    shutil.copyfile(source / ADAPTER_CONFIG, dest / ADAPTER_CONFIG)
+    if record is not None:
+        kept = {k: v for k, v in record.items() if k not in ("history", "adapter_path")}
+        (dest / RUN_RECORD).write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+    return dest
+
+
+def kept_run_record(path: str | Path) -> dict[str, Any]:
+    """The record of the run that trained the kept adapter in ``path`` (``run.json``)."""
+    import json
+
+    return json.loads((Path(path) / RUN_RECORD).read_text())
+
+
+def run_presets(
+    task: str,
+    names: str | Sequence[str],
+    *,
+    out: str | Path | None = None,
+    keep_adapters: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the presets' grid with ``run_sweep`` (finished runs in the results file are re-used,
+    so with the committed results nothing is trained) and return its records."""
+    out = results_file(task) if out is None else Path(out)
+    return run_sweep(
+        task, preset_grid(task, names), out, keep_adapters=keep_adapters, progress=progress
+    )
+
+
+def sweep_command(task: str, names: str | Sequence[str]) -> str:
+    """The shell command that runs these presets (at the profile in ``LORA_EDU_PROFILE``)."""
+    names = [names] if isinstance(names, str) else list(names)
+    return f"lora-edu sweep --task {task} --preset {','.join(names)}"
+
+
+def select(records: Sequence[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
+    """The records whose fields equal the given values (``target_modules`` as a list or tuple),
+    e.g. ``select(records, method="lora", r=8)``."""
+
+    def norm(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return [rec for rec in records if all(norm(rec.get(k)) == norm(v) for k, v in fields.items())]
+
+
+def training_memory_mb(record: dict[str, Any], bytes_per_value: int = 4) -> float:
+    """The memory that training holds for the model's state, from the run's parameter counts:
+    every weight (fp32) plus a gradient and Adam's two moments for each trainable one. This is
+    the part LoRA shrinks (the paper's VRAM saving); activations come on top and are about
+    the same for every method. On CUDA, records also carry the measured ``peak_memory_mb``."""
+    total = record.get("total_params") or 0
+    trainable = record.get("trainable_params") or 0
+    return bytes_per_value * (total + 3 * trainable) / 2**20

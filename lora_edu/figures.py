@@ -1,0 +1,680 @@
+"""The LoRA paper's §7 analyses redone at small scale: notebook 08 and ``lora-edu figures``.
+
+Hu et al. (2021) study GPT-3 175B on WikiSQL and MultiNLI; we study MiniLM-L6 (22.7M
+parameters) on SST-2 at the active profile's budget, from the committed sweep results
+(``data/results/``) and adapters (``data/adapters/``, A and B kept in float16):
+
+| paper        | here                                                     | function                 |
+| ------------ | -------------------------------------------------------- | ------------------------ |
+| Table 5      | which weights to adapt at an equal parameter budget      | ``table5``               |
+| Table 6      | the rank r, on Wq+Wv and on Wq alone                     | ``table6``               |
+| Figure 3     | φ(A_{r=8}, A_{r=64}, i, j) for ΔWq, ΔWv                  | ``rank_similarity``      |
+| Figure 4     | φ between two r = 64 seeds, beside random Gaussians      | ``seed_similarity``      |
+| Table 7      | ‖Uᵀ Wq Vᵀ‖_F, ‖ΔWq‖_F, the amplification factor           | ``table7``               |
+| Figure 2     | metric against trainable parameters, every method        | ``draw_metric_vs_params`` |
+
+``make_figures(out)`` draws every figure (PNG + PDF), writes ``verdicts.md`` (paper vs ours with a
+one-line verdict each) and returns the verdicts; nothing is retrained when the results and
+adapters are present. Shapes: ``W, ΔW (d_out, d_in)``, ``A (r, d_in)``, ``B (d_out, r)``,
+``ΔW = scaling · B A``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_edu.analysis import delta_w_report, subspace_similarity_grid
+from lora_edu.config import by_profile, profile
+from lora_edu.experiments import (
+    PAPER_ADAPTERS,
+    QV,
+    TABLE5_TARGETS,
+    kept_adapters,
+    preset_grid,
+    results_file,
+    run_presets,
+    select,
+)
+from lora_edu.plots import TARGET_SHORT, targets_label
+
+#: One seed of SST-2 dev (872 sentences) has a standard error of about 1.4 accuracy points, so
+#: two single-seed runs differ by about 2 points (√2 · 1.4) by chance alone: smaller gaps are ties.
+NOISE_POINTS = 2.0
+
+#: MiniLM-L6 has 6 layers (0–5); the paper analyses GPT-3's layer 48 of 96, the middle one.
+MIDDLE_LAYER = 3
+#: Layer 0 is left out of Figure 3: with the same seed, the r=8 and r=64 runs draw layer 0's A_q
+#: first from the same random stream, so A_{r=8} starts as the first 8 rows of A_{r=64} and φ is
+#: high by construction (``init_overlap`` measures it); every later layer starts independent.
+FIGURE3_LAYERS = (1, 3, 5)
+
+#: The presets of ``lora_edu.experiments`` these analyses read.
+SST2_PRESETS = ("headline", "ranks", "targets", "query-ranks")
+
+
+def sst2_presets() -> tuple[str, ...]:
+    """``SST2_PRESETS``, without the other methods' runs in ``smoke`` (they only feed Figure 2,
+    and notebook 05 exercises them), to keep the smoke run short."""
+    return by_profile(smoke=SST2_PRESETS[1:], default=SST2_PRESETS)
+
+
+#: What the paper reports (GPT-3 175B): Table 5 and Table 6 are validation accuracy (%) on
+#: MultiNLI (seed std ±0.1) and WikiSQL (±0.5); Table 7 uses ΔWq at layer 48.
+PAPER = {
+    "table5_mnli": {"q": 91.0, "k": 90.8, "v": 91.0, "o": 91.3, "q,k": 91.3, "q,v": 91.3,
+                    "q,k,v,o": 91.7},
+    "table5_wikisql": {"q": 70.4, "k": 70.0, "v": 73.0, "o": 73.2, "q,k": 71.4, "q,v": 73.7,
+                       "q,k,v,o": 73.7},
+    "table6_mnli_q": {1: 90.7, 2: 90.9, 4: 91.1, 8: 90.7, 64: 90.7},
+    "table6_mnli_qv": {1: 91.3, 2: 91.4, 4: 91.3, 8: 91.6, 64: 91.4},
+    "table7": {4: {"delta": 0.32, "W": 21.67, "random": 0.02, "delta_norm": 6.91,
+                   "amplification": 21.5},
+               64: {"delta": 1.90, "W": 37.71, "random": 0.33, "delta_norm": 3.57,
+                    "amplification": 1.9},
+               "W_norm": 61.95},
+}  # fmt: skip
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def sst2_records(progress: bool = True) -> list[dict[str, Any]]:
+    """The SST-2 runs the tables read (``sst2_presets()``), trained only where missing."""
+    return run_presets("sst2", sst2_presets(), progress=progress)
+
+
+def all_task_records() -> dict[str, list[dict[str, Any]]]:
+    """Every task's results at the active profile that exist on disk (for Figure 2)."""
+    from lora_edu.sweep import read_results
+
+    found = {task: read_results(results_file(task)) for task in ("sst2", "conll2003", "vit")}
+    return {task: records for task, records in found.items() if records}
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """One adapted layer: the frozen ``W (d_out, d_in)`` and the factors ``A (r, d_in)``,
+    ``B (d_out, r)`` with their ``scaling``, all float64."""
+
+    name: str
+    layer: int
+    kind: str  # the module's own name: "query", "value", ...
+    W: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    scaling: float
+
+    @property
+    def delta_W(self) -> np.ndarray:
+        """``ΔW = scaling · B A``, shape ``(d_out, d_in)``."""
+        return self.scaling * self.B @ self.A
+
+
+def adapter_updates(path: str | os.PathLike) -> dict[tuple[str, int], LayerUpdate]:
+    """Load a SST-2 adapter folder into a fresh MiniLM and return its layers, keyed by
+    ``(kind, layer)``, e.g. ``("query", 3)``."""
+    import torch
+
+    from lora_edu.lora import LoRALinear, load_adapter
+    from lora_edu.models import load_text_model
+
+    _, model = load_text_model("sequence", 2)
+    load_adapter(model, path)
+    updates = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoRALinear):
+                continue
+            match = re.search(r"layer\.(\d+)\.", name)
+            layer = int(match.group(1)) if match else -1
+            kind = name.rsplit(".", 1)[-1]
+            updates[(kind, layer)] = LayerUpdate(
+                name,
+                layer,
+                kind,
+                module.base_layer.weight.double().numpy().copy(),
+                module.lora_A.double().numpy().copy(),
+                module.lora_B.double().numpy().copy(),
+                float(module.scaling),
+            )
+    return updates
+
+
+def paper_adapters(progress: bool = True) -> dict[tuple[int, int], dict]:
+    """The layers of the q,v adapters kept for these analyses, keyed by ``(r, seed)``
+    (``experiments.PAPER_ADAPTERS``); missing adapters are trained first, with a progress bar."""
+    runs = preset_grid("sst2", "paper-adapters")
+    paths = kept_adapters("sst2", runs, progress=progress)
+    return {(run["r"], run["seed"]): adapter_updates(p) for run, p in zip(runs, paths, strict=True)}
+
+
+# ---------------------------------------------------------------------------------- tables
+
+
+def _mean_metric(records: Sequence[dict[str, Any]]) -> tuple[float | None, int]:
+    if not records:
+        return None, 0
+    return 100 * float(np.mean([r["metric"] for r in records])), len(records)
+
+
+def table5_runs(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the Table 5 study (every seed), in ``TABLE5_TARGETS`` order."""
+    return [
+        rec
+        for r, targets in TABLE5_TARGETS
+        for rec in select(records, method="lora", r=r, alpha=16.0, target_modules=list(targets))
+    ]
+
+
+def table5(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table 5 style: accuracy (%) per target set at (about) q,v r=8's budget, α = 16."""
+    rows = []
+    for r, targets in TABLE5_TARGETS:
+        runs = select(records, method="lora", r=r, alpha=16.0, target_modules=list(targets))
+        metric, n = _mean_metric(runs)
+        label = targets_label(targets)
+        rows.append(
+            {
+                "targets": label,
+                "r": r,
+                "trainable_lora": runs[0]["trainable_params"] - _head_params(records)
+                if runs
+                else None,
+                "metric": metric,
+                "seeds": n,
+                "paper_mnli": PAPER["table5_mnli"].get(label),
+                "paper_wikisql": PAPER["table5_wikisql"].get(label),
+            }
+        )
+    return rows
+
+
+def _head_params(records: Sequence[dict[str, Any]]) -> int:
+    """Trainable parameters of the classification head alone (from a head-only run; 0 if
+    none), so LoRA budgets can be compared without the head every method trains."""
+    heads = select(records, method="head")
+    return heads[0]["trainable_params"] if heads else 0
+
+
+def table6(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table 6 style: accuracy (%) at r ∈ {1, 2, 4, 8, 64} (those present) on Wq and on Wq+Wv."""
+    rows = []
+    ranks = sorted({r["r"] for r in select(records, method="lora", alpha=16.0) if r["r"]})
+    for r in [r for r in (1, 2, 4, 8, 64) if r in ranks]:
+        q, _ = _mean_metric(
+            select(records, method="lora", r=r, alpha=16.0, target_modules=["query"])
+        )
+        qv, n = _mean_metric(
+            select(records, method="lora", r=r, alpha=16.0, target_modules=list(QV))
+        )
+        rows.append(
+            {
+                "r": r,
+                "q": q,
+                "q,v": qv,
+                "q,v seeds": n,
+                "paper_mnli_q": PAPER["table6_mnli_q"].get(r),
+                "paper_mnli_qv": PAPER["table6_mnli_qv"].get(r),
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------- φ and ΔW
+
+
+def rank_similarity(
+    adapters: dict[tuple[int, int], dict], layers: Sequence[int] = FIGURE3_LAYERS, seed: int = 0
+) -> dict[tuple[str, int], np.ndarray]:
+    """Figure 3: ``φ(A_{r=8}, A_{r=64}, i, j)`` for i ≤ 8, j ≤ 64, per (kind, layer)."""
+    small, large = adapters[(8, seed)], adapters[(64, seed)]
+    return {
+        (kind, layer): subspace_similarity_grid(small[(kind, layer)].A, large[(kind, layer)].A)
+        for kind in QV
+        for layer in layers
+    }
+
+
+def init_overlap(r_small: int = 8, r_large: int = 64, seed: int = 0) -> float:
+    """φ(A_small, A_large, r_small, r_large) at initialisation for the first adapted layer of two
+    same-seed runs: 1.0 means A_small starts inside A_large's row space (an artefact of sharing
+    the random stream, not something training learned)."""
+    import torch
+
+    from lora_edu.analysis import subspace_similarity
+    from lora_edu.lora import LoRALinear
+
+    first = []
+    for r in (r_small, r_large):
+        torch.manual_seed(seed)
+        first.append(LoRALinear(torch.nn.Linear(384, 384), r, alpha=16).lora_A.detach().numpy())
+    return subspace_similarity(first[0], first[1], r_small, r_large)
+
+
+def seed_similarity(
+    adapters: dict[tuple[int, int], dict], layer: int = MIDDLE_LAYER, r: int = 64, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Figure 4: ``φ(A_{seed 0}, A_{seed 1}, i, j)`` of two rank-r runs for ΔWq and ΔWv, and the
+    same for two random Gaussian matrices of A's shape (the chance level)."""
+    first, second = adapters[(r, 0)], adapters[(r, 1)]
+    grids = {
+        kind: subspace_similarity_grid(first[(kind, layer)].A, second[(kind, layer)].A)
+        for kind in QV
+    }
+    shape = first[("query", layer)].A.shape
+    rng = np.random.default_rng(seed)
+    grids["random"] = subspace_similarity_grid(
+        rng.standard_normal(shape), rng.standard_normal(shape)
+    )
+    return grids
+
+
+def shared_directions(grid: np.ndarray, threshold: float = 0.5) -> int:
+    """How many leading directions two subspaces share: the largest k such that each of the top
+    k directions adds at least ``threshold`` to the overlap ``‖U_kᵀ U_k‖_F² = k · φ(k, k)``
+    (1 for a direction both hold, about k/d for unrelated ones)."""
+    diagonal = np.diagonal(grid)
+    k = np.arange(1, diagonal.size + 1)
+    gains = np.diff(k * diagonal, prepend=0.0)
+    below = np.flatnonzero(gains < threshold)
+    return int(below[0]) if below.size else int(diagonal.size)
+
+
+def table7(
+    adapters: dict[tuple[int, int], dict], layer: int = MIDDLE_LAYER, seed: int = 0
+) -> dict[int, dict[str, float]]:
+    """Table 7: for ΔWq of the r = 4 and r = 64 adapters at ``layer``, ``‖Uᵀ Wq Vᵀ‖_F`` with
+    U, V the top-r singular vectors of ΔWq, of Wq, and of a random matrix; ‖Wq‖_F; ‖ΔWq‖_F;
+    and the amplification factor ‖ΔWq‖_F / ‖Uᵀ Wq Vᵀ‖_F (``analysis.delta_w_report``)."""
+    out = {}
+    for r in (4, 64):
+        update = adapters[(r, seed)][("query", layer)]
+        out[r] = delta_w_report(update.delta_W, update.W, r, seed=seed)
+    return out
+
+
+def amplification_by_layer(
+    adapters: dict[tuple[int, int], dict], r: int = 4, seed: int = 0
+) -> dict[tuple[str, int], float]:
+    """The amplification factor of every adapted layer of the rank-r adapter."""
+    return {
+        key: delta_w_report(u.delta_W, u.W, r, seed=seed)["amplification"]
+        for key, u in adapters[(r, seed)].items()
+    }
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def _thin_ticks(ax: Any, n_i: int, n_j: int) -> None:
+    """Label at most ~8 ticks per axis of a φ heatmap (every one for small grids)."""
+
+    def ticks(n: int) -> list[int]:
+        step = max(1, n // 8)
+        return sorted({0, *range(step - 1, n, step)})
+
+    ax.set_xticks(ticks(n_j), [str(t + 1) for t in ticks(n_j)])
+    ax.set_yticks(ticks(n_i), [str(t + 1) for t in ticks(n_i)])
+
+
+def draw_rank_similarity(grids: dict[tuple[str, int], np.ndarray]) -> Any:
+    """Figure 3 style: one heatmap per (kind, layer), rows ΔWq and ΔWv."""
+    import matplotlib.pyplot as plt
+
+    from lora_edu.plots import apply_style, similarity_heatmap
+
+    apply_style()
+    layers = sorted({layer for _, layer in grids})
+    fig, axes = plt.subplots(2, len(layers), figsize=(4.2 * len(layers), 4.6), squeeze=False)
+    for row, kind in enumerate(QV):
+        for col, layer in enumerate(layers):
+            grid = grids[(kind, layer)]
+            ax = similarity_heatmap(
+                grid, ax=axes[row, col], title=f"ΔW{TARGET_SHORT[kind]}, layer {layer}"
+            )
+            _thin_ticks(ax, *grid.shape)
+            ax.set_xlabel("j (direction of A, r = 64)")
+            ax.set_ylabel("i (direction of A, r = 8)")
+    fig.suptitle("Subspace similarity φ(A_r=8, A_r=64, i, j) — LoRA paper Figure 3 style")
+    fig.tight_layout()
+    return fig
+
+
+def draw_seed_similarity(grids: dict[str, np.ndarray], layer: int = MIDDLE_LAYER) -> Any:
+    """Figure 4 style: φ between two seeds for ΔWq, ΔWv, and two random Gaussian matrices."""
+    import matplotlib.pyplot as plt
+
+    from lora_edu.plots import apply_style, similarity_heatmap
+
+    apply_style()
+    titles = {
+        "query": f"ΔWq, layer {layer}: seed 0 vs 1",
+        "value": f"ΔWv, layer {layer}: seed 0 vs 1",
+        "random": "two random Gaussian A",
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+    for ax, (key, title) in zip(axes, titles.items(), strict=True):
+        similarity_heatmap(grids[key], ax=ax, title=title)
+        _thin_ticks(ax, *grids[key].shape)
+    fig.suptitle("φ(A_seed0, A_seed1, i, j) at r = 64 — LoRA paper Figure 4 style")
+    fig.tight_layout()
+    return fig
+
+
+def draw_table5(records: Sequence[dict[str, Any]]) -> Any:
+    """Table 5 as a bar chart (``plots.target_sets_bar``): accuracy per target set at an equal
+    budget."""
+    import matplotlib.pyplot as plt
+
+    from lora_edu.plots import apply_style, target_sets_bar
+
+    apply_style()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    target_sets_bar(table5_runs(records), ax=ax)
+    ax.set_title("Which weights to adapt at an equal budget — LoRA paper Table 5 style")
+    return fig
+
+
+def draw_table6(rows: Sequence[dict[str, Any]]) -> Any:
+    """Table 6 as lines: accuracy against r for Wq and Wq+Wv."""
+    import matplotlib.pyplot as plt
+
+    from lora_edu.plots import apply_style
+
+    apply_style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label, style in (("q", "Wq", "s--"), ("q,v", "Wq, Wv", "o-")):
+        pts = [(r["r"], r[key]) for r in rows if r[key] is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([r["r"] for r in rows], [str(r["r"]) for r in rows])
+    ax.set_xlabel("rank r (log scale)")
+    ax.set_ylabel("SST-2 dev accuracy (%)")
+    ax.set_title("The rank r — LoRA paper Table 6 style")
+    ax.legend()
+    return fig
+
+
+def draw_metric_vs_params(records_by_task: dict[str, list[dict[str, Any]]]) -> Any:
+    """Figure 2 style: metric against trainable parameters for every method, one panel per task
+    (LoRA at α = 16 on its default targets; the target-set study is Table 5)."""
+    import matplotlib.pyplot as plt
+
+    from lora_edu.plots import apply_style, metric_vs_params
+
+    apply_style()
+    tasks = list(records_by_task)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.9), squeeze=False)
+    names = {"sst2": "SST-2 (MiniLM-L6)", "conll2003": "CoNLL-2003 NER (MiniLM-L6)",
+             "vit": "digits (MNIST-pretrained TinyViT)"}  # fmt: skip
+    for ax, task in zip(axes[0], tasks, strict=True):
+        records = _figure2_records(task, records_by_task[task])
+        metric_vs_params(records, ax=ax)
+        ax.set_title(names.get(task, task))
+    fig.suptitle("Metric against trainable parameters — LoRA paper Figure 2 style")
+    fig.tight_layout()
+    return fig
+
+
+def _figure2_records(task: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    from lora_edu.experiments import VIT_ATTENTION
+
+    default_targets = list(VIT_ATTENTION) if task == "vit" else list(QV)
+    return [
+        r
+        for r in records
+        if r["method"] != "lora" or (r["alpha"] == 16.0 and r["target_modules"] == default_targets)
+    ]
+
+
+# ---------------------------------------------------------------------------------- verdicts
+
+
+def _verdict(claims: Sequence[bool | None]) -> str:
+    known = [c for c in claims if c is not None]
+    if not known:
+        return "not measured"
+    if len(known) < len(claims):
+        return "partially measured"
+    return "reproduced" if all(known) else "partially" if any(known) else "not reproduced"
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def verdicts(
+    t5: Sequence[dict[str, Any]],
+    t6: Sequence[dict[str, Any]],
+    fig3: dict[tuple[str, int], np.ndarray],
+    fig4: dict[str, np.ndarray],
+    t7: dict[int, dict[str, float]],
+    records_by_task: dict[str, list[dict[str, Any]]],
+    d_in: int = 384,
+) -> list[dict[str, str]]:
+    """One row per analysis: the paper's claim, our numbers, a verdict and why (``d_in``: the
+    adapted layers' input width, for the chance level of φ)."""
+    rows = []
+
+    by = {r["targets"]: r["metric"] for r in t5}
+    measured = [v for v in by.values() if v is not None]
+    qv = by.get("q,v")
+    best = max(measured) if measured else None
+    qv_best = None if qv is None or best is None else best - qv <= NOISE_POINTS
+    single_lower = [
+        None if by.get(k) is None or qv is None else qv - by[k] > NOISE_POINTS for k in ("q", "k")
+    ]
+    single = None if None in single_lower else all(single_lower)
+    rows.append(
+        {
+            "analysis": "Table 5: which weights",
+            "paper": "Wq+Wv (r=4) is best, tied with all four (r=2): 91.3/91.7 MNLI, 73.7/73.7 "
+            "WikiSQL; all budget in Wq or Wk alone is clearly lower (91.0/90.8, 70.4/70.0)",
+            "ours": ", ".join(f"{k} {_fmt(v)}" for k, v in by.items()),
+            "verdict": _verdict([qv_best, single]),
+            "why": f"q,v within {NOISE_POINTS:g} points (single-seed noise) of the best: "
+            f"{qv_best}; q-only and k-only more than {NOISE_POINTS:g} below q,v: {single}",
+        }
+    )
+
+    qv_row = [r for r in t6 if r["q,v"] is not None]
+    r1 = next((r for r in qv_row if r["r"] == 1), None)
+    best_qv = max((r["q,v"] for r in qv_row), default=None)
+    small_r = None if r1 is None or best_qv is None else best_qv - r1["q,v"] <= NOISE_POINTS
+    both = [r for r in t6 if r["q"] is not None and r["q,v"] is not None]
+    q_lower = None if not both else float(np.mean([r["q,v"] - r["q"] for r in both])) > 0
+    rows.append(
+        {
+            "analysis": "Table 6: the rank",
+            "paper": "r = 1 already competitive on Wq+Wv (91.3 vs best 91.6 MNLI); Wq alone "
+            "trails Wq+Wv at every r and needs a larger r (90.7 → 91.1)",
+            "ours": "; ".join(f"r={r['r']}: q {_fmt(r['q'])}, q,v {_fmt(r['q,v'])}" for r in t6),
+            "verdict": _verdict([small_r, q_lower]),
+            "why": f"q,v at r=1 within {NOISE_POINTS:g} points of its best r: {small_r}; "
+            f"q alone lower than q,v on average over r: {q_lower}",
+        }
+    )
+
+    top = {key: float(grid[0, 0]) for key, grid in fig3.items()}
+    middle = [top[(k, MIDDLE_LAYER)] for k in QV if (k, MIDDLE_LAYER) in top]
+    rows.append(
+        {
+            "analysis": "Figure 3: r=8 vs r=64",
+            "paper": "the top singular direction of A_r=8 and A_r=64 overlaps strongly "
+            "(φ > 0.5), the other directions do not",
+            "ours": ", ".join(
+                f"φ(1,1) ΔW{TARGET_SHORT[k]} layer {layer} = {v:.2f}"
+                for (k, layer), v in top.items()
+            ),
+            "verdict": _verdict([all(v > 0.5 for v in middle) if middle else None]),
+            "why": f"φ(1,1) > 0.5 for ΔWq and ΔWv at the middle layer {MIDDLE_LAYER}; chance "
+            f"level is 1/d_in = {1 / d_in:.4f}",
+        }
+    )
+
+    shared = {k: shared_directions(g) for k, g in fig4.items()}
+    chance = float(np.mean(fig4["random"][:8, :8])) if "random" in fig4 else None
+    seeds_mean = {k: float(np.mean(fig4[k][:8, :8])) for k in QV if k in fig4}
+    above = None if chance is None else all(v > 5 * chance for v in seeds_mean.values())
+    q_more = None if not shared else shared.get("query", 0) >= shared.get("value", 0)
+    rows.append(
+        {
+            "analysis": "Figure 4: two seeds",
+            "paper": "two r=64 runs share their top directions far above chance; ΔWq shares "
+            "more directions than ΔWv (a higher 'intrinsic rank')",
+            "ours": ", ".join(f"mean φ(i,j≤8) {k} {v:.2f}" for k, v in seeds_mean.items())
+            + f", random {_fmt(chance, 3)}; shared leading directions: "
+            + ", ".join(f"{k} {v}" for k, v in shared.items()),
+            "verdict": _verdict([above, q_more]),
+            "why": f"seeds' mean φ over i,j ≤ 8 above 5× chance: {above}; ΔWq shares at least "
+            f"as many directions as ΔWv: {q_more}",
+        }
+    )
+
+    if t7:
+        r4, r64 = t7.get(4), t7.get(64)
+        corr = all(t["proj_W_on_delta"] > t["proj_W_on_random"] for t in t7.values())
+        not_top = all(t["proj_W_on_delta"] < 0.5 * t["proj_W_on_W"] for t in t7.values())
+        amplified = None if r4 is None or r64 is None else (
+            r4["amplification"] > 2 and r4["amplification"] > r64["amplification"]
+        )  # fmt: skip
+        ours = "; ".join(
+            f"r={r}: ‖UᵀWV‖ ΔW {t['proj_W_on_delta']:.2f}, W {t['proj_W_on_W']:.2f}, random "
+            f"{t['proj_W_on_random']:.3f}, ‖ΔW‖ {t['delta_W_norm']:.2f}, amplification "
+            f"{t['amplification']:.1f}"
+            for r, t in t7.items()
+        )
+        rows.append(
+            {
+                "analysis": "Table 7: ΔW vs W",
+                "paper": "ΔWq correlates with Wq more than random (0.32 vs 0.02 at r=4) but not "
+                "with Wq's top directions (21.67); it amplifies them ≈21.5× at r=4, ≈1.9× at r=64",
+                "ours": ours + f"; ‖Wq‖ {next(iter(t7.values()))['W_norm']:.2f}",
+                "verdict": _verdict([corr, not_top, amplified]),
+                "why": f"ΔW subspace > random: {corr}; < half of W's own top subspace: {not_top}; "
+                f"amplification > 2 at r=4 and larger than at r=64: {amplified}",
+            }
+        )
+
+    gaps, claims = [], []
+    tolerance = {"sst2": 1.5, "conll2003": 3.0, "vit": 2.0}
+    for task, records in records_by_task.items():
+        lora = select(records, method="lora", r=8, alpha=16.0)
+        lora = [r for r in lora if r in _figure2_records(task, records)]
+        full = select(records, method="full")
+        m_lora, _ = _mean_metric(lora)
+        m_full, _ = _mean_metric(full)
+        if m_lora is None or m_full is None:
+            continue
+        gaps.append(f"{task}: LoRA r=8 {m_lora:.1f} vs full {m_full:.1f}")
+        claims.append((task, m_full - m_lora <= tolerance[task]))
+    rows.append(
+        {
+            "analysis": "Figure 2: quality vs parameters",
+            "paper": "LoRA matches or beats full fine-tuning with ~10,000× fewer trainable "
+            "parameters (GPT-3: 0.01%)",
+            "ours": "; ".join(gaps) or "–",
+            "verdict": _verdict([ok for _, ok in claims]),
+            "why": "within the #6 tolerances (SST-2 1.5, CoNLL 3 F1, ViT 2 points): "
+            + ", ".join(f"{task} {ok}" for task, ok in claims),
+        }
+    )
+    return rows
+
+
+def verdicts_markdown(rows: Sequence[dict[str, str]]) -> str:
+    """The verdict rows as a markdown table, headed by the profile they were measured in."""
+    note = (
+        "smoke profile: tiny runs, these numbers and verdicts are NOT findings"
+        if profile() == "smoke"
+        else f"profile {profile()}: MiniLM-L6 on SST-2 (Figure 2: every task), one seed "
+        f"unless stated; gaps under {NOISE_POINTS:g} points are within single-seed noise"
+    )
+    lines = [
+        f"_{note}_",
+        "",
+        "| analysis | paper (GPT-3 175B) | ours | verdict | why |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['analysis']} | {row['paper']} | {row['ours']} | **{row['verdict']}** | "
+            f"{row['why']} |"
+        )
+    return "\n".join(lines)
+
+
+VERDICTS_START = "<!-- verdicts:start (generated by `lora-edu figures --readme`; do not edit) -->"
+VERDICTS_END = "<!-- verdicts:end -->"
+
+
+# ---------------------------------------------------------------------------------- everything
+
+
+def make_figures(out: str | os.PathLike = "figures", progress: bool = True) -> dict[str, Any]:
+    """Compute every analysis, save each figure as PNG and PDF into ``out`` and the verdict
+    table as ``out/verdicts.md``; return the tables, grids, verdicts and written paths."""
+    import matplotlib.pyplot as plt
+
+    from lora_edu.plots import save_figure
+
+    out = Path(out)
+    records = sst2_records(progress=progress)
+    adapters = paper_adapters(progress=progress)
+    by_task = all_task_records()
+    by_task.setdefault("sst2", records)
+    result: dict[str, Any] = {
+        "table5": table5(records),
+        "table6": table6(records),
+        "figure3": rank_similarity(adapters),
+        "figure4": seed_similarity(adapters),
+        "table7": table7(adapters),
+    }
+    result["verdicts"] = verdicts(
+        result["table5"],
+        result["table6"],
+        result["figure3"],
+        result["figure4"],
+        result["table7"],
+        by_task,
+    )
+    figures = {
+        "figure2_metric_vs_params": draw_metric_vs_params(by_task),
+        "figure3_rank_similarity": draw_rank_similarity(result["figure3"]),
+        "figure4_seed_similarity": draw_seed_similarity(result["figure4"]),
+        "table5_target_sets": draw_table5(records),
+        "table6_rank": draw_table6(result["table6"]),
+    }
+    paths: list[Path] = []
+    for name, fig in figures.items():
+        paths += save_figure(fig, name, out)
+        plt.close(fig)
+    verdict_file = out / "verdicts.md"
+    verdict_file.write_text(verdicts_markdown(result["verdicts"]) + "\n", encoding="utf-8")
+    result["paths"] = [*paths, verdict_file]
+    return result
+
+
+__all__ = [
+    "PAPER",
+    "PAPER_ADAPTERS",
+    "LayerUpdate",
+    "adapter_updates",
+    "make_figures",
+    "paper_adapters",
+    "rank_similarity",
+    "seed_similarity",
+    "shared_directions",
+    "table5",
+    "table6",
+    "table7",
+    "verdicts",
+    "verdicts_markdown",
+]

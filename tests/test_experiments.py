@@ -1,0 +1,141 @@
+"""Named sweeps (presets), where results and kept adapters live, float16 adapters, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lora_edu import cli, experiments, sweep
+from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, load_adapter, save_adapter
+
+
+@pytest.fixture
+def default_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.setenv("LORA_EDU_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def test_presets_are_deduplicated_and_named(default_profile):
+    headline = experiments.preset_grid("sst2", "headline")
+    assert [g["method"] for g in headline].count("full") == 2  # two seeds in default
+    both = experiments.preset_grid("sst2", ["headline", "ranks"])
+    keys = [sweep.run_key(g) for g in both]
+    assert len(keys) == len(set(keys))
+    # r=8 q,v α16 seed 0 is in both presets and appears once
+    assert len(both) == len(headline) + 7 - 1
+    alphas = experiments.preset_grid("sst2", "alphas")
+    assert {(g["r"], g["alpha"]) for g in alphas if g["r"] == 4} == {(4, 4.0), (4, 8.0)}
+
+
+def test_table5_budgets_are_equal_on_minilm_shapes():
+    """Each target set's rank spends q,v r=8's budget: 2·r·384 per adapted 384×384 matrix."""
+    per_matrix = 2 * 384  # A (r, 384) + B (384, r) per unit of rank
+    budgets = {
+        targets: r * per_matrix * len(targets) * 6
+        for r, targets in experiments.TABLE5_TARGETS
+        if targets != ("all-linear",)
+    }
+    assert set(budgets.values()) == {73_728}
+
+
+def test_unknown_presets_raise_with_the_choices():
+    with pytest.raises(ValueError, match="expected one of"):
+        experiments.preset_grid("mnist", "headline")
+    with pytest.raises(ValueError, match="headline, ranks"):
+        experiments.preset_grid("vit", ["headline", "alphas"])
+
+
+def test_results_file_per_profile(monkeypatch, default_profile):
+    assert experiments.results_file("sst2") == default_profile / "results" / "sst2-default.jsonl"
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    smoke = experiments.results_file("sst2")
+    assert smoke.name == "sst2-smoke.jsonl" and default_profile not in smoke.parents
+    assert experiments.results_file("vit").parent == smoke.parent  # one temp folder per process
+
+
+def test_select_and_memory():
+    recs = [
+        {"method": "lora", "r": 8, "target_modules": ["query", "value"]},
+        {"method": "lora", "r": 8, "target_modules": ["query"]},
+        {"method": "full", "r": None, "target_modules": None},
+    ]
+    assert experiments.select(recs, method="lora", target_modules=("query", "value")) == recs[:1]
+    assert experiments.select(recs, r=8) == recs[:2]
+    mb = experiments.training_memory_mb({"total_params": 2**20, "trainable_params": 2**18})
+    assert mb == pytest.approx(4 * (1 + 3 / 4))
+
+
+def test_sweep_command_round_trips_through_the_cli(monkeypatch, default_profile):
+    command = experiments.sweep_command("conll2003", ["headline", "ranks"])
+    seen = {}
+
+    def fake_run_sweep(task, grid, out, **kwargs):
+        seen.update(task=task, grid=grid, out=out)
+        return []
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    assert cli.main(command.split()[1:]) == 0
+    assert seen["task"] == "conll2003"
+    assert seen["grid"] == experiments.preset_grid("conll2003", ["headline", "ranks"])
+    assert str(seen["out"]).endswith("conll2003-default.jsonl")
+
+
+def test_cli_alphas_relative_to_rank(monkeypatch, default_profile):
+    seen = {}
+    monkeypatch.setattr(
+        sweep, "run_sweep", lambda task, grid, out, **kw: seen.update(grid=grid) or []
+    )
+    argv = "sweep --task sst2 --methods lora,head --ranks 2,8 --alphas r,2r,16 --seeds 0,1"
+    assert cli.main(argv.split()) == 0
+    lora = {(g["r"], g["alpha"], g["seed"]) for g in seen["grid"] if g["method"] == "lora"}
+    assert lora == {(r, a, s) for r in (2, 8) for a in (r, 2 * r, 16) for s in (0, 1)}
+    assert sum(g["method"] == "head" for g in seen["grid"]) == 2  # once per seed, not per alpha
+    with pytest.raises(SystemExit):
+        cli.main("sweep --task sst2 --alphas xr".split())
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_float16_adapters_round_trip(tmp_path):
+    model = _tiny()
+    apply_lora(model, ["0", "2"], r=2, alpha=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:  # the base stays the pretrained one
+                p.add_(0.1 * torch.randn_like(p))
+    save_adapter(model, tmp_path / "fp32")
+    experiments.to_float16(tmp_path / "fp32", tmp_path / "fp16", {"metric": 0.5, "history": {}})
+    assert experiments.kept_run_record(tmp_path / "fp16") == {"metric": 0.5}
+    save_adapter(model, tmp_path / "direct", dtype=torch.float16)
+    from safetensors.torch import load_file
+
+    half = load_file(tmp_path / "fp16" / ADAPTER_WEIGHTS)
+    assert all(t.dtype == torch.float16 for t in half.values())
+    direct = load_file(tmp_path / "direct" / ADAPTER_WEIGHTS)
+    assert half.keys() == direct.keys() and all(torch.equal(half[k], direct[k]) for k in half)
+    assert json.loads((tmp_path / "fp16" / ADAPTER_CONFIG).read_text())["r"] == 2
+    # Loading casts back to the model's float32; outputs agree to float16 precision.
+    fresh = _tiny()
+    load_adapter(fresh, tmp_path / "fp16")
+    assert all(p.dtype == torch.float32 for p in fresh.parameters())
+    x = torch.randn(4, 6)
+    assert torch.allclose(fresh(x), model(x), atol=1e-3)
+    assert not torch.equal(fresh(x), model(x))  # float16 did round something
+
+
+def test_kept_adapters_reject_non_lora_runs(default_profile):
+    with pytest.raises(ValueError, match="only LoRA runs"):
+        experiments.kept_adapters("sst2", sweep.make_grid(["full"]))
+
+
+def test_kept_adapter_dir_layout(default_profile):
+    run = experiments.preset_grid("sst2", "paper-adapters")[0]
+    path = experiments.kept_adapter_dir("sst2", run)
+    assert path == default_profile / "adapters" / "sst2-default" / "lora_r4_a16_query-value_s0"
