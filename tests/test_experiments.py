@@ -28,7 +28,10 @@ def test_presets_are_deduplicated_and_named(default_profile):
     # r=8 q,v α16 seed 0 is in both presets and appears once
     assert len(both) == len(headline) + 7 - 1
     alphas = experiments.preset_grid("sst2", "alphas")
-    assert {(g["r"], g["alpha"]) for g in alphas if g["r"] == 4} == {(4, 4.0), (4, 8.0)}
+    assert {(g["r"], g["alpha"]) for g in alphas if g["r"] == 8} == {(8, 8.0), (8, 16.0)}
+    assert {g["r"] for g in alphas} == set(experiments.ALPHA_RANKS)
+    conll = experiments.preset_grid("conll2003", "ranks")
+    assert [g["r"] for g in conll] == experiments.SWEEP_RANKS["conll2003"]
 
 
 def test_table5_budgets_are_equal_on_minilm_shapes():
