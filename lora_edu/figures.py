@@ -519,7 +519,9 @@ def verdicts(
     )
 
     top = {key: float(grid[0, 0]) for key, grid in fig3.items()}
-    middle = [top[(k, MIDDLE_LAYER)] for k in QV if (k, MIDDLE_LAYER) in top]
+    middle = {k: fig3[(k, MIDDLE_LAYER)] for k in QV if (k, MIDDLE_LAYER) in fig3}
+    top_shared = [bool(g[0, 0] > 0.5) for g in middle.values()]
+    rest_not = [bool(g[-1, -1] < 0.5) for g in middle.values()]
     rows.append(
         {
             "analysis": "Figure 3: r=8 vs r=64",
@@ -528,10 +530,21 @@ def verdicts(
             "ours": ", ".join(
                 f"φ(1,1) ΔW{TARGET_SHORT[k]} layer {layer} = {v:.2f}"
                 for (k, layer), v in top.items()
+            )
+            + "; "
+            + ", ".join(
+                f"φ({g.shape[0]},{g.shape[0]}) ΔW{TARGET_SHORT[k]} layer {MIDDLE_LAYER} = "
+                f"{g[-1, -1]:.2f}"
+                for k, g in middle.items()
             ),
-            "verdict": _verdict([all(v > 0.5 for v in middle) if middle else None]),
-            "why": f"φ(1,1) > 0.5 for ΔWq and ΔWv at the middle layer {MIDDLE_LAYER}; chance "
-            f"level is 1/d_in = {1 / d_in:.4f}",
+            "verdict": _verdict([*top_shared, *rest_not] if middle else [None]),
+            "why": f"at the middle layer {MIDDLE_LAYER}, φ(1,1) > 0.5 for "
+            + ", ".join(
+                f"ΔW{TARGET_SHORT[k]} {ok}" for k, ok in zip(middle, top_shared, strict=True)
+            )
+            + "; all 8 directions together overlap less (φ(8,8) < 0.5): "
+            + ", ".join(f"ΔW{TARGET_SHORT[k]} {ok}" for k, ok in zip(middle, rest_not, strict=True))
+            + f"; chance level of φ(1,1) is 1/d_in = {1 / d_in:.4f}",
         }
     )
 

@@ -132,7 +132,8 @@ def _verdict_inputs(good: bool):
     recs += [_rec(r=r, metric=qv) for r in (1, 2, 4, 64)]
     recs += [_rec(r=r, targets=("query",), metric=single - 0.01) for r in (1, 2, 4, 8, 64)]
     recs.append(_rec("full", metric=qv + (0.01 if good else 0.05)))
-    grid8 = np.full((8, 64), 0.9 if good else 0.1)
+    grid8 = np.full((8, 64), 0.2 if good else 0.6)  # φ(8, 8): the other directions
+    grid8[0, 0] = 0.9 if good else 0.1  # φ(1, 1): the top direction
     fig3 = {(k, layer): grid8 for k in ("query", "value") for layer in figures.FIGURE3_LAYERS}
     seeds = np.diag(np.r_[np.ones(4), np.full(60, 0.05)]) if good else np.full((64, 64), 0.01)
     seeds = seeds + (0.3 if good else 0)
