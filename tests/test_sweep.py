@@ -184,7 +184,7 @@ def test_report_into_readme(tmp_path):
     assert "old" not in text and table in text and text.endswith("after\n")
     assert sweep.update_readme(readme, table) is False
     (tmp_path / "plain.md").write_text("no markers\n")
-    with pytest.raises(ValueError, match="has no results markers"):
+    with pytest.raises(ValueError, match="has no generated-section markers"):
         sweep.update_readme(tmp_path / "plain.md", table)
 
 
