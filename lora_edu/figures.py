@@ -595,8 +595,7 @@ def verdicts(
     gaps, claims = [], []
     tolerance = {"sst2": 1.5, "conll2003": 3.0, "vit": 2.0}
     for task, records in records_by_task.items():
-        lora = select(records, method="lora", r=8, alpha=16.0)
-        lora = [r for r in lora if r in _figure2_records(task, records)]
+        lora = select(_figure2_records(task, records), method="lora", r=8)
         full = select(records, method="full")
         m_lora, _ = _mean_metric(lora)
         m_full, _ = _mean_metric(full)
