@@ -83,7 +83,7 @@ def _alpha(text: str) -> float | str:
 
 def _sweep(args: argparse.Namespace) -> int:
     from lora_edu.experiments import preset_grid, results_file
-    from lora_edu.sweep import make_grid, run_sweep, summary_table
+    from lora_edu.sweep import make_grid, run_sweep, summary_table, unique_runs
 
     if args.preset:
         grid = preset_grid(args.task, args.preset)
@@ -107,7 +107,7 @@ def _sweep(args: argparse.Namespace) -> int:
                     use_rslora=args.rslora,
                     lr=args.lr,
                 )
-        grid = [g for i, g in enumerate(grid) if g not in grid[:i]]  # non-LoRA runs once
+        grid = unique_runs(grid)  # non-LoRA runs appear once per alpha: keep one
     out = args.out or results_file(args.task)
     records = run_sweep(
         args.task, grid, out, keep_adapters=args.keep_adapters, progress=not args.quiet

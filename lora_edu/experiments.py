@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
-from lora_edu.sweep import _slug, make_grid, run_key, run_sweep
+from lora_edu.sweep import _slug, make_grid, run_sweep, unique_runs
 
 QV = ("query", "value")
 #: BERT's attention output projection (``output.dense`` alone would also match the MLP's).
@@ -144,11 +144,7 @@ def preset_grid(task: str, names: str | Sequence[str]) -> list[dict[str, Any]]:
         raise ValueError(
             f"unknown preset(s) {unknown} for {task}; expected some of {', '.join(PRESETS[task])}"
         )
-    grid: dict[str, dict[str, Any]] = {}
-    for name in names:
-        for run in PRESETS[task][name]():
-            grid.setdefault(run_key(run), run)
-    return list(grid.values())
+    return unique_runs(run for name in names for run in PRESETS[task][name]())
 
 
 _SMOKE_DIR: Path | None = None

@@ -178,29 +178,31 @@ def _mean_metric(records: Sequence[dict[str, Any]]) -> tuple[float | None, int]:
     return 100 * float(np.mean([r["metric"] for r in records])), len(records)
 
 
+def _table5_groups(records: Sequence[dict[str, Any]]) -> list[tuple[int, tuple, list[dict]]]:
+    """``(r, targets, runs)`` for each set of ``TABLE5_TARGETS``, α = 16, every seed."""
+    return [
+        (r, targets, select(records, method="lora", r=r, alpha=16.0, target_modules=list(targets)))
+        for r, targets in TABLE5_TARGETS
+    ]
+
+
 def table5_runs(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the Table 5 study (every seed), in ``TABLE5_TARGETS`` order."""
-    return [
-        rec
-        for r, targets in TABLE5_TARGETS
-        for rec in select(records, method="lora", r=r, alpha=16.0, target_modules=list(targets))
-    ]
+    return [rec for _, _, runs in _table5_groups(records) for rec in runs]
 
 
 def table5(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Table 5 style: accuracy (%) per target set at (about) q,v r=8's budget, α = 16."""
+    head = _head_params(records)
     rows = []
-    for r, targets in TABLE5_TARGETS:
-        runs = select(records, method="lora", r=r, alpha=16.0, target_modules=list(targets))
+    for r, targets, runs in _table5_groups(records):
         metric, n = _mean_metric(runs)
         label = targets_label(targets)
         rows.append(
             {
                 "targets": label,
                 "r": r,
-                "trainable_lora": runs[0]["trainable_params"] - _head_params(records)
-                if runs
-                else None,
+                "trainable_lora": runs[0]["trainable_params"] - head if runs else None,
                 "metric": metric,
                 "seeds": n,
                 "paper_mnli": PAPER["table5_mnli"].get(label),

@@ -111,6 +111,14 @@ def run_key(record: dict[str, Any]) -> str:
     return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
 
 
+def unique_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` in order with repeats (equal ``run_key``) dropped: the first one is kept."""
+    unique: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        unique.setdefault(run_key(run), run)
+    return list(unique.values())
+
+
 # ---------------------------------------------------------------------------------- the file
 
 
