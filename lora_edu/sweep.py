@@ -39,8 +39,9 @@ KEY_FIELDS = (
     "lr",
 )
 
-#: Methods that adapt no low-rank update: rank, alpha and targets do not apply to them.
-NON_LORA_METHODS = ("full", "head", "bitfit")
+#: Methods that adapt no low-rank update: rank, alpha and targets do not apply to them
+#: (``none``: no training at all, the zero-shot baseline of a generative task).
+NON_LORA_METHODS = ("full", "head", "bitfit", "none")
 METHODS = ("lora", *NON_LORA_METHODS)
 
 
@@ -183,6 +184,7 @@ class TaskSpec:
     finetune: Callable[..., dict[str, Any]]
     budget: Callable[[], dict[str, Any]]  # the profile's n_train, n_eval, epochs, batch_size
     extra: dict[str, Any] = field(default_factory=dict)
+    default_lr: dict[str, float] | None = None  # None: train.DEFAULT_LR
 
 
 def _subset(dataset, n: int | None, seed: int):
@@ -249,9 +251,55 @@ def _vit_finetune(train_ds, eval_ds, **kwargs):
     return finetune_vit(train_ds, eval_ds, base=base, **kwargs)
 
 
+def _e2e_budget() -> dict[str, Any]:
+    # n_eval: test (or validation) pairs for the held-out loss; n_generate: MRs decoded for BLEU
+    # (None: every MR of the split). One LoRA step of batch 8 takes about 3 s on a 2-core CPU.
+    return by_profile(
+        smoke={"n_train": 16, "n_eval": 16, "n_generate": 8, "epochs": 1, "batch_size": 8,
+               "max_new_tokens": 16},
+        default={"n_train": 480, "n_eval": 500, "n_generate": None, "epochs": 1, "batch_size": 8,
+                 "max_new_tokens": 48},
+        full={"n_train": None, "n_eval": None, "n_generate": None, "epochs": 2, "batch_size": 8,
+              "max_new_tokens": 64},
+    )  # fmt: skip
+
+
+def _e2e_data(eval_split: str) -> Callable[[], tuple[Any, Any]]:
+    """E2E: train on the training MRs of the official validation file; evaluate on
+    ``eval_split`` ("test": the official test file, reported; "validation": held-out MRs of the
+    validation file, for choosing learning rates). The eval side is a pair (loss pairs, one row
+    per MR to decode)."""
+
+    def load():
+        from lora_edu.data import load_e2e
+        from lora_edu.generate import e2e_examples
+
+        ds, b = load_e2e(), _e2e_budget()
+        train = e2e_examples(_subset(ds["train"], b["n_train"], 0))
+        loss_eval = e2e_examples(_subset(ds[eval_split], b["n_eval"], 0))
+        mrs = e2e_examples(ds[eval_split], unique=True)
+        if b["n_generate"] is not None:
+            mrs = mrs.select(range(min(b["n_generate"], len(mrs))))
+        return train, (loss_eval, mrs)
+
+    return load
+
+
+def _e2e_finetune(train_ds, eval_pair, **kwargs):
+    from lora_edu.train import finetune_causal_lm
+
+    loss_eval, mrs = eval_pair
+    b = _e2e_budget()
+    return finetune_causal_lm(
+        train_ds, loss_eval, generation_eval=mrs, max_new_tokens=b["max_new_tokens"], **kwargs
+    )
+
+
 def task_spec(name: str) -> TaskSpec:
-    """The ``TaskSpec`` of ``sst2``, ``conll2003`` or ``vit`` (MNIST-pretrained TinyViT adapted
-    to scikit-learn's digits); imports the training code on demand."""
+    """The ``TaskSpec`` of ``sst2``, ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
+    to scikit-learn's digits), ``e2e`` (SmolLM2 on E2E NLG, BLEU on the test MRs) or
+    ``e2e-dev`` (the same training, BLEU on held-out validation MRs: for choosing learning
+    rates); imports the training code on demand."""
     from lora_edu import data, train
 
     specs = {
@@ -270,6 +318,17 @@ def task_spec(name: str) -> TaskSpec:
             _conll_budget,
         ),
         "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
+        **{
+            name: TaskSpec(
+                name,
+                "bleu",
+                _e2e_data(split),
+                _e2e_finetune,
+                _e2e_budget,
+                default_lr=train.CAUSAL_LM_LR,
+            )  # fmt: skip
+            for name, split in (("e2e", "test"), ("e2e-dev", "validation"))
+        },
     }
     if name not in specs:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(specs)}")
@@ -285,7 +344,11 @@ def _full_config(
     from lora_edu.train import DEFAULT_LR
 
     # The learning rate actually used is part of the run's identity: resolve the default here.
-    lr = DEFAULT_LR[run["method"]] if run.get("lr") is None else float(run["lr"])
+    defaults = task.default_lr or DEFAULT_LR
+    if run["method"] == "none":
+        lr = None  # nothing trains
+    else:
+        lr = defaults[run["method"]] if run.get("lr") is None else float(run["lr"])
     return {**run, "lr": lr, "task": task.name, "n_train": n_train, "epochs": budget["epochs"]}
 
 

@@ -218,16 +218,29 @@ def prepare_model(
     dropout: float = 0.0,
     init: str = "kaiming",
     use_rslora: bool = False,
+    head: str | None = "classifier",
 ) -> list[str]:
     """Set which parameters of ``model`` train, in place, for ``method`` (see module docstring).
 
-    The LoRA arguments are used only by ``method="lora"``. Returns the names of the layers
-    LoRA wrapped (``[]`` for the other methods).
+    The LoRA arguments are used only by ``method="lora"``. ``head`` names the new output layer
+    that trains beside every method (``"classifier"``); a causal LM keeps its pretrained
+    ``lm_head`` frozen, so it passes ``head=None`` (and then ``"head"``/``"bitfit"`` do not
+    apply). ``method="none"`` freezes everything (the untrained baseline). Returns the names of
+    the layers LoRA wrapped (``[]`` for the other methods).
     """
+    if method == "none":
+        model.requires_grad_(False)
+        return []
     _check_method(method)
-    if not isinstance(getattr(model, "classifier", None), nn.Module):
+    if head is None:
+        if method not in ("lora", "full"):
+            raise ValueError(
+                f"method={method!r} trains a new head, and this model keeps its own output "
+                "layer; use 'lora', 'full' or 'none'"
+            )
+    elif not isinstance(getattr(model, head, None), nn.Module):
         raise ValueError(
-            f"{type(model).__name__} has no module named 'classifier'; every method trains the "
+            f"{type(model).__name__} has no module named {head!r}; every method trains the "
             "head by that name (load models with lora_edu.models.load_text_model or TinyViT)"
         )
     if method == "lora":
@@ -240,10 +253,10 @@ def prepare_model(
             init=init,
             use_rslora=use_rslora,
         )
-        mark_only_lora_trainable(model, bias="none", modules_to_save=("classifier",))
+        mark_only_lora_trainable(model, bias="none", modules_to_save=(head,) if head else ())
         return targets
     for name, param in model.named_parameters():
-        in_head = name.startswith("classifier.")
+        in_head = head is not None and name.startswith(head + ".")
         is_bias = name.rsplit(".", 1)[-1] == "bias"
         param.requires_grad = method == "full" or in_head or (method == "bitfit" and is_bias)
     return []
@@ -318,10 +331,15 @@ def fit(
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
     desc: str = "train",
+    eval_every: int | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (already on ``device``, trainable parameters already chosen) on examples
     ``0..n_train-1``, reshuffled each epoch by a generator seeded with ``seed``; call
-    ``evaluate(model)`` after each epoch. Returns ``history``, timings, memory and ``steps``."""
+    ``evaluate(model)`` after each epoch and, with ``eval_every``, also before the first step and
+    every ``eval_every`` steps (``history["evals"]``: one ``{step, ...scores}`` each, the data of
+    a live learning curve; ``on_eval(history)`` is called after each). Returns ``history``,
+    timings, memory and ``steps``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter requires grad; call prepare_model(model, method) first")
@@ -342,6 +360,19 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     history: dict[str, list] = {"loss": [], "lr": [], "epochs": []}
     train_seconds = eval_seconds = 0.0
+
+    def evaluate_at(step: int) -> None:
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        history.setdefault("evals", []).append({"step": step, **evaluate(model)})
+        eval_seconds += time.perf_counter() - start
+        model.train()
+        if on_eval is not None:
+            on_eval(history)
+
+    periodic = evaluate is not None and eval_every is not None and eval_every > 0
+    if periodic:
+        evaluate_at(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -363,6 +394,12 @@ def fit(
             history["loss"].append(loss.item())
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{history['loss'][-1]:.4f}", refresh=False)
+            step = len(history["loss"])
+            if periodic and step % eval_every == 0 and step < total:
+                _sync(device)
+                train_seconds += time.perf_counter() - start
+                evaluate_at(step)
+                start = time.perf_counter()
         _sync(device)
         train_seconds += time.perf_counter() - start
         epoch_losses = history["loss"][-steps_per_epoch:]
@@ -372,8 +409,13 @@ def fit(
         }
         if evaluate is not None:
             start = time.perf_counter()
-            summary.update(evaluate(model))
+            scores = evaluate(model)
+            summary.update(scores)
             eval_seconds += time.perf_counter() - start
+            if periodic:
+                history["evals"].append({"step": len(history["loss"]), **scores})
+                if on_eval is not None:
+                    on_eval(history)
         history["epochs"].append(summary)
     bar.close()
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -383,6 +425,22 @@ def fit(
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "peak_memory_mb": peak,
+        "process_peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _evaluate_only(
+    model: nn.Module, evaluate: Callable[[nn.Module], dict[str, Any]] | None
+) -> dict[str, Any]:
+    """``fit``'s result for a model that does not train: one evaluation, as "epoch 0"."""
+    start = time.perf_counter()
+    scores = {} if evaluate is None else evaluate(model)
+    return {
+        "history": {"loss": [], "lr": [], "epochs": [{"epoch": 0, "train_loss": None, **scores}]},
+        "steps": 0,
+        "train_seconds": 0.0,
+        "eval_seconds": time.perf_counter() - start,
+        "peak_memory_mb": None,
         "process_peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -528,28 +586,37 @@ def _run(
     lora = {k: args[k] for k in ("target_modules", "r", "alpha", "dropout", "init", "use_rslora")}
     loop = args["loop"]
     device = config.device() if args["device"] is None else torch.device(args["device"])
-    targets = prepare_model(model, method, **lora)
+    targets = prepare_model(model, method, **lora, head=args.get("head", "classifier"))
     counts = count_parameters(model)
     model.to(device)
-    used_lr = DEFAULT_LR[method] if lr is None else lr
+    default_lr = args.get("default_lr", DEFAULT_LR)
+    used_lr = None if method == "none" else default_lr[method] if lr is None else lr
     epochs, batch_size, seed = args["epochs"], args["batch_size"], args["seed"]
-    result = fit(
-        model,
-        n_train,
-        collate,
-        evaluate,
-        epochs=epochs,
-        lr=used_lr,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=args["progress"],
-        desc=f"{task} · {method}",
-        **loop,
-    )
+    if method == "none":  # the untrained baseline: evaluated as it is
+        result = _evaluate_only(model, evaluate)
+        epochs = 0
+    else:
+        result = fit(
+            model,
+            n_train,
+            collate,
+            evaluate,
+            epochs=epochs,
+            lr=used_lr,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            progress=args["progress"],
+            desc=f"{task} · {method}",
+            **loop,
+        )
     if not isinstance(lora["target_modules"], str):
         lora["target_modules"] = list(lora["target_modules"])
     final = result["history"]["epochs"][-1]
+    if args.get("final") is not None:  # measured once after training (e.g. BLEU of generations)
+        start = time.perf_counter()
+        final = {**final, **args["final"](model)}
+        result["eval_seconds"] += time.perf_counter() - start
     record = {
         "task": task,
         "model": model_name,
@@ -567,7 +634,7 @@ def _run(
         **extra,
         "n_train": n_train,
         "metric": final.get("metric"),
-        **{k: final[k] for k in ("precision", "recall", "per_type") if k in final},
+        **{k: v for k, v in final.items() if k not in ("epoch", "train_loss", "metric")},
         "trainable_params": counts["trainable"],
         "total_params": counts["total"],
         "trainable_percent": counts["percent"],
@@ -581,6 +648,8 @@ def _run(
         "torch_version": torch.__version__,
         "history": result["history"],
     }
+    if record["metric"] is None and "eval_loss" in final:
+        record["metric"] = final["eval_loss"]
     return (record, model) if args["return_model"] else record
 
 
@@ -860,6 +929,176 @@ def finetune_vit(
             "resized_from": resized_from,
             "base": getattr(base, "pretrain_record", None),
             "vit_config": dict(net.config),
+        },
+        args,
+    )
+
+
+# --------------------------------------------------------------------------- causal LM
+
+#: Learning rates per method for causal-LM fine-tuning (SmolLM2-135M-Instruct, batch 8, AdamW,
+#: linear decay): LoRA 2e-3 and full fine-tuning 5e-5 were the best of the E2E learning-rate
+#: pilot on the validation MRs (``lora-edu sweep --task e2e-dev --preset lr-pilot``; see
+#: data/README.md). A full-model learning rate of 1e-4 or more quickly damages a 135M model's
+#: pretrained knowledge; LoRA's update starts at zero and needs a ~40× larger step.
+CAUSAL_LM_LR: dict[str, float] = {"lora": 2e-3, "full": 5e-5}
+
+#: The attention projections of Llama-style models, LoRA's default targets there (the paper's q, v).
+LLAMA_QV = ("q_proj", "v_proj")
+
+
+def _lm_collate(
+    tokenizer: Any, data: Any, max_length: int, mask_prompt: bool
+) -> tuple[Collate, int]:
+    """Tokenise ``prompt``/``response`` pairs once (``generate.encode_example``) into a collate
+    that right-pads each batch; also returns the number of target tokens."""
+    from lora_edu.generate import encode_example
+
+    pairs = [
+        encode_example(tokenizer, p, r, max_length, mask_prompt)
+        for p, r in zip(data["prompt"], data["response"], strict=True)
+    ]
+    ids, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return _text_collate(ids, labels, pad), sum(sum(y != -100 for y in t) for t in labels)
+
+
+def _lm_loss_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
+    """``evaluate(model) -> {"eval_loss", "perplexity"}``: the mean cross-entropy per target
+    token over examples ``0..n-1`` (every target token weighs the same), and its exponential."""
+
+    @torch.inference_mode()
+    def evaluate(model: nn.Module) -> dict[str, Any]:
+        device = next(model.parameters()).device
+        model.eval()
+        total, count = 0.0, 0
+        for indices in torch.arange(n).split(batch_size):
+            inputs, labels = collate(indices)
+            with _autocast(device):
+                logits = _logits(model(**_to(inputs, device)))
+            labels = labels.to(device)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total += loss.item()
+            count += int((labels != -100).sum())
+        mean = total / max(count, 1)
+        return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+
+    return evaluate
+
+
+def _bleu_evaluator(
+    tokenizer: Any, data: Any, max_new_tokens: int, batch_size: int, progress: bool
+) -> Callable:
+    """``final(model)``: greedy answers to ``data["prompt"]``, scored against
+    ``data["references"]`` with corpus BLEU and ROUGE-L; ``metric`` is BLEU / 100."""
+    from lora_edu.generate import corpus_bleu, generate, rouge_l
+
+    prompts, references = list(data["prompt"]), [list(r) for r in data["references"]]
+
+    def final(model: nn.Module) -> dict[str, Any]:
+        hyps = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=progress)  # fmt: skip
+        bleu = corpus_bleu(hyps, references)
+        return {
+            "metric": bleu / 100,
+            "bleu": bleu,
+            "rouge_l": rouge_l(hyps, references),
+            "n_generated": len(hyps),
+            "max_new_tokens": max_new_tokens,
+            "generations": hyps,
+        }
+
+    return final
+
+
+def finetune_causal_lm(
+    train: Any,
+    eval: Any,
+    *,
+    method: str = "lora",
+    r: int = 8,
+    alpha: float = 16,
+    target_modules: Sequence[str] | str = LLAMA_QV,
+    epochs: int = 1,
+    lr: float | None = None,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+    model: str = "smollm2",
+    device: Any = None,
+    progress: bool = True,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    use_rslora: bool = False,
+    mask_prompt: bool = True,
+    generation_eval: Any = None,
+    max_new_tokens: int = 48,
+    generation_batch_size: int = 32,
+    base: nn.Module | None = None,
+    tokenizer: Any = None,
+    return_model: bool = False,
+    **loop: Any,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
+    """Fine-tune a causal LM (``load_causal_lm(model)``, SmolLM2-135M-Instruct by default) on
+    ``prompt → response`` pairs, through the same loop (``fit``) and record as every task.
+
+    ``train``/``eval``: ``datasets.Dataset`` with columns ``prompt`` and ``response`` (see
+    ``generate.e2e_examples`` / ``instruction_examples``); each pair is put in the chat template
+    and the loss covers the **response tokens only** (``mask_prompt=False`` trains on the prompt
+    too). After each epoch the held-out loss per response token on ``eval`` is measured
+    (``eval_loss``, ``perplexity``); with ``generation_eval`` (columns ``prompt`` and
+    ``references``, one row per input) the trained model then answers every prompt greedily and
+    the record gets ``bleu``, ``rouge_l``, ``generations`` and ``metric = bleu / 100``.
+
+    ``method``: ``"lora"`` (default targets ``q_proj``, ``v_proj``), ``"full"``, or ``"none"``
+    (no training: the prompted zero-shot baseline). ``lr=None`` → ``CAUSAL_LM_LR[method]``.
+    ``base``/``tokenizer``: a model already loaded (it is modified in place) instead of loading
+    ``model`` afresh. ``loop`` may set ``warmup_ratio``, ``weight_decay``, ``max_grad_norm``,
+    ``eval_every`` and ``on_eval`` (see ``fit``).
+    """
+    from lora_edu.models import load_causal_lm
+
+    args = dict(locals())  # the call's arguments, recorded as given
+    args.update(head=None, default_lr=CAUSAL_LM_LR)
+    if method not in ("lora", "full", "none"):
+        raise ValueError(f"unknown method {method!r} for a causal LM; expected lora, full or none")
+    for d in (train, eval):
+        if d is not None:
+            _require_columns(d, ("prompt", "response"), "finetune_causal_lm")
+    if generation_eval is not None:
+        _require_columns(generation_eval, ("prompt", "references"), "finetune_causal_lm")
+    seed_everything(seed)
+    if base is None:
+        tokenizer, base = load_causal_lm(model)
+    elif tokenizer is None:
+        raise ValueError("pass the tokenizer that belongs to base= as tokenizer=")
+    train_collate, n_targets = _lm_collate(tokenizer, train, max_length, mask_prompt)
+    evaluate = None
+    if eval is not None:
+        eval_collate, _ = _lm_collate(tokenizer, eval, max_length, mask_prompt=True)
+        evaluate = _lm_loss_evaluator(len(eval), eval_collate, 2 * batch_size)
+    if generation_eval is not None:
+        args["final"] = _bleu_evaluator(
+            tokenizer, generation_eval, max_new_tokens, generation_batch_size, progress
+        )
+    return _run(
+        "causal-lm",
+        model,
+        base,
+        len(train),
+        train_collate,
+        evaluate,
+        {
+            "max_length": max_length,
+            "metric_name": "bleu" if generation_eval is not None else "eval_loss",
+            "mask_prompt": mask_prompt,
+            "n_target_tokens": n_targets,
+            "n_eval": None if eval is None else len(eval),
         },
         args,
     )
