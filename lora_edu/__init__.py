@@ -73,6 +73,7 @@ _LAZY: dict[str, str] = {
             "adapter_state_dict",
             "apply_lora",
             "count_parameters",
+            "disable_adapters",
             "load_adapter",
             "lora_parameters",
             "lora_plus_param_groups",
@@ -92,6 +93,8 @@ _LAZY: dict[str, str] = {
             "download_datasets",
             "load_conll2003",
             "load_digits",
+            "load_e2e",
+            "load_instructions",
             "load_mnist",
             "load_sst2",
             "locate_datasets",
@@ -103,6 +106,7 @@ _LAZY: dict[str, str] = {
             "MeanPoolClassifier",
             "TinyViT",
             "TokenClassifier",
+            "load_causal_lm",
             "load_text_model",
             "pretrained_vit",
         ],
@@ -112,6 +116,8 @@ _LAZY: dict[str, str] = {
         [
             "DEFAULT_LR",
             "entity_f1",
+            "causal_lm_loss",
+            "finetune_causal_lm",
             "finetune_text_classifier",
             "finetune_token_classifier",
             "finetune_vit",
@@ -135,6 +141,9 @@ _LAZY: dict[str, str] = {
         "lora_edu.experiments",
     ),
     **dict.fromkeys(["make_figures", "paper_adapters", "verdicts_markdown"], "lora_edu.figures"),
+    **dict.fromkeys(
+        ["corpus_bleu", "generate", "paired_bootstrap", "rouge_l"], "lora_edu.generate"
+    ),
     **dict.fromkeys(
         ["attention_maps", "attention_rollout", "cls_attention", "plot_attention"],
         "lora_edu.attention",

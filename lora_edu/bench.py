@@ -34,6 +34,24 @@ fine-tune; ``"tiny-bert"`` is a random 2-layer BERT of width 32 (``TINY_BERT``) 
 are random token ids (the cost does not depend on which tokens), no padding. On CUDA the forward
 pass runs under bfloat16 autocast; on a CPU in float32.
 
+Causal language models (``CAUSAL_MODELS``): ``"smollm2"`` is SmolLM2-135M-Instruct exactly as
+``load_causal_lm("smollm2")`` loads it (a ``LlamaForCausalLM``, embeddings tied to ``lm_head``),
+``"tiny-llama"`` a random 2-layer Llama of width 32 (``TINY_LLAMA``) for tests. They run the same
+modes on a batch of random token ids with the next-token cross-entropy as the loss
+(``labels = input_ids``; the model shifts them), with two differences: no head trains (a causal
+LM keeps its pretrained ``lm_head``, so ``lora``/``peft`` train A and B only and ``floor`` only
+the scalar on ``model.model.embed_tokens``' output; PEFT gets ``task_type="CAUSAL_LM"``), and
+inference is measured as **decoding** instead of one forward pass: ``model.generate`` with the
+KV cache, greedy, exactly ``new_tokens`` new tokens after each of ``prompts`` random prompts of
+``prompt_len`` tokens (one batch, no padding, end-of-sequence ignored), in tokens per second.
+The numpy layer is timed at the model's width as for a text model.
+
+Defaults depend on the kind of model (``MODEL_DEFAULTS``; a ``BenchConfig`` field left at None
+takes them): a text model batch 32 × 64 tokens, targets query,value, 10 repetitions after 2
+warm-up rounds; a causal LM batch 8 × 64 tokens, targets q_proj,v_proj, 5 repetitions after 1
+warm-up round, decoding 32 new tokens after 4 prompts of 32 tokens. The real benchmark of the
+causal LM: ``lora-edu bench --model smollm2`` (add ``--json bench-smollm2.json`` to keep it).
+
 The result (``run_bench``'s dict, ``--json``'s file) has these keys::
 
     config          the settings: model, batch, seq, r, alpha, targets, device, precision,
@@ -52,6 +70,18 @@ The result (``run_bench``'s dict, ``--json``'s file) has these keys::
     meets_targets   ratio name → bool (None if missing)
     memory_method   how peak memory was measured (None when not measured)
     skipped         what was not measured → why (e.g. "peft": "peft is not installed ...")
+
+For a causal LM ``config`` also holds new_tokens, prompts, prompt_len, and ``inference`` is
+replaced by ``decode``; the other keys are as above, plus two::
+
+    decode          {variant: {median_ms, times_ms, generated_tokens, tokens_per_s}}  base
+                    unmerged merged; ms per ``generate`` call, generated_tokens = prompts ·
+                    new_tokens per call, tokens_per_s = generated_tokens / median
+    decode_tokens_match   whether merged and unmerged decoded exactly the same tokens
+    ratios          lora/peft, lora/full, lora/floor (training times, as above) and
+                    decode merged/base, decode unmerged/base (tokens/s: higher is better)
+    targets         CAUSAL_TARGETS: training ratios at or below, decode ratios at or above
+    at_least        the ratio names whose target is a lower bound (AT_LEAST)
 
 A mode that was skipped has no entry in ``train``; a value that was not measured is ``None``.
 """
@@ -87,6 +117,7 @@ from lora_edu.lora import (
     mark_only_lora_trainable,
     merge_lora,
 )
+from lora_edu.models import CAUSAL_LMS
 from lora_edu.numpy_lora import lora_backward, lora_forward
 
 MODES = ("full", "lora", "peft", "floor")
@@ -115,36 +146,96 @@ TINY_BERT = {
     "intermediate_size": 37,
     "vocab_size": 100,
 }
+#: ``--model tiny-llama``: a random Llama (SmolLM2's architecture) small enough for unit tests.
+TINY_LLAMA = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}
+#: Model names benchmarked as causal language models (anything else is a text encoder).
+CAUSAL_MODELS = ("tiny-llama", *CAUSAL_LMS)
+#: The causal LM's ratios: training as for a text model; decoding in tokens/s (higher is better).
+CAUSAL_RATIOS = {
+    "lora/peft": ("train", "lora", "peft"),
+    "lora/full": ("train", "lora", "full"),
+    "lora/floor": ("train", "lora", "floor"),
+    "decode merged/base": ("decode", "merged", "base"),
+    "decode unmerged/base": ("decode", "unmerged", "base"),
+}
+#: Training ratios at or below, decode ratios (tokens/s) at or above (SmolLM2-135M, batch 8 × 64).
+CAUSAL_TARGETS = {
+    "lora/peft": 1.00,
+    "lora/full": 0.85,
+    "lora/floor": 1.10,
+    "decode merged/base": 0.98,
+    "decode unmerged/base": 0.85,
+}
+#: Ratios whose target is a lower bound (a speed, not a time).
+AT_LEAST = frozenset({"decode merged/base", "decode unmerged/base"})
+#: Settings only a causal LM has (decoding); None for a text model.
+DECODE_FIELDS = ("new_tokens", "prompts", "prompt_len")
+#: kind of model → what a ``BenchConfig`` field left at None becomes.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": {"batch": 32, "seq": 64, "targets": ("query", "value"), "reps": 10, "warmup": 2},
+    "causal": {
+        **{"batch": 8, "seq": 64, "targets": ("q_proj", "v_proj"), "reps": 5, "warmup": 1},
+        **{"new_tokens": 32, "prompts": 4, "prompt_len": 32},
+    },
+}
 HEAD = "classifier"
 #: Training steps a memory worker runs (AdamW allocates its state in the first one).
 MEMORY_STEPS = 3
 
 
+def model_kind(name: str) -> str:
+    """``"causal"`` for the names in ``CAUSAL_MODELS``, else ``"text"`` (an encoder)."""
+    return "causal" if name in CAUSAL_MODELS else "text"
+
+
 @dataclass
 class BenchConfig:
-    """What ``run_bench`` measures; the ``lora-edu bench`` flags have the same names."""
+    """What ``run_bench`` measures; the ``lora-edu bench`` flags have the same names. Fields left
+    at None take the model's defaults (``MODEL_DEFAULTS``); the decode fields are a causal LM's."""
 
-    model: str = field(default="minilm", metadata={"help": "minilm | tiny-bert | a HF id/path"})
-    batch: int = field(default=32, metadata={"help": "sentences per batch"})
-    seq: int = field(default=64, metadata={"help": "tokens per sentence"})
+    model: str = field(
+        default="minilm", metadata={"help": "minilm | tiny-bert | smollm2 | tiny-llama | HF id"}
+    )
+    batch: int | None = field(default=None, metadata={"help": "sequences per training batch"})
+    seq: int | None = field(default=None, metadata={"help": "tokens per training sequence"})
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: float = field(default=16.0, metadata={"help": "scaling = alpha / r"})
-    targets: tuple[str, ...] = field(
-        default=("query", "value"), metadata={"help": "layers LoRA adapts"}
-    )
+    targets: tuple[str, ...] | None = field(default=None, metadata={"help": "layers LoRA adapts"})
     device: str = field(default="auto", metadata={"help": "auto (lora_edu.device()), cpu, cuda"})
-    reps: int = field(default=10, metadata={"help": "timed repetitions per mode (medians)"})
-    warmup: int = field(default=2, metadata={"help": "untimed rounds first"})
+    reps: int | None = field(default=None, metadata={"help": "timed repetitions (medians)"})
+    warmup: int | None = field(default=None, metadata={"help": "untimed rounds first"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: as is)"})
     memory: bool = field(default=True, metadata={"help": "peak memory in worker processes"})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "weights of new layers, inputs"})
+    new_tokens: int | None = field(default=None, metadata={"help": "decode: new tokens per prompt"})
+    prompts: int | None = field(default=None, metadata={"help": "decode: prompts in the batch"})
+    prompt_len: int | None = field(default=None, metadata={"help": "decode: tokens per prompt"})
 
     def __post_init__(self) -> None:
+        kind = model_kind(self.model)
+        for name, value in MODEL_DEFAULTS[kind].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        given = [name for name in DECODE_FIELDS if getattr(self, name) is not None]
+        if kind == "text" and given:
+            raise ValueError(
+                f"{', '.join(given)} set for {self.model!r}, a text model; decoding is measured "
+                f"for causal LMs only ({', '.join(CAUSAL_MODELS)})"
+            )
         self.targets = tuple(self.targets)
-        for name in ("batch", "seq", "r", "reps", "threads"):
+        for name in ("batch", "seq", "r", "reps", "threads", *DECODE_FIELDS):
             value = getattr(self, name)
-            if name == "threads" and value is None:
+            if value is None and name in ("threads", *DECODE_FIELDS):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -166,45 +257,61 @@ def median_ms(times_ms: list[float]) -> float:
 
 
 def _ratio_sides(
-    sections: Mapping[str, Mapping[str, Any]],
+    sections: Mapping[str, Mapping[str, Any] | None],
+    table: Mapping[str, tuple[str, str, str]] = RATIOS,
 ) -> dict[str, tuple[Any, Any]]:
     """ratio name → (numerator, denominator) looked up in ``sections`` (None when absent)."""
     return {
-        name: (sections[section].get(top), sections[section].get(bottom))
-        for name, (section, top, bottom) in RATIOS.items()
+        name: ((sections.get(section) or {}).get(top), (sections.get(section) or {}).get(bottom))
+        for name, (section, top, bottom) in table.items()
     }
 
 
 def compute_ratios(
-    train_ms: Mapping[str, float | None], inference_ms: Mapping[str, float | None]
+    train_ms: Mapping[str, float | None],
+    inference_ms: Mapping[str, float | None] | None = None,
+    *,
+    decode: Mapping[str, float | None] | None = None,
+    table: Mapping[str, tuple[str, str, str]] = RATIOS,
 ) -> dict[str, float | None]:
-    """Every ratio of ``RATIOS`` from median times; ``None`` where either side is missing.
+    """Every ratio of ``table`` (``RATIOS``; a causal LM's: ``CAUSAL_RATIOS``) from medians
+    (``decode``: tokens/s); ``None`` where either side is missing.
 
     >>> compute_ratios({"lora": 90, "full": 120}, {"base": 10})["lora/full"]
     0.75
     """
-    sides = _ratio_sides({"train": train_ms, "inference": inference_ms})
+    sides = _ratio_sides({"train": train_ms, "inference": inference_ms, "decode": decode}, table)
     return {k: a / b if a is not None and b else None for k, (a, b) in sides.items()}
 
 
 def paired_ratios(
-    train_times: Mapping[str, list[float]], inference_times: Mapping[str, list[float]]
+    train_times: Mapping[str, list[float]],
+    inference_times: Mapping[str, list[float]] | None = None,
+    *,
+    decode: Mapping[str, list[float]] | None = None,
+    table: Mapping[str, tuple[str, str, str]] = RATIOS,
 ) -> dict[str, float | None]:
-    """Every ratio of ``RATIOS`` as the median over rounds of ``top_i / bottom_i``.
+    """Every ratio of ``table`` as the median over rounds of ``top_i / bottom_i``.
 
     Both modes of a pair ran in the same round, seconds apart, so a change of machine load between
     rounds cancels out; when this and ``compute_ratios`` disagree, the machine was not quiet.
     """
-    sides = _ratio_sides({"train": train_times, "inference": inference_times})
+    sections = {"train": train_times, "inference": inference_times, "decode": decode}
     return {
         k: statistics.median(x / y for x, y in zip(a, b, strict=True)) if a and b else None
-        for k, (a, b) in sides.items()
+        for k, (a, b) in _ratio_sides(sections, table).items()
     }
 
 
-def check_targets(ratios: Mapping[str, float | None]) -> dict[str, bool | None]:
-    """ratio name → whether it is at or below its target in ``TARGETS`` (None if not measured)."""
-    return {k: None if ratios.get(k) is None else ratios[k] <= t for k, t in TARGETS.items()}
+def check_targets(
+    ratios: Mapping[str, float | None], targets: Mapping[str, float] = TARGETS
+) -> dict[str, bool | None]:
+    """ratio name → whether it meets its target in ``targets`` (None if not measured): at or below
+    it, or at or above it for the speeds in ``AT_LEAST``."""
+    return {
+        k: None if ratios.get(k) is None else (ratios[k] >= t if k in AT_LEAST else ratios[k] <= t)
+        for k, t in targets.items()
+    }
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -234,10 +341,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def bench_model(name: str = "minilm", seed: int = 0) -> nn.Module:
-    """``MeanPoolClassifier`` (2 labels) around the encoder ``name``: "minilm" (offline MiniLM-L6,
-    as ``load_text_model`` builds it), "tiny-bert" (random, ``TINY_BERT``) or a HF id / path."""
-    from lora_edu.models import MeanPoolClassifier, load_text_model
+    """The model ``name`` names. Text: ``MeanPoolClassifier`` (2 labels) around the encoder
+    "minilm" (offline MiniLM-L6, as ``load_text_model`` builds it), "tiny-bert" (random,
+    ``TINY_BERT``) or a HF id / path. Causal LM: "smollm2" (``load_causal_lm``) or "tiny-llama"
+    (a random ``LlamaForCausalLM``, ``TINY_LLAMA``)."""
+    from lora_edu.models import MeanPoolClassifier, load_causal_lm, load_text_model
 
+    if name == "tiny-llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+    if model_kind(name) == "causal":
+        return load_causal_lm(name)[1]
     if name != "tiny-bert":
         return load_text_model("sequence", 2, name, seed=seed)[1]
     from transformers import BertConfig, BertModel
@@ -248,21 +364,43 @@ def bench_model(name: str = "minilm", seed: int = 0) -> nn.Module:
     )
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model inside a PEFT wrapper) is a transformers generation model."""
+    from transformers import GenerationMixin
+
+    unwrap = getattr(model, "get_base_model", None)
+    return isinstance(unwrap() if callable(unwrap) else model, GenerationMixin)
+
+
+def _model_config(model: nn.Module) -> Any:
+    """The transformers config: the causal LM's own, or the classifier's encoder's."""
+    return model.config if is_causal_lm(model) else model.encoder.config
+
+
+def _check_length(model: nn.Module, length: int, what: str) -> None:
+    """Raise when ``length`` tokens (``what``: "seq", or a decode's prompt + new tokens) do not
+    fit into the model's positions."""
+    limit = getattr(_model_config(model), "max_position_embeddings", length)
+    if length > limit:
+        hint = f"; use --seq {limit}" if what == "seq" else ""
+        raise ValueError(f"{what}={length} is longer than this model's {limit} positions{hint}")
+
+
 def make_batch(
     model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Random token ids (batch, seq), an all-ones attention mask and random labels (batch,)."""
-    config = model.encoder.config
-    limit = getattr(config, "max_position_embeddings", seq)
-    if seq > limit:
-        raise ValueError(
-            f"seq={seq} is longer than this model's {limit} positions; use --seq {limit}"
-        )
+    """Random token ids (batch, seq), an all-ones attention mask and labels: random classes
+    (batch,) for a classifier, the token ids themselves for a causal LM (next-token loss: the
+    model shifts them by one)."""
+    config = _model_config(model)
+    _check_length(model, seq, "seq")
     g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
+    labels = ids.clone() if is_causal_lm(model) else torch.randint(0, 2, (batch,), generator=g)
     return {
-        "input_ids": torch.randint(0, config.vocab_size, (batch, seq), generator=g).to(device),
+        "input_ids": ids.to(device),
         "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device),
-        "labels": torch.randint(0, 2, (batch,), generator=g).to(device),
+        "labels": labels.to(device),
     }
 
 
@@ -272,10 +410,16 @@ def _scale_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.T
 
 def add_input_scale(model: nn.Module) -> nn.Parameter:
     """Multiply the embeddings' output by a trainable scalar (1.0): then every layer must pass the
-    gradient back to the embeddings' output, whatever else is frozen. Returns the scalar."""
-    embeddings = getattr(model.encoder, "embeddings", None)
-    if embeddings is None:  # encoders without a BERT-style embeddings block
-        embeddings = model.encoder.get_input_embeddings()
+    gradient back to the embeddings' output, whatever else is frozen. Returns the scalar.
+
+    The embeddings: a classifier's ``encoder.embeddings`` (BERT) or else
+    ``encoder.get_input_embeddings()``; a causal LM's ``get_input_embeddings()`` (Llama:
+    ``model.model.embed_tokens``; with tied weights ``lm_head`` only shares the matrix and never
+    calls this module)."""
+    encoder = model if is_causal_lm(model) else model.encoder
+    embeddings = getattr(encoder, "embeddings", None)
+    if embeddings is None:  # encoders without a BERT-style embeddings block, causal LMs
+        embeddings = encoder.get_input_embeddings()
     like = next(embeddings.parameters())
     embeddings.input_scale = nn.Parameter(torch.ones((), device=like.device, dtype=like.dtype))
     embeddings.register_forward_hook(_scale_output)
@@ -283,9 +427,14 @@ def add_input_scale(model: nn.Module) -> nn.Parameter:
 
 
 def build_mode(base: nn.Module, mode: str, config: BenchConfig) -> nn.Module:
-    """A deep copy of ``base`` set up for ``mode`` (one of ``MODES``); ``base`` stays untouched."""
+    """A deep copy of ``base`` set up for ``mode`` (one of ``MODES``); ``base`` stays untouched.
+
+    A classifier's head (``HEAD``) trains in every mode; a causal LM has no new head, so its
+    ``lm_head`` stays frozen and lora/peft train A and B only, floor only the scalar."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    causal = is_causal_lm(base)
+    heads = [] if causal else [HEAD]
     model = copy.deepcopy(base)
     torch.manual_seed(config.seed)  # LoRA's A starts random
     # One string ("all-linear", a regular expression) as apply_lora reads it; else a list.
@@ -294,7 +443,7 @@ def build_mode(base: nn.Module, mode: str, config: BenchConfig) -> nn.Module:
         model.requires_grad_(True)
     elif mode == "lora":
         apply_lora(model, targets, r=config.r, alpha=config.alpha)
-        mark_only_lora_trainable(model, modules_to_save=[HEAD])
+        mark_only_lora_trainable(model, modules_to_save=heads)
     elif mode == "peft":
         from peft import LoraConfig, get_peft_model
 
@@ -303,12 +452,14 @@ def build_mode(base: nn.Module, mode: str, config: BenchConfig) -> nn.Module:
             lora_alpha=config.alpha,
             lora_dropout=0.0,
             target_modules=_resolve_targets(model, targets),  # exactly the layers lora_edu adapts
-            modules_to_save=[HEAD],
+            modules_to_save=heads or None,
+            task_type="CAUSAL_LM" if causal else None,
         )
         model = get_peft_model(model, settings)
     else:
         model.requires_grad_(False)
-        model.get_submodule(HEAD).requires_grad_(True)
+        for head in heads:
+            model.get_submodule(head).requires_grad_(True)
         add_input_scale(model)
     return model
 
@@ -386,14 +537,37 @@ def _train_step_fn(
     return step
 
 
+def _greedy(model: nn.Module, new_tokens: int) -> dict[str, Any]:
+    """``generate`` settings for exactly ``new_tokens`` new tokens, greedy (sampling settings of
+    the model's generation config switched off), padding with its pad or end-of-sequence id."""
+    settings = model.generation_config
+    pad = settings.pad_token_id if settings.pad_token_id is not None else settings.eos_token_id
+    return {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,  # the end-of-sequence token cannot stop a call early
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": pad[0] if isinstance(pad, list) else pad,
+    }
+
+
 def _inference_fn(
     model: nn.Module,
     inputs: dict[str, torch.Tensor],
     autocast: Callable[[], AbstractContextManager],
+    new_tokens: int | None = None,
 ) -> Callable[[], torch.Tensor]:
+    """A forward pass → the logits; with ``new_tokens``, greedy decoding with the KV cache →
+    the new token ids (len(prompts), new_tokens)."""
+    settings = None if new_tokens is None else _greedy(model, new_tokens)
+
     def forward() -> torch.Tensor:
         with torch.inference_mode(), autocast():
-            return model(**inputs).logits
+            if settings is None:
+                return model(**inputs).logits
+            return model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
 
     return forward
 
@@ -584,8 +758,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure everything the module docstring lists; returns the result dict (JSON-ready).
 
-    ``base``: a ``MeanPoolClassifier``-like model to use instead of loading ``config.model``
-    (then memory workers cannot rebuild it and peak memory is skipped).
+    ``base``: a model of the kind ``config.model`` names (a ``MeanPoolClassifier``-like text
+    model, or a causal LM with ``config.model="tiny-llama"``/``"smollm2"``) to use instead of
+    loading ``config.model`` (then memory workers cannot rebuild it and peak memory is skipped).
     """
     config = config or BenchConfig()
     threads = torch.get_num_threads()
@@ -627,10 +802,17 @@ def _time_training(
 
 def _time_inference(
     base: nn.Module, lora: nn.Module, config: BenchConfig, device: torch.device, log: Callable
-) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], float]:
-    """Forward passes of the base model, the (trained) LoRA model and a merged copy of it,
-    interleaved: (inference section, raw times, max |logits merged − logits unmerged|)."""
-    batch = make_batch(base, config.batch, config.seq, device, config.seed)
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], float, bool | None]:
+    """The base model, the (trained) LoRA model and a merged copy of it, interleaved: forward
+    passes of a text model, or a causal LM's greedy decoding of ``config.new_tokens`` tokens
+    after ``config.prompts`` prompts of ``config.prompt_len`` tokens. Returns (the inference or
+    decode section, raw times, max |logits merged − logits unmerged|, whether merged and unmerged
+    decoded the same tokens: None for a text model)."""
+    new_tokens = config.new_tokens if model_kind(config.model) == "causal" else None
+    shape = (
+        (config.batch, config.seq) if new_tokens is None else (config.prompts, config.prompt_len)
+    )
+    batch = make_batch(base, *shape, device, config.seed)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     variants = {
         "base": copy.deepcopy(base).eval(),
@@ -639,16 +821,32 @@ def _time_inference(
     }
     forwards = {k: _inference_fn(m, inputs, _autocast(device)) for k, m in variants.items()}
     diff = (forwards["merged"]() - forwards["unmerged"]()).abs().max().item()
-    log(f"inference, interleaved: {', '.join(variants)}")
+    same = None
+    if new_tokens is not None:
+        forwards = {
+            k: _inference_fn(m, inputs, _autocast(device), new_tokens) for k, m in variants.items()
+        }
+        tokens = {k: decode() for k, decode in forwards.items()}  # each variant once, alike
+        same = torch.equal(tokens["merged"], tokens["unmerged"])
+    log(f"{'inference' if new_tokens is None else 'decoding'}, interleaved: {', '.join(variants)}")
     times = interleaved_times(forwards, config.reps, config.warmup, _synchronizer(device), log)
-    inference = {k: {"median_ms": median_ms(v), "times_ms": v} for k, v in times.items()}
-    return inference, times, diff
+    section: dict[str, dict[str, Any]] = {}
+    for name, values in times.items():
+        section[name] = {"median_ms": median_ms(values), "times_ms": values}
+        if new_tokens is not None:
+            generated = config.prompts * new_tokens
+            section[name] |= {
+                "generated_tokens": generated,
+                "tokens_per_s": generated * 1e3 / median_ms(values),
+            }
+    return section, times, diff, same
 
 
 def _run_bench(
     config: BenchConfig, base: nn.Module | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
     device = resolve_device(config.device)
+    causal = model_kind(config.model) == "causal"
     skipped: dict[str, str] = {}
     reason = peft_missing()
     modes = [m for m in MODES if not (m == "peft" and reason)]
@@ -661,13 +859,15 @@ def _run_bench(
 
     log(f"loading {config.model} on {device}")
     base = (base if base is not None else bench_model(config.model, config.seed)).to(device)
+    if causal:  # before minutes of training, not after
+        _check_length(base, config.prompt_len + config.new_tokens, "prompt_len + new_tokens")
     train, train_times, lora = _time_training(base, modes, config, device, log)
-    inference, infer_times, diff = _time_inference(base, lora, config, device, log)
+    inference, infer_times, diff, same = _time_inference(base, lora, config, device, log)
     del lora
     log("numpy LoRA layer against LoRALinear")
     layer = layer_bench(
         config.batch * config.seq,
-        base.encoder.config.hidden_size,
+        _model_config(base).hidden_size,
         config.r,
         config.alpha,
         config.reps,
@@ -685,27 +885,47 @@ def _run_bench(
                 train[mode]["peak_memory_mb"] = found["peak_memory_mb"]
                 memory_method = found["method"]
 
-    ratios = compute_ratios(
-        {m: v["median_ms"] for m, v in train.items()},
-        {m: v["median_ms"] for m, v in inference.items()},
-    )
+    train_ms = {m: v["median_ms"] for m, v in train.items()}
+    if causal:  # decoding compares speeds: tokens/s, per median and per round
+        targets = CAUSAL_TARGETS
+        speeds = {k: v["tokens_per_s"] for k, v in inference.items()}
+        rounds = {
+            k: [v["generated_tokens"] * 1e3 / t for t in v["times_ms"]]
+            for k, v in inference.items()
+        }
+        ratios = compute_ratios(train_ms, decode=speeds, table=CAUSAL_RATIOS)
+        paired = paired_ratios(train_times, decode=rounds, table=CAUSAL_RATIOS)
+    else:
+        targets = TARGETS
+        ratios = compute_ratios(train_ms, {m: v["median_ms"] for m, v in inference.items()})
+        paired = paired_ratios(train_times, infer_times)
     settings = asdict(config) | {
         "targets": list(config.targets),
         "device": str(device),
         "precision": "bf16 autocast" if device.type == "cuda" else "float32",
         "threads": torch.get_num_threads(),
     }
-    return {
+    if not causal:
+        settings = {k: v for k, v in settings.items() if k not in DECODE_FIELDS}
+    result = {
         "config": settings,
         "machine": _machine(device),
         "train": train,
-        "inference": inference,
+        "decode" if causal else "inference": inference,
         "merged_max_abs_diff": diff,
+    }
+    if causal:
+        result["decode_tokens_match"] = same
+    result |= {
         "layer": layer,
         "ratios": ratios,
-        "paired_ratios": paired_ratios(train_times, infer_times),
-        "targets": dict(TARGETS),
-        "meets_targets": check_targets(ratios),
+        "paired_ratios": paired,
+        "targets": dict(targets),
+    }
+    if causal:
+        result["at_least"] = [k for k in targets if k in AT_LEAST]
+    return result | {
+        "meets_targets": check_targets(ratios, targets),
         "memory_method": memory_method,
         "skipped": skipped,
     }
@@ -734,9 +954,23 @@ def format_table(result: Mapping[str, Any]) -> str:
             f"{row['optimizer_state_bytes'] / 2**20:>13.2f} MiB"
             + (f"{peak:>10.0f} MiB" if peak is not None else f"{'—':>14}")
         )
-    lines += ["", f"{'inference':<16}{'median ms':>11}"]
-    for name, row in result["inference"].items():
-        lines.append(f"  {name:<14}{row['median_ms']:>11.1f}")
+    if "decode" in result:  # a causal LM
+        lines += [
+            "",
+            f"{'decode':<16}{'median ms':>11}{'tokens/s':>10}   {c['prompts']} prompts × "
+            f"{c['prompt_len']} tokens, {c['new_tokens']} new tokens each (greedy, KV cache)",
+        ]
+        for name, row in result["decode"].items():
+            lines.append(f"  {name:<14}{row['median_ms']:>11.1f}{row['tokens_per_s']:>10.1f}")
+        same = "the same" if result["decode_tokens_match"] else "DIFFERENT"
+        lines.append(
+            f"  merged and unmerged decode {same} tokens (max |Δ logits| "
+            f"{result['merged_max_abs_diff']:.1e})"
+        )
+    else:
+        lines += ["", f"{'inference':<16}{'median ms':>11}"]
+        for name, row in result["inference"].items():
+            lines.append(f"  {name:<14}{row['median_ms']:>11.1f}")
     layer = result["layer"]
     s = layer["shape"]
     lines += [
@@ -745,8 +979,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         f"{layer['numpy']['median_ms']:.2f} ms, torch {layer['torch']['median_ms']:.2f} ms "
         f"(numpy/torch {layer['numpy_over_torch']:.2f})",
         "",
-        f"{'ratio':<16}{'of medians':>11}{'paired':>9}{'target':>9}",
     ]
+    width = max(14, *map(len, result["ratios"]))
+    lines.append(f"{'ratio':<{width + 2}}{'of medians':>11}{'paired':>9}{'target':>9}")
     for name, value in result["ratios"].items():
         ok, paired = result["meets_targets"][name], result["paired_ratios"][name]
         shown = "".join(
@@ -754,7 +989,8 @@ def format_table(result: Mapping[str, Any]) -> str:
             for v, w in ((value, 11), (paired, 9))
         )
         verdict = "" if ok is None else ("  ok" if ok else "  MISSED")
-        lines.append(f"  {name:<14}{shown}{'≤ ' + format(TARGETS[name], '.2f'):>9}{verdict}")
+        target = ("≥ " if name in AT_LEAST else "≤ ") + format(result["targets"][name], ".2f")
+        lines.append(f"  {name:<{width}}{shown}{target:>9}{verdict}")
     for what, why in result["skipped"].items():
         lines.append(f"skipped {what}: {why}")
     return "\n".join(lines)
@@ -771,19 +1007,63 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _by_model(name: str) -> str:
+    """The ``--help`` note on ``name``'s default for each kind of model (``MODEL_DEFAULTS``)."""
+    shown = {
+        kind: ",".join(v) if isinstance(v, tuple) else v
+        for kind, v in ((k, d.get(name)) for k, d in MODEL_DEFAULTS.items())
+    }
+    if shown["text"] is None:
+        return f"causal LMs only; default {shown['causal']}"
+    return f"default {shown['text']}; causal LMs {shown['causal']}"
+
+
 def _add_flags(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
-    parser.add_argument("--model", default=defaults.model, help="minilm | tiny-bert | HF id/path")
-    parser.add_argument("--batch", type=int, default=defaults.batch, help="sentences per batch")
-    parser.add_argument("--seq", type=int, default=defaults.seq, help="tokens per sentence")
+    parser.add_argument(
+        "--model",
+        default=defaults.model,
+        help="text: minilm | tiny-bert | HF id/path; causal LM: smollm2 | tiny-llama",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help=f"sequences per batch ({_by_model('batch')})"
+    )
+    parser.add_argument(
+        "--seq", type=int, default=None, help=f"tokens per sequence ({_by_model('seq')})"
+    )
     parser.add_argument("--r", type=int, default=defaults.r, help="LoRA rank")
     parser.add_argument("--alpha", type=float, default=defaults.alpha, help="scaling = alpha/r")
     parser.add_argument(
-        "--targets", type=_comma_list, default=defaults.targets, help="e.g. query,value"
+        "--targets",
+        type=_comma_list,
+        default=None,
+        help=f"layers LoRA adapts ({_by_model('targets')})",
     )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument("--reps", type=int, default=defaults.reps, help="timed repetitions")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed rounds")
+    parser.add_argument(
+        "--reps", type=int, default=None, help=f"timed repetitions ({_by_model('reps')})"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help=f"untimed rounds ({_by_model('warmup')})"
+    )
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=None,
+        help=f"decode: new tokens per prompt, greedy ({_by_model('new_tokens')})",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        help=f"decode: prompts per batch ({_by_model('prompts')})",
+    )
+    parser.add_argument(
+        "--prompt-len",
+        type=int,
+        default=None,
+        help=f"decode: random tokens per prompt ({_by_model('prompt_len')})",
+    )
     parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
     parser.add_argument(
         "--seed", type=int, default=defaults.seed, help="seeds LoRA's A and the inputs"
@@ -834,7 +1114,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="time LoRA against PEFT, full fine-tuning and the frozen-base floor",
         description="Training step, inference and peak memory of full fine-tuning, lora_edu's "
         "LoRA, PEFT's LoRA and the frozen-base floor, measured interleaved in one process; "
-        "prints a table and the ratios against their targets.",
+        "prints a table and the ratios against their targets. A causal LM (--model smollm2, "
+        "SmolLM2-135M-Instruct; tiny-llama for tests) trains on the next-token loss and is "
+        "timed decoding (tokens/s, greedy, KV cache) base, unmerged and merged.",
     )
     _add_flags(parser)
     parser.set_defaults(func=_bench)

@@ -159,6 +159,31 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from lora_edu.generate import generate
+    from lora_edu.lora import load_adapter
+    from lora_edu.models import load_causal_lm
+
+    tokenizer, model = load_causal_lm(args.model)
+    if args.adapter:
+        load_adapter(model, args.adapter)
+        model.requires_grad_(False)
+    answers = generate(
+        model,
+        tokenizer,
+        args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.temperature > 0,
+        temperature=args.temperature or 1.0,
+        seed=args.seed,
+    )
+    for prompt, answer in zip(args.prompts, answers, strict=True):
+        if len(args.prompts) > 1:
+            print(f"> {prompt}")
+        print(answer)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-edu", description="lora_edu: learn LoRA by building it."
@@ -239,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--quiet", action="store_true", help="no progress bars")
     fg.add_argument("--readme", default=None, help="also write the verdict table into this README")
     fg.set_defaults(func=_figures)
+
+    gen = sub.add_parser(
+        "generate",
+        help="answer prompts with SmolLM2-135M-Instruct, optionally with a LoRA adapter",
+        description="Each prompt goes into the model's chat template; greedy decoding unless "
+        "--temperature is above 0.",
+    )
+    gen.add_argument("prompts", nargs="+", help="one or more prompts (quote each)")
+    gen.add_argument("--adapter", default=None, help="a PEFT-format LoRA adapter folder")
+    gen.add_argument("--model", default="smollm2", help="smollm2, a Hub id or a local folder")
+    gen.add_argument("--max-new-tokens", type=int, default=96)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    gen.add_argument("--seed", type=int, default=0, help="for sampling")
+    gen.set_defaults(func=_generate)
 
     from lora_edu.bench import add_bench_parser
 

@@ -151,20 +151,28 @@ def decode_speed(
     """Generated tokens per second for ``prompts`` with exactly ``new_tokens`` new tokens each
     (end-of-turn ignored, greedy, KV cache): the same work whatever the model says."""
     texts = [chat_prompt(tokenizer, p) for p in prompts]
+    side, was_training = tokenizer.padding_side, model.training
     tokenizer.padding_side = "left"
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     device = next(model.parameters()).device
     model.eval()
     total, seconds = 0, 0.0
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)  # fmt: skip
-            began = time.perf_counter()
-            out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 do_sample=False, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            seconds += time.perf_counter() - began
-            total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[start : start + batch_size], return_tensors="pt",
+                                padding=True, add_special_tokens=False).to(device)  # fmt: skip
+                began = time.perf_counter()
+                out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     do_sample=False, top_p=None, top_k=None,
+                                     pad_token_id=pad_id)  # fmt: skip
+                seconds += time.perf_counter() - began
+                total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
     return total / seconds
 
 

@@ -25,13 +25,14 @@ Nothing here picks a device: new tensors follow the base layer's device and dtyp
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,7 @@ class LoRALinear(nn.Module):
         # Identity when p = 0, so the common case does no dropout bookkeeping at all.
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # set by disable_adapters(): the base layer alone answers
         self._init_lora(init)
 
     @torch.no_grad()
@@ -200,8 +202,8 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d_in) → (..., d_out), in the base layer's output dtype."""
         y = self.base_layer(x)
-        if self.merged:
-            return y  # ΔW already lives inside W
+        if self.merged or self.disabled:
+            return y  # ΔW already lives inside W, or the adapter is switched off
         x = x.to(self.lora_A.dtype)  # a no-op unless A, B are kept in another dtype than W
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): the bottleneck x Aᵀ
         # scaling · Bᵀ as a contiguous (r, d_out) matrix: the scaling costs d_out·r multiplies
@@ -643,6 +645,31 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     for _, layer in _require_lora_layers(model):
         layer.unmerge()
     return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside ``with disable_adapters(model):`` the model computes as its base model (every
+    LoRA path skipped), as PEFT's context manager of the same name does; the adapter is back on
+    afterwards. Merged layers cannot be switched off this way (ΔW is inside W): unmerge first.
+
+    >>> with disable_adapters(model):        # doctest: +SKIP
+    ...     before = generate(model, tokenizer, prompts)
+    """
+    layers = _require_lora_layers(model)
+    merged = [name for name, layer in layers if layer.merged]
+    if merged:
+        raise ValueError(
+            f"{len(merged)} LoRA layer(s) are merged (e.g. {merged[0]}): ΔW is part of W, so the "
+            "adapter cannot be switched off; call unmerge_lora(model) first"
+        )
+    for _, layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for _, layer in layers:
+            layer.disabled = False
 
 
 def unload_lora(model: nn.Module) -> nn.Module:

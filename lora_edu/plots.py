@@ -15,12 +15,19 @@ from typing import Any
 import numpy as np
 
 #: One colour per method, the same in every figure.
-METHOD_COLORS = {"lora": "#1f77b4", "full": "#d62728", "head": "#7f7f7f", "bitfit": "#2ca02c"}
+METHOD_COLORS = {
+    "lora": "#1f77b4",
+    "full": "#d62728",
+    "head": "#7f7f7f",
+    "bitfit": "#2ca02c",
+    "none": "#9467bd",
+}
 METHOD_LABELS = {
     "lora": "LoRA",
     "full": "full fine-tuning",
     "head": "linear probe (head only)",
     "bitfit": "BitFit (biases + head)",
+    "none": "zero-shot (no training)",
 }
 
 STYLE = {
@@ -345,6 +352,33 @@ def similarity_heatmap(grid: np.ndarray, ax: Any = None, title: str | None = Non
     if title:
         ax.set_title(title)
     ax.figure.colorbar(image, ax=ax, label="φ(i, j)")
+    return ax
+
+
+def loss_mask_strip(
+    tokens: Sequence[str], counted: Sequence[bool], ax: Any = None, per_row: int = 12
+) -> Any:
+    """The tokens of one training example in reading order, each in a box: coloured where its
+    prediction counts in the loss (``counted``), grey where it is masked (label -100)."""
+    if len(tokens) != len(counted):
+        raise ValueError(f"{len(tokens)} tokens but {len(counted)} mask entries")
+    rows = -(-len(tokens) // per_row)
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        apply_style()
+        ax = plt.subplots(figsize=(per_row * 0.95, 0.42 * rows + 0.4))[1]
+    for i, (token, on) in enumerate(zip(tokens, counted, strict=True)):
+        row, col = divmod(i, per_row)
+        text = token.replace("\n", "↵").replace(" ", "·") or "∅"
+        ax.text(col + 0.5, -row, text if len(text) <= 11 else text[:10] + "…", ha="center",
+                va="center", fontsize=7, family="monospace",
+                bbox={"boxstyle": "round,pad=0.25", "lw": 0,
+                      "fc": METHOD_COLORS["lora"] if on else "#dddddd",
+                      "alpha": 0.55 if on else 1.0})  # fmt: skip
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(-rows + 0.5, 0.5)
+    ax.axis("off")
     return ax
 
 

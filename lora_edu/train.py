@@ -991,6 +991,23 @@ def _lm_loss_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
     return evaluate
 
 
+def causal_lm_loss(
+    model: nn.Module,
+    tokenizer: Any,
+    data: Any,
+    *,
+    max_length: int = 256,
+    batch_size: int = 16,
+    mask_prompt: bool = True,
+) -> dict[str, float]:
+    """Held-out ``eval_loss`` (mean cross-entropy per response token, natural log) and
+    ``perplexity`` of ``model`` on ``data`` (columns ``prompt``, ``response``), exactly as
+    ``finetune_causal_lm`` measures it; ``mask_prompt=False`` scores the prompt tokens too."""
+    _require_columns(data, ("prompt", "response"), "causal_lm_loss")
+    collate, _ = _lm_collate(tokenizer, data, max_length, mask_prompt)
+    return _lm_loss_evaluator(len(data), collate, batch_size)(model)
+
+
 def _bleu_evaluator(
     tokenizer: Any, data: Any, max_new_tokens: int, batch_size: int, progress: bool
 ) -> Callable:
