@@ -276,8 +276,10 @@ def load_conll2003(data_dir: str | os.PathLike | None = None):
 # E2E NLG (the LoRA paper's generation task)
 # --------------------------------------------------------------------------------------------
 
-#: Column names of the E2E data on the Hugging Face Hub (``GEM/e2e_nlg``).
-E2E_HUB_MR, E2E_HUB_REF = "meaning_representation", "target"
+#: The E2E data on the Hugging Face Hub: the dataset's script-free parquet revision (the
+#: ``datasets`` library no longer runs dataset scripts) and its column names.
+E2E_HUB = {"path": "tuetschek/e2e_nlg", "revision": "refs/convert/parquet"}
+E2E_HUB_MR, E2E_HUB_REF = "meaning_representation", "human_reference"
 
 
 def read_e2e(path: str | os.PathLike) -> dict[str, list]:
@@ -347,7 +349,7 @@ def load_e2e(
     (``valid.txt``, 4,672 pairs, 547 MRs), split by MR (``validation_fraction`` of the MRs,
     drawn with ``seed``, so no MR is on both sides); **test** is the official test file
     (``test.txt``, 4,693 pairs, 630 MRs). Use ``unique_mrs`` for one row per MR.
-    Hub fallback: ``GEM/e2e_nlg``.
+    Hub fallback: ``tuetschek/e2e_nlg`` (its parquet revision).
     """
     import datasets
 
@@ -357,7 +359,7 @@ def load_e2e(
     else:
 
         def hub():
-            raw = datasets.load_dataset("GEM/e2e_nlg")
+            raw = datasets.load_dataset(E2E_HUB["path"], revision=E2E_HUB["revision"])
             return [
                 {"mr": list(raw[s][E2E_HUB_MR]), "text": list(raw[s][E2E_HUB_REF])}
                 for s in ("validation", "test")
@@ -637,7 +639,7 @@ def _download_mnist(folder: Path, load_dataset) -> None:
 
 
 def _download_e2e(folder: Path, load_dataset) -> None:
-    raw = load_dataset("GEM/e2e_nlg")
+    raw = load_dataset(E2E_HUB["path"], revision=E2E_HUB["revision"])
     for split, name in (("validation", "valid.txt"), ("test", "test.txt")):
         lines = [
             f"{mr}||{text}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -205,9 +206,20 @@ def test_real_mnist_split():
 # ------------------------------------------------------------------ lora-edu download (Hub faked)
 
 
-def _fake_hub(name, config=None, split=None):
+def _fake_hub(name, config=None, split=None, revision=None):
     """Stand-ins with the Hub's schemas (invented content), so download's writers can be tested."""
     import datasets
+
+    if name == data.E2E_HUB["path"]:
+        assert revision == data.E2E_HUB["revision"]  # the script-free parquet revision
+        rows = {"validation": ["name : Mira | area : riverside", "Mira is by the river ."],
+                "test": ["name : Oak", "Oak is a pub ."]}  # fmt: skip
+        return datasets.DatasetDict(
+            {
+                s: datasets.Dataset.from_dict({data.E2E_HUB_MR: [mr], data.E2E_HUB_REF: [ref]})
+                for s, (mr, ref) in rows.items()
+            }
+        )
 
     if name == "nyu-mll/glue":
         part = {"sentence": ["a warm film ", "cold and dull "], "label": [1, 0], "idx": [0, 1]}
@@ -250,14 +262,42 @@ def _fake_hub(name, config=None, split=None):
     raise AssertionError(f"unexpected Hub call {name}")
 
 
+class _FakeResponse:
+    """What urllib.request.urlopen returns, for the instruction set's URL only."""
+
+    def __init__(self, url, items):
+        assert url == data.INSTRUCTIONS_URL
+        self.body = json.dumps(items).encode()
+
+    def read(self):
+        return self.body
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_download_writes_canonical_files(tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub)
+    items = [{"instruction": "Name a colour.", "input": "", "output": "Teal."}] * 3
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _FakeResponse(url, items))
     written = data.download_datasets(dest=tmp_path)
-    assert set(written) == {"sst2", "conll2003", "mnist"}
+    assert set(written) == {"sst2", "conll2003", "mnist", "e2e", "instructions"}
+    e2e = data.load_e2e(tmp_path, validation_fraction=0.0)
+    assert e2e["train"][0] == {
+        "mr": "name : Mira | area : riverside",
+        "text": "Mira is by the river .",
+        "references": ["Mira is by the river ."],
+    }
+    assert e2e["test"]["text"] == ["Oak is a pub ."]
+    instr = data.read_instructions(tmp_path / "instructions" / "instruction-data.json")
+    assert instr["output"] == ["Teal."] * 3
     sst2 = data.load_sst2(tmp_path)
     assert sst2["train"][:]["text"] == ["a warm film", "cold and dull"]
     assert sst2["test"][0] == {"text": "quietly moving", "label": 1}

@@ -221,6 +221,41 @@ def test_load_instructions_splits_85_5_10_deterministically(tmp_path):
 # --------------------------------------------------------------------------- the real files
 
 
+def test_e2e_hub_fallback_reads_the_parquet_revision(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, revision=None):
+        calls.append({"path": path, "revision": revision})
+        rows = {  # invented rows in the Hub's schema
+            "validation": (
+                ["name : Foo | area : riverside"] * 2,
+                ["Foo is by the river .", "Foo ."],
+            ),
+            "test": (["name : Bar"], ["Bar is a place ."]),
+        }
+        return datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_dict(
+                    {data.E2E_HUB_MR: mrs, data.E2E_HUB_REF: refs, "extra": [0] * len(mrs)}
+                )
+                for split, (mrs, refs) in rows.items()
+            }
+        )
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("LORA_EDU_DATA", raising=False)
+    monkeypatch.setattr(data, "find_dataset", lambda name, data_dir=None: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = data.load_e2e(tmp_path, validation_fraction=0.0)
+    assert calls == [data.E2E_HUB] and "revision" in calls[0]
+    assert ds["train"]["text"] == ["Foo is by the river .", "Foo ."]
+    assert ds["train"]["references"][0] == ["Foo is by the river .", "Foo ."]
+    assert ds["test"]["mr"] == ["name : Bar"] and len(ds["validation"]) == 0
+
+
 def test_real_e2e_sizes():
     if data.find_dataset("e2e") is None:
         pytest.skip("e2e not found (set LORA_EDU_DATA to a folder holding e2e/)")

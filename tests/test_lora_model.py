@@ -488,3 +488,24 @@ def test_on_cuda_matches_cpu_and_saves_loadable_files(tmp_path, ids):
     torch.testing.assert_close(logits(fresh, ids), logits(cpu, ids), atol=1e-5, rtol=1e-5)
     apply_lora(model := tiny_bert().cuda(), ["query"], r=2, alpha=2, init="pissa")
     merge_lora(model)
+
+
+def test_disable_adapters_gives_the_base_model_and_switches_back(ids):
+    from lora_edu.lora import disable_adapters
+
+    model = lora_model()
+    base = tiny_bert()
+    base.classifier.load_state_dict(model.classifier.state_dict())  # the head is trained too
+    with_lora = logits(model, ids)
+    assert not torch.allclose(with_lora, logits(base, ids))
+    with disable_adapters(model):
+        assert torch.equal(logits(model, ids), logits(base, ids))
+    assert torch.equal(logits(model, ids), with_lora)  # on again afterwards
+    with pytest.raises(RuntimeError), disable_adapters(model):
+        raise RuntimeError("an error inside the block")
+    assert torch.equal(logits(model, ids), with_lora)  # ... even after an exception
+    merge_lora(model)
+    with pytest.raises(ValueError, match="unmerge_lora"), disable_adapters(model):
+        pass
+    with pytest.raises(ValueError, match="no LoRALinear"), disable_adapters(tiny_bert()):
+        pass
