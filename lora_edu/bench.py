@@ -161,17 +161,13 @@ TINY_LLAMA = {
 CAUSAL_MODELS = ("tiny-llama", *CAUSAL_LMS)
 #: The causal LM's ratios: training as for a text model; decoding in tokens/s (higher is better).
 CAUSAL_RATIOS = {
-    "lora/peft": ("train", "lora", "peft"),
-    "lora/full": ("train", "lora", "full"),
-    "lora/floor": ("train", "lora", "floor"),
+    **{name: sides for name, sides in RATIOS.items() if sides[0] == "train"},
     "decode merged/base": ("decode", "merged", "base"),
     "decode unmerged/base": ("decode", "unmerged", "base"),
 }
 #: Training ratios at or below, decode ratios (tokens/s) at or above (SmolLM2-135M, batch 8 × 64).
 CAUSAL_TARGETS = {
-    "lora/peft": 1.00,
-    "lora/full": 0.85,
-    "lora/floor": 1.10,
+    **{name: TARGETS[name] for name in CAUSAL_RATIOS if name in TARGETS},
     "decode merged/base": 0.98,
     "decode unmerged/base": 0.85,
 }

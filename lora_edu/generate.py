@@ -12,8 +12,9 @@ where the loss counts and ``-100`` elsewhere (``encode_example``); a batch is le
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -76,7 +77,31 @@ def encode_example(
     return ids[:-1], targets
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def _decoding(model: nn.Module, tokenizer: Any) -> Iterator[Callable[[list[str]], Any]]:
+    """Eval mode, no autograd and a left-padding tokenizer for the block (both restored after);
+    yields ``encode(texts)``: the texts as one left-padded batch on the model's device."""
+    side, was_training = tokenizer.padding_side, model.training
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    model.eval()
+
+    def encode(texts: list[str]) -> Any:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return batch.to(device)
+
+    try:
+        with torch.inference_mode():
+            yield encode
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def generate(
     model: nn.Module,
     tokenizer: Any,
@@ -103,24 +128,15 @@ def generate(
     if isinstance(prompts, str):
         prompts = [prompts]
     texts = [chat_prompt(tokenizer, p) if chat else p for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
-    was_training = model.training
-    model.eval()
     if do_sample:
         torch.manual_seed(seed)
-    try:
+    with _decoding(model, tokenizer) as encode:
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-            batch = [order[i] for i in range(start, min(start + batch_size, len(order)))]
-            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)  # fmt: skip
+            batch = order[start : start + batch_size]
+            enc = encode([texts[i] for i in batch])
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -128,15 +144,12 @@ def generate(
                 temperature=temperature if do_sample else None,
                 top_p=None,
                 top_k=None,
-                pad_token_id=pad_id,
+                pad_token_id=_pad_id(tokenizer),
                 eos_token_id=tokenizer.eos_token_id,
             )
             new = out[:, enc["input_ids"].shape[1] :]
             for i, ids in zip(batch, new, strict=True):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return answers
 
 
@@ -151,28 +164,16 @@ def decode_speed(
     """Generated tokens per second for ``prompts`` with exactly ``new_tokens`` new tokens each
     (end-of-turn ignored, greedy, KV cache): the same work whatever the model says."""
     texts = [chat_prompt(tokenizer, p) for p in prompts]
-    side, was_training = tokenizer.padding_side, model.training
-    tokenizer.padding_side = "left"
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    device = next(model.parameters()).device
-    model.eval()
     total, seconds = 0, 0.0
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                enc = tokenizer(texts[start : start + batch_size], return_tensors="pt",
-                                padding=True, add_special_tokens=False).to(device)  # fmt: skip
-                began = time.perf_counter()
-                out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                     do_sample=False, top_p=None, top_k=None,
-                                     pad_token_id=pad_id)  # fmt: skip
-                seconds += time.perf_counter() - began
-                total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    with _decoding(model, tokenizer) as encode:
+        for start in range(0, len(texts), batch_size):
+            enc = encode(texts[start : start + batch_size])
+            began = time.perf_counter()
+            out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, top_p=None, top_k=None,
+                                 pad_token_id=_pad_id(tokenizer))  # fmt: skip
+            seconds += time.perf_counter() - began
+            total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
     return total / seconds
 
 
