@@ -257,7 +257,7 @@ def _e2e_budget() -> dict[str, Any]:
     return by_profile(
         smoke={"n_train": 16, "n_eval": 16, "n_generate": 8, "epochs": 1, "batch_size": 8,
                "max_new_tokens": 16},
-        default={"n_train": 480, "n_eval": 500, "n_generate": None, "epochs": 1, "batch_size": 8,
+        default={"n_train": 480, "n_eval": 200, "n_generate": None, "epochs": 1, "batch_size": 8,
                  "max_new_tokens": 48},
         full={"n_train": None, "n_eval": None, "n_generate": None, "epochs": 2, "batch_size": 8,
               "max_new_tokens": 64},
