@@ -128,11 +128,13 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from lora_edu.config import results_dir
     from lora_edu.sweep import markdown_report, read_results, update_readme
 
-    files = [Path(f) for f in args.files] or sorted(Path("data/results").glob("*.jsonl"))
+    # The folder `lora-edu sweep` writes (LORA_EDU_RESULTS, else the repository's data/results).
+    files = [Path(f) for f in args.files] or sorted(results_dir().glob("*.jsonl"))
     if not files:
-        print("no results files given and none in data/results/ (run `lora-edu sweep` first)")
+        print(f"no results files given and none in {results_dir()} (run `lora-edu sweep` first)")
         return 1
     records = [rec for f in files for rec in read_results(f)]
     table = markdown_report(records)
@@ -249,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "report", help="a markdown table of sweep results (mean over seeds), optionally into README"
     )
-    rp.add_argument("files", nargs="*", help="results files (default: data/results/*.jsonl)")
+    rp.add_argument(
+        "files", nargs="*", help="results files (default: the results folder's *.jsonl)"
+    )
     rp.add_argument("--readme", default=None, help="also write the table into this README")
     rp.set_defaults(func=_report)
 
