@@ -83,7 +83,7 @@ def device() -> Any:
     """The torch device to use: ``LORA_EDU_DEVICE`` if set, else cuda, then mps, then cpu."""
     import torch
 
-    forced = os.environ.get("LORA_EDU_DEVICE", "").strip()
+    forced = os.environ.get("LORA_EDU_DEVICE", "").strip().lower()  # "CUDA" works like "cuda"
     if forced:
         try:
             dev = torch.device(forced)
@@ -96,6 +96,12 @@ def device() -> Any:
             raise ValueError(
                 f"LORA_EDU_DEVICE={forced!r} but torch sees no CUDA device "
                 f"(torch {torch.__version__}); unset LORA_EDU_DEVICE or install a CUDA build of torch"
+            )
+        mps = getattr(torch.backends, "mps", None)
+        if dev.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(
+                f"LORA_EDU_DEVICE={forced!r} but Apple's MPS backend is not available here "
+                f"(torch {torch.__version__}); unset LORA_EDU_DEVICE or use 'cpu'"
             )
         return dev
     if torch.cuda.is_available():

@@ -86,6 +86,7 @@ def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:
     Dividing by r keeps the size of ΔW roughly independent of r at initialisation, so alpha need
     not be retuned when r changes; rsLoRA's √r keeps learning from slowing down at large r.
     """
+    _check_rank_and_alpha(r, alpha)
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
@@ -105,6 +106,7 @@ def pissa_init(
     formulas (``init_lora_weights="pissa"``), computed in float32 like PEFT (float64 for float64
     weights); all three results come back in W's dtype.
     """
+    _check_rank_and_alpha(r, scaling, "scaling")
     d_out, d_in = W.shape
     if r > min(d_out, d_in):
         raise ValueError(
@@ -120,11 +122,21 @@ def pissa_init(
     return A.to(W.dtype), B.to(W.dtype), residual.to(W.dtype)
 
 
-def _check_hyperparameters(r: Any, alpha: Any, dropout: Any, init: Any) -> None:
+def _check_rank_and_alpha(r: Any, alpha: Any, name: str = "alpha") -> None:
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(f"r (the rank) must be a positive int, got {r!r}; typical: 4, 8, 16")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}; a common choice: 2 * r")
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not 0 < alpha < math.inf  # also refuses NaN
+    ):
+        raise ValueError(
+            f"{name} must be a positive finite number, got {alpha!r}; a common alpha: 2 * r"
+        )
+
+
+def _check_hyperparameters(r: Any, alpha: Any, dropout: Any, init: Any) -> None:
+    _check_rank_and_alpha(r, alpha)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}; LoRA commonly uses 0 to 0.1")
     if init not in INITS:
@@ -544,8 +556,11 @@ def apply_lora(
         layer = model.get_submodule(name)
         _set_submodule(model, name, LoRALinear(layer, r, alpha, dropout, init, use_rslora))
     if isinstance(previous, LoRAConfig):
-        as_list = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-        previous.target_modules = [*previous.target_modules, *as_list]
+        # A string is one name (or pattern, or "all-linear"), never a list of its characters.
+        def as_list(targets: str | Sequence[str]) -> list[str]:
+            return [targets] if isinstance(targets, str) else list(targets)
+
+        previous.target_modules = [*as_list(previous.target_modules), *as_list(target_modules)]
     else:
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
         model.lora_config = LoRAConfig(targets, r, alpha, dropout, init, use_rslora)

@@ -44,6 +44,13 @@ def test_device_override_and_errors(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setenv("LORA_EDU_DEVICE", "cpu")
     assert config.device() == torch.device("cpu")
+    monkeypatch.setenv("LORA_EDU_DEVICE", " CPU ")  # names are case-insensitive
+    assert config.device() == torch.device("cpu")
+    mps = getattr(torch.backends, "mps", None)
+    if not (mps is not None and mps.is_available()):
+        monkeypatch.setenv("LORA_EDU_DEVICE", "mps")
+        with pytest.raises(ValueError, match="MPS backend is not available"):
+            config.device()
     monkeypatch.setenv("LORA_EDU_DEVICE", "toaster")
     with pytest.raises(ValueError, match="'toaster' is not a torch device"):
         config.device()

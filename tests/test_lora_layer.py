@@ -223,7 +223,9 @@ def test_extra_repr():
     [
         ({"r": 0}, "r \\(the rank\\) must be a positive int, got 0"),
         ({"r": 2.5}, "positive int, got 2.5"),
-        ({"alpha": -1}, "alpha must be a positive number, got -1"),
+        ({"alpha": -1}, "alpha must be a positive finite number, got -1"),
+        ({"alpha": float("inf")}, "alpha must be a positive finite number, got inf"),
+        ({"alpha": float("nan")}, "alpha must be a positive finite number, got nan"),
         ({"dropout": 1.0}, "dropout must be in \\[0, 1\\), got 1.0"),
         ({"init": "xavier"}, "init must be one of 'kaiming', 'gaussian', 'pissa', got 'xavier'"),
         ({"init": "pissa", "r": 6}, "PiSSA needs r <= min\\(d_out, d_in\\) = 5"),
@@ -260,3 +262,23 @@ def test_on_cuda_forward_merge_and_dtype():
     y = layer(x)
     layer.merge()
     torch.testing.assert_close(layer(x), y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: lora_scaling(0, 16),
+            "r \\(the rank\\) must be a positive int, got 0",
+        ),
+        (lambda: lora_scaling(8, float("inf")), "alpha must be a positive finite"),
+        (
+            lambda: pissa_init(torch.ones(4, 4), 2, 0.0),
+            "scaling must be a positive finite number, got 0.0",
+        ),
+        (lambda: pissa_init(torch.ones(4, 4), 0, 1.0), "positive int, got 0"),
+    ],
+)
+def test_scaling_and_pissa_refuse_bad_values_with_a_clear_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -509,3 +509,14 @@ def test_disable_adapters_gives_the_base_model_and_switches_back(ids):
         pass
     with pytest.raises(ValueError, match="no LoRALinear"), disable_adapters(tiny_bert()):
         pass
+
+
+def test_a_string_target_is_one_name_when_lora_is_applied_twice():
+    model = tiny_bert()
+    apply_lora(model, "all-linear", r=2, alpha=4)
+    apply_lora(model, ["classifier"], r=2, alpha=4)
+    assert model.lora_config.target_modules == ["all-linear", "classifier"]
+    model = tiny_bert()
+    apply_lora(model, ["query"], r=2, alpha=4)
+    apply_lora(model, "value", r=2, alpha=4)
+    assert model.lora_config.target_modules == ["query", "value"]
