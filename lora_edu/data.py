@@ -3,7 +3,8 @@
 Search order for a dataset folder (``sst2/``, ``conll2003/``, ``mnist/``, ``e2e/``,
 ``instructions/``):
 
-1. an explicit ``data_dir=`` argument;
+1. an explicit ``data_dir=`` argument (then the only place searched: a folder that does not
+   hold the dataset raises, naming it);
 2. the environment variable ``LORA_EDU_DATA``;
 3. the repository's ``data/`` folder;
 4. the Hugging Face Hub through ``datasets.load_dataset`` (only when not offline).
@@ -28,10 +29,12 @@ DATASET_FILES: dict[str, tuple[str, ...]] = {
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The folders searched for datasets, in order (duplicates removed)."""
-    candidates: list[Path] = []
+    """The folders searched for datasets, in order (duplicates removed). An explicit
+    ``data_dir`` is the only folder searched: asking for one folder never silently reads
+    another."""
     if data_dir is not None:
-        candidates.append(Path(data_dir).expanduser())
+        return [Path(data_dir).expanduser().resolve()]
+    candidates: list[Path] = []
     env = os.environ.get("LORA_EDU_DATA", "").strip()
     if env:
         candidates.append(Path(env).expanduser())
@@ -99,7 +102,10 @@ def _not_found(
 
 
 def _from_hub(name: str, data_dir, loader):
-    """Run ``loader()`` (a Hub download) unless offline; turn any failure into a clear error."""
+    """Run ``loader()`` (a Hub download) unless offline or an explicit ``data_dir`` was given;
+    turn any failure into a clear error."""
+    if data_dir is not None:
+        raise _not_found(name, data_dir, "not tried, since data_dir= names the folder to use")
     if _offline():
         raise _not_found(name, data_dir, "skipped, HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set")
     try:

@@ -155,22 +155,30 @@ def test_missing_dataset_error_names_places_and_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
     with pytest.raises(data.DatasetNotFoundError) as err:
-        data.load_sst2(tmp_path / "explicit")
+        data.load_sst2()
     message = str(err.value)
-    for expected in ("explicit", "nowhere", "train.tsv, dev.tsv, test.tsv", "lora-edu download"):
+    for expected in ("nowhere", "repo", "train.tsv, dev.tsv, test.tsv", "lora-edu download"):
         assert expected in message
 
 
-def test_search_order_explicit_then_env_then_repo(tmp_path, monkeypatch):
+def test_search_order_env_then_repo_and_an_explicit_folder_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_EDU_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
-    dirs = data.search_dirs(tmp_path / "explicit")
-    assert dirs == [(tmp_path / n).resolve() for n in ("explicit", "env")] + [
-        (tmp_path / "repo" / "data").resolve()
+    assert data.search_dirs() == [
+        (tmp_path / "env").resolve(),
+        (tmp_path / "repo" / "data").resolve(),
     ]
+    assert data.search_dirs(tmp_path / "explicit") == [(tmp_path / "explicit").resolve()]
     _sst2_folder(tmp_path / "env")
     _sst2_folder(tmp_path / "repo" / "data")
     assert data.find_dataset("sst2") == (tmp_path / "env" / "sst2").resolve()
+    # An explicit folder without the files raises, naming it, instead of reading env/ or data/.
+    assert data.find_dataset("sst2", tmp_path / "explicit") is None
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(data.DatasetNotFoundError, match="explicit") as err:
+        data.load_sst2(tmp_path / "explicit")
+    assert str(tmp_path / "env") not in str(err.value) and "not tried" in str(err.value)
 
 
 # ------------------------------------------------------------------ the real files, when present

@@ -249,7 +249,7 @@ def test_e2e_hub_fallback_reads_the_parquet_revision(tmp_path, monkeypatch):
     monkeypatch.delenv("LORA_EDU_DATA", raising=False)
     monkeypatch.setattr(data, "find_dataset", lambda name, data_dir=None: None)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    ds = data.load_e2e(tmp_path, validation_fraction=0.0)
+    ds = data.load_e2e(validation_fraction=0.0)
     assert calls == [data.E2E_HUB] and "revision" in calls[0]
     assert ds["train"]["text"] == ["Foo is by the river .", "Foo ."]
     assert ds["train"]["references"][0] == ["Foo is by the river .", "Foo ."]
