@@ -129,6 +129,15 @@ def _local_splits(folder: Path, reader, features):
     )
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file's contents (a byte-order mark is dropped); undecodable bytes raise a
+    ValueError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+
+
 # --------------------------------------------------------------------------------------------
 # SST-2
 # --------------------------------------------------------------------------------------------
@@ -145,24 +154,24 @@ def read_sst2_tsv(path: str | os.PathLike) -> dict[str, list]:
     path = Path(path)
     texts: list[str] = []
     labels: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header != ["sentence", "label"]:
+    lines = _read_text(path).split("\n")  # a byte-order mark is dropped; bad bytes name the file
+    header = lines[0].rstrip("\r").split("\t")
+    if header != ["sentence", "label"]:
+        raise ValueError(
+            f"{path}:1: expected the header 'sentence<TAB>label' of GLUE SST-2, got {header!r}"
+        )
+    for lineno, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or parts[1].strip() not in ("0", "1"):
             raise ValueError(
-                f"{path}:1: expected the header 'sentence<TAB>label' of GLUE SST-2, got {header!r}"
+                f"{path}:{lineno}: expected 'sentence<TAB>label' with label 0 or 1, "
+                f"got {line[:80]!r}"
             )
-        for lineno, line in enumerate(f, start=2):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2 or parts[1].strip() not in ("0", "1"):
-                raise ValueError(
-                    f"{path}:{lineno}: expected 'sentence<TAB>label' with label 0 or 1, "
-                    f"got {line[:80]!r}"
-                )
-            texts.append(parts[0].strip())
-            labels.append(int(parts[1]))
+        texts.append(parts[0].strip())
+        labels.append(int(parts[1]))
     return {"text": texts, "label": labels}
 
 
@@ -217,27 +226,27 @@ def read_conll(path: str | os.PathLike) -> dict[str, list]:
     tags: list[list[int]] = []
     tokens: list[str] = []
     ids: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                if tokens:
-                    sentences.append(tokens)
-                    tags.append(ids)
-                    tokens, ids = [], []
-                continue
-            if len(parts) != 4:
-                raise ValueError(
-                    f"{path}:{lineno}: expected 4 columns 'TOKEN POS CHUNK NER', "
-                    f"got {len(parts)}: {line.rstrip()!r}"
-                )
-            if parts[3] not in tag_id:
-                raise ValueError(
-                    f"{path}:{lineno}: unknown NER tag {parts[3]!r}; expected one of "
-                    f"{', '.join(CONLL_LABELS)} (IOB2)"
-                )
-            tokens.append(parts[0])
-            ids.append(tag_id[parts[3]])
+    # _read_text drops a byte-order mark and names the file on undecodable bytes
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append(tokens)
+                tags.append(ids)
+                tokens, ids = [], []
+            continue
+        if len(parts) != 4:
+            raise ValueError(
+                f"{path}:{lineno}: expected 4 columns 'TOKEN POS CHUNK NER', "
+                f"got {len(parts)}: {line.rstrip()!r}"
+            )
+        if parts[3] not in tag_id:
+            raise ValueError(
+                f"{path}:{lineno}: unknown NER tag {parts[3]!r}; expected one of "
+                f"{', '.join(CONLL_LABELS)} (IOB2)"
+            )
+        tokens.append(parts[0])
+        ids.append(tag_id[parts[3]])
     if tokens:
         sentences.append(tokens)
         tags.append(ids)
@@ -308,15 +317,6 @@ def read_e2e(path: str | os.PathLike) -> dict[str, list]:
     if not mrs:
         raise ValueError(f"{path}: no 'MR||reference' lines found")
     return {"mr": mrs, "text": texts}
-
-
-def _read_text(path: Path) -> str:
-    """A UTF-8 text file's contents (a byte-order mark is dropped); undecodable bytes raise a
-    ValueError naming the file."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
 
 
 def _with_references(columns: dict[str, list]) -> dict[str, list]:
@@ -481,8 +481,13 @@ def read_idx(path: str | os.PathLike):
 
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, gzip.BadGzipFile) as err:  # truncated or not gzip at all
+        raise ValueError(f"{path}: cannot be read as a gzip-compressed IDX file ({err})") from None
+    if len(raw) < 4:
+        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header")
     magic = int.from_bytes(raw[:4], "big")
     if magic not in (2049, 2051):
         raise ValueError(
@@ -490,11 +495,21 @@ def read_idx(path: str | os.PathLike):
             "is this an MNIST *-idx*-ubyte(.gz) file?"
         )
     ndim = magic - 2048
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: the IDX header is cut off ({len(raw)} bytes)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says shape {shape} but holds {data.size} bytes of data")
     return data.reshape(shape)
+
+
+def _check_counts(images, labels, images_path: Path, labels_name: str) -> None:
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{images_path} holds {len(images)} images but {labels_name} beside it holds "
+            f"{len(labels)} labels; expected one label per image (a truncated or mismatched file?)"
+        )
 
 
 def _image_dataset(images, labels, split_indices: dict):
@@ -543,6 +558,9 @@ def load_mnist(
     if folder is not None:
         images = read_idx(folder / "t10k-images-idx3-ubyte.gz")
         labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+        _check_counts(
+            images, labels, folder / "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+        )
         train_img, train_lab = (
             folder / "train-images-idx3-ubyte.gz",
             folder / "train-labels-idx1-ubyte.gz",
@@ -551,6 +569,7 @@ def load_mnist(
             import numpy as np
 
             tr_images, tr_labels = read_idx(train_img), read_idx(train_lab)
+            _check_counts(tr_images, tr_labels, train_img, train_lab.name)
             n_tr = len(tr_labels)
             return _image_dataset(
                 np.concatenate([tr_images, images]),

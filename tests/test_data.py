@@ -320,3 +320,35 @@ def test_download_refuses_when_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="needs the Hugging Face Hub"):
         data.download_datasets(["sst2"], tmp_path)
+
+
+def test_sst2_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + SST2_FIXTURE.encode())
+    assert data.read_sst2_tsv(path)["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("reader", [data.read_sst2_tsv, data.read_conll])
+def test_undecodable_bytes_name_the_file(tmp_path, reader):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("sentence\tlabel\ncaf\xe9 \t1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.txt: not UTF-8"):
+        reader(path)
+
+
+def test_truncated_or_mismatched_mnist_files_name_the_file(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    images, labels = folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+    data._write_idx(images, np.zeros((10, 28, 28), dtype=np.uint8))
+    data._write_idx(labels, np.arange(5) % 10)
+    with pytest.raises(ValueError, match="10 images but t10k-labels-idx1-ubyte.gz .* 5 labels"):
+        data.load_mnist(tmp_path)
+    whole = images.read_bytes()
+    images.write_bytes(whole[: len(whole) // 2])  # a download cut off half-way
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz: cannot be read"):
+        data.read_idx(images)
+    short = tmp_path / "short.idx"
+    short.write_bytes((2051).to_bytes(4, "big") + (10).to_bytes(4, "big"))  # header cut off
+    with pytest.raises(ValueError, match="short.idx: the IDX header is cut off"):
+        data.read_idx(short)
