@@ -190,8 +190,15 @@ def test_float64_and_bfloat16_base_layers():
 def test_lora_kept_in_float32_on_a_bfloat16_base_returns_bfloat16():
     layer = make_layer(dtype=torch.bfloat16)
     layer.lora_A.data, layer.lora_B.data = layer.lora_A.data.float(), layer.lora_B.data.float()
-    y = layer(torch.randn(3, 6).to(torch.bfloat16))
+    x = torch.randn(3, 6).to(torch.bfloat16)
+    y = layer(x)
     assert y.dtype == torch.bfloat16
+    # The values: the bfloat16 base output plus the float32 update x Aᵀ (s·Bᵀ), rounded once.
+    base = layer.base_layer(x)
+    update = (x.float() @ layer.lora_A.T) @ (layer.lora_B.T * layer.scaling)
+    assert update.abs().max() > 0.1  # B is non-zero: the LoRA path really contributes
+    assert torch.equal(y, base + update.to(torch.bfloat16))
+    assert not torch.equal(y, base)
 
 
 def test_matches_the_numpy_reference_forward_and_backward_in_float64():
