@@ -937,10 +937,10 @@ def finetune_vit(
 # --------------------------------------------------------------------------- causal LM
 
 #: Learning rates per method for causal-LM fine-tuning (SmolLM2-135M-Instruct, batch 8, AdamW,
-#: linear decay): LoRA 2e-3 and full fine-tuning 5e-5 were the best of the E2E learning-rate
-#: pilot on the validation MRs (``lora-edu sweep --task e2e-dev --preset lr-pilot``; see
-#: data/README.md). A full-model learning rate of 1e-4 or more quickly damages a 135M model's
-#: pretrained knowledge; LoRA's update starts at zero and needs a ~40× larger step.
+#: linear decay), from a first calibration on E2E (120 steps): LoRA 2e-3, full fine-tuning 5e-5.
+#: A full-model rate far above 1e-4 damages a 135M model's pretrained knowledge; LoRA's update
+#: starts at zero and needs a much larger step. The E2E presets do not rely on these: they use
+#: the rates chosen per method on validation data (``experiments.e2e_chosen_lrs``).
 CAUSAL_LM_LR: dict[str, float] = {"lora": 2e-3, "full": 5e-5}
 
 #: The attention projections of Llama-style models, LoRA's default targets there (the paper's q, v).
