@@ -3,21 +3,23 @@
     grid = make_grid(methods=["lora", "full"], ranks=[4, 8], alphas=[16], seeds=[0])
     records = run_sweep("sst2", grid, "data/results/sst2.jsonl")
 
-Every finished run appends one line to the results file, written in one piece and flushed, so an
-interrupted sweep loses at most the run in progress. Running the same sweep again skips every run
-already in the file (matched on its configuration, see ``run_key``) and continues where it stopped.
-A last line cut off mid-write is reported, moved to ``<file>.corrupt`` and ignored; a broken line
-anywhere else is an error, so earlier results are never dropped silently.
+Every finished run appends one line to the results file, written in one piece, on a line of its
+own and flushed, under a file lock, so an interrupted sweep loses at most the run in progress and
+two writers never mix their lines. Running the same sweep again skips every run already in the file
+(matched on its configuration, see ``run_key``) and continues where it stopped. A record cut off
+mid-write is reported, moved to ``<file>.corrupt`` and ignored; any other broken line is an
+error, so results are never dropped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +71,11 @@ def make_grid(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
-    bad_ranks = [r for r in ranks if int(r) < 1]
+    bad_ranks = [r for r in ranks if isinstance(r, bool) or r != int(r) or int(r) < 1]
     if bad_ranks:
-        raise ValueError(f"ranks must be ≥ 1, got {bad_ranks}")
+        raise ValueError(f"ranks must be whole numbers ≥ 1, got {bad_ranks}")
+    # A string is one target name (or "all-linear"), never a sequence of one-letter names.
+    target_sets = [[t] if isinstance(t, str) else list(t) for t in target_sets]
     runs: list[dict[str, Any]] = []
     for method in methods:
         if method == "lora":
@@ -107,9 +111,17 @@ def make_grid(
     return runs
 
 
+def _canonical(value: Any) -> Any:
+    # 16 and 16.0 are one alpha (and one learning rate): numbers compare as floats.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def run_key(record: dict[str, Any]) -> str:
-    """A canonical string for the identifying fields of a run (``KEY_FIELDS``)."""
-    return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
+    """A canonical string for the identifying fields of a run (``KEY_FIELDS``); numbers are
+    compared by value, so ``alpha=16`` and ``alpha=16.0`` are the same run."""
+    return json.dumps({k: _canonical(record.get(k)) for k in KEY_FIELDS}, sort_keys=True)
 
 
 def unique_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,50 +135,104 @@ def unique_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------- the file
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``<path>.lock`` (POSIX ``flock``) for the block, so
+    that appends and repairs by several processes never interleave. Where ``fcntl`` does not
+    exist (Windows) the block runs unlocked: there, run one writer per file."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _parse(path: Path, lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of ``lines`` and the indices of cut-off records: lines whose JSON ends too
+    early (a writer that crashed mid-line; since ``append_record`` starts every record on a new
+    line, later records follow intact). Any other broken line, or valid JSON that is not an
+    object, raises a ValueError naming it."""
+    records: list[dict[str, Any]] = []
+    cut: list[int] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            ran_out = err.pos >= len(line.rstrip()) or err.msg.startswith("Unterminated string")
+            if line.lstrip().startswith("{") and ran_out:
+                cut.append(i)  # the parser ran out of text: a truncated record
+                continue
+            raise ValueError(
+                f"{path}:{i + 1}: not a JSON record ({err.msg}); it is not a record cut off "
+                "by an interruption either, so this file was edited or damaged: fix or remove "
+                "that line by hand (the other records are intact)"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path}:{i + 1}: a JSON {type(record).__name__}, not a record (a JSON object "
+                "with the run's fields); fix or remove that line by hand"
+            )
+        records.append(record)
+    return records, cut
+
+
 def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
     """The records of a results file (an empty list when it does not exist).
 
-    A last line that is not valid JSON (a run interrupted mid-write) is reported with a warning
-    and ignored; with ``repair=True`` it is also moved to ``<path>.corrupt`` so new records can be
-    appended. A broken line before the last raises a ValueError naming the line.
+    A record cut off mid-write (a run interrupted while writing) is reported with a warning and
+    ignored; with ``repair=True`` it is also moved to ``<path>.corrupt``, under the file's lock
+    and re-reading the file first, so records another process appended meanwhile are kept. Any
+    other broken line raises a ValueError naming the line.
     """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records: list[dict[str, Any]] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if lineno < len(lines):
-                raise ValueError(
-                    f"{path}:{lineno}: not a JSON record ({err.msg}); only the last line can be "
-                    "cut off by an interruption, so this file was edited or damaged: fix or "
-                    "remove that line by hand (earlier and later records are intact)"
-                ) from None
-            warnings.warn(
-                f"{path}:{lineno}: the last line is not a complete JSON record (a run interrupted "
-                f"while writing?); ignoring it{' and moving it to ' + path.name + '.corrupt' if repair else ''}",
-                stacklevel=2,
-            )
-            if repair:
+    records, cut = _parse(path, path.read_text(encoding="utf-8").splitlines())
+    if not cut:
+        return records
+    where = ", ".join(f"{path}:{i + 1}" for i in cut)
+    warnings.warn(
+        f"{where}: not a complete JSON record (a run interrupted while writing?); ignoring it"
+        f"{' and moving it to ' + path.name + '.corrupt' if repair else ''}",
+        stacklevel=2,
+    )
+    if repair:
+        with _locked(path):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            records, cut = _parse(path, lines)
+            if cut:
                 with open(f"{path}.corrupt", "a", encoding="utf-8") as f:
-                    f.write(line + "\n")
-                kept = "".join(ln + "\n" for ln in lines[: lineno - 1])
-                path.write_text(kept, encoding="utf-8")
+                    f.writelines(lines[i] + "\n" for i in cut)
+                kept = "".join(line + "\n" for i, line in enumerate(lines) if i not in cut)
+                partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                partial.write_text(kept, encoding="utf-8")
+                os.replace(partial, path)  # readers see the old file or the new one, never half
     return records
 
 
 def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one record as one JSON line, flushed to disk before returning."""
+    """Append one record as one JSON line, flushed to disk before returning. The line always
+    starts on a line of its own (a newline is added first if a crashed writer left the last line
+    unfinished), and the append holds the file's lock (see ``read_results``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True) + "\n"
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line)
+    with _locked(path), path.open("ab+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

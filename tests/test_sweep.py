@@ -47,7 +47,11 @@ def test_make_grid_counts_and_non_lora_methods():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"methods": ["lora", "prompt"]}, "unknown method"), ({"ranks": [0, 4]}, "ranks must be")],
+    [
+        ({"methods": ["lora", "prompt"]}, "unknown method"),
+        ({"ranks": [0, 4]}, "ranks must be"),
+        ({"ranks": [2.5]}, r"whole numbers ≥ 1, got \[2.5\]"),
+    ],
 )
 def test_make_grid_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -90,7 +94,7 @@ def test_corrupted_last_line_is_reported_and_set_aside(tmp_path):
     sweep.run_sweep(_fake_task(calls), grid[:1], out, progress=False)
     with out.open("a") as f:
         f.write('{"task": "fake", "method": "lo')  # cut off mid-write
-    with pytest.warns(UserWarning, match="last line is not a complete JSON record"):
+    with pytest.warns(UserWarning, match="not a complete JSON record"):
         records = sweep.run_sweep(_fake_task(calls), grid, out, progress=False)
     assert len(records) == 2 and len(calls) == 2
     assert [json.loads(x)["r"] for x in out.read_text().splitlines()] == [2, 4]
@@ -208,3 +212,106 @@ def test_cli_report_reads_the_folder_sweep_writes(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("LORA_EDU_RESULTS", str(tmp_path / "empty"))
     assert cli.main(["report"]) == 1
     assert str(tmp_path / "empty") in capsys.readouterr().out
+
+
+def test_a_target_set_given_as_a_string_is_one_name():
+    grid = sweep.make_grid(target_sets=["query", ("query", "value")])
+    assert [g["target_modules"] for g in grid] == [["query"], ["query", "value"]]
+
+
+def test_alpha_16_and_16_point_0_are_the_same_run():
+    base = {"task": "t", "method": "lora", "r": 8, "seed": 0, "lr": 0.002}
+    assert sweep.run_key({**base, "alpha": 16}) == sweep.run_key({**base, "alpha": 16.0})
+    assert sweep.run_key({**base, "alpha": 16}) != sweep.run_key({**base, "alpha": 32})
+
+
+def test_a_json_line_that_is_not_an_object_is_named(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"results.jsonl:2: a JSON list, not a record"):
+        sweep.read_results(out)
+
+
+def test_a_cut_off_line_followed_by_a_blank_line_is_the_cut_off_last_record(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"a": 1}\n{"b": \n\n')
+    with pytest.warns(UserWarning, match="results.jsonl:2: not a complete JSON record"):
+        assert sweep.read_results(out, repair=True) == [{"a": 1}]
+    assert out.read_text() == '{"a": 1}\n\n'
+    assert (tmp_path / "results.jsonl.corrupt").read_text() == '{"b": \n'
+
+
+def test_a_record_after_a_cut_off_line_starts_on_its_own_line_and_resumes(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"a": 1}\n{"b": ')  # a writer crashed mid-line
+    sweep.append_record(out, {"c": 3})
+    assert out.read_text().splitlines() == ['{"a": 1}', '{"b": ', '{"c": 3}']
+    with pytest.warns(UserWarning, match="results.jsonl:2: not a complete JSON record"):
+        assert sweep.read_results(out, repair=True) == [{"a": 1}, {"c": 3}]
+    assert out.read_text() == '{"a": 1}\n{"c": 3}\n'  # resumable again
+
+
+def test_repair_rereads_under_the_lock_and_keeps_a_record_appended_meanwhile(tmp_path, monkeypatch):
+    # Another writer appends right after read_results has read the file: the repair must
+    # re-read before rewriting, or that record is lost.
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"a": 1}\n{"cut off')
+    real_read_text = type(out).read_text
+    calls = []
+
+    def read_text_then_a_writer_appends(self, *args, **kwargs):
+        text = real_read_text(self, *args, **kwargs)
+        if self == out and not calls:
+            calls.append(1)
+            sweep.append_record(out, {"meanwhile": 2})
+        return text
+
+    monkeypatch.setattr(type(out), "read_text", read_text_then_a_writer_appends)
+    with pytest.warns(UserWarning):
+        sweep.read_results(out, repair=True)
+    monkeypatch.undo()
+    assert sweep.read_results(out) == [{"a": 1}, {"meanwhile": 2}]
+
+
+_WRITER = """
+import sys, time
+from lora_edu.sweep import append_record
+path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    append_record(path, {"writer": tag, "i": i, "pad": "x" * 2000})
+    time.sleep(0.002)
+"""
+
+
+def _writers(path, tags, n):
+    import subprocess
+    import sys
+
+    return [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), tag, str(n)]) for tag in tags
+    ]
+
+
+def test_two_processes_appending_never_mix_their_lines(tmp_path):
+    out = tmp_path / "results.jsonl"
+    for proc in _writers(out, ["a", "b"], 60):
+        assert proc.wait(timeout=120) == 0
+    records = sweep.read_results(out)
+    assert sorted((r["writer"], r["i"]) for r in records) == sorted(
+        (w, i) for w in "ab" for i in range(60)
+    )
+
+
+def test_repair_while_another_process_appends_loses_no_record(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"writer": "old", "i": 0}\n{"cut off')
+    procs = _writers(out, ["a"], 80)
+    import time
+
+    time.sleep(0.3)  # the writer is appending now
+    with pytest.warns(UserWarning):
+        sweep.read_results(out, repair=True)
+    assert procs[0].wait(timeout=120) == 0
+    records = sweep.read_results(out)
+    assert sorted(r["i"] for r in records if r["writer"] == "a") == list(range(80))
+    assert [r for r in records if r["writer"] == "old"] == [{"writer": "old", "i": 0}]
