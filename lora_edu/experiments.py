@@ -125,8 +125,8 @@ LLAMA_QV = ("q_proj", "v_proj")
 #: The learning rates the E2E pilot tries per method, around the values that worked in a first
 #: calibration (LoRA 2e-3, full fine-tuning 5e-5), each a factor 2–2.5 apart. The grids were
 #: extended upward while their upper end was best (LoRA: 1e-2 and 2e-2 added; full fine-tuning:
-#: 2e-4 added): a best value at the edge of a grid is not an optimum.
-E2E_PILOT_LRS = {"lora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2), "full": (2e-5, 5e-5, 1e-4, 2e-4)}
+#: 2e-4 and 5e-4 added): a best value at the edge of a grid is not an optimum.
+E2E_PILOT_LRS = {"lora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2), "full": (2e-5, 5e-5, 1e-4, 2e-4, 5e-4)}
 #: LoRA ranks of the Table-3-style grid (q, v), and the rank of the all-linear row.
 E2E_RANKS, E2E_ALL_LINEAR_RANK = (1, 4, 8, 16), 8
 #: Seeds of the headline rows (LoRA r=8 on q, v and full fine-tuning); one seed elsewhere.
