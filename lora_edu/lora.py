@@ -552,9 +552,22 @@ def apply_lora(
             f"adapter); got {settings}. Use the same settings, or unload_lora(model) first."
         )
     names = _resolve_targets(model, target_modules)
-    for name in names:
-        layer = model.get_submodule(name)
-        _set_submodule(model, name, LoRALinear(layer, r, alpha, dropout, init, use_rslora))
+    # All or nothing: a layer that fails (e.g. PiSSA with r above what a small layer allows)
+    # puts every layer wrapped so far back as it was, weights included.
+    wrapped: list[tuple[str, nn.Linear, torch.Tensor | None]] = []
+    try:
+        for name in names:
+            layer = model.get_submodule(name)
+            weight = layer.weight.detach().clone() if init == "pissa" else None
+            _set_submodule(model, name, LoRALinear(layer, r, alpha, dropout, init, use_rslora))
+            wrapped.append((name, layer, weight))
+    except Exception:
+        for name, layer, weight in reversed(wrapped):
+            if weight is not None:
+                with torch.no_grad():
+                    layer.weight.copy_(weight)
+            _set_submodule(model, name, layer)
+        raise
     if isinstance(previous, LoRAConfig):
         # A string is one name (or pattern, or "all-linear"), never a list of its characters.
         def as_list(targets: str | Sequence[str]) -> list[str]:
@@ -812,9 +825,32 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
                 "convert it with PEFT: PeftModel.from_pretrained(model, dir).save_pretrained(new_dir)"
             )
         raise FileNotFoundError(f"no {ADAPTER_WEIGHTS} in {directory}")
-    raw = json.loads(config_path.read_text())
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{config_path}: a JSON {type(raw).__name__}; expected an object with PEFT's fields "
+            "(peft_type, r, lora_alpha, target_modules, ...)"
+        )
     if raw.get("peft_type") != "LORA":
         raise ValueError(f"{config_path} is a {raw.get('peft_type')!r} adapter, not a LoRA one")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if raw.get(key) is None:
+            raise ValueError(f"{config_path}: the field {key!r} is missing or null")
+    targets = raw["target_modules"]
+    if not (isinstance(targets, str) or (
+        isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
+    )):  # fmt: skip
+        raise ValueError(
+            f"{config_path}: target_modules is {targets!r}; expected a string or a non-empty "
+            "list of module names"
+        )
+    if raw.get("bias", "none") not in BIAS_MODES:
+        raise ValueError(
+            f"{config_path}: bias is {raw.get('bias')!r}; expected one of {', '.join(BIAS_MODES)}"
+        )
     used = [k for k in PEFT_UNSUPPORTED if raw.get(k)]
     init_value = raw.get("init_lora_weights", True)
     # False means "no init" in PEFT: the file's A and B overwrite whatever we start from.
@@ -829,17 +865,39 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
             f"{config_path} uses PEFT features lora_edu does not implement: {found}. "
             "Load it with peft.PeftModel.from_pretrained instead."
         )
+    dropout = raw.get("lora_dropout", 0.0) or 0.0
+    try:
+        _check_hyperparameters(raw["r"], raw["lora_alpha"], dropout, init)
+    except ValueError as err:
+        raise ValueError(f"{config_path}: {err}") from None
     settings = LoRAConfig(
-        target_modules=raw["target_modules"],
+        target_modules=targets,
         r=raw["r"],
         alpha=raw["lora_alpha"],
-        dropout=raw.get("lora_dropout", 0.0),
+        dropout=dropout,
         init=init,
         use_rslora=bool(raw.get("use_rslora", False)),
         bias=raw.get("bias", "none"),
         modules_to_save=list(raw.get("modules_to_save") or []),
     )
-    return settings, load_file(weights_path)
+    try:
+        tensors = load_file(weights_path)
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ValueError(
+            f"{weights_path}: not a readable safetensors file ({type(err).__name__}: {err}); "
+            "was it cut off while copying?"
+        ) from None
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(
+                f"{weights_path}: tensor {key!r} has dtype {tensor.dtype}; adapter weights are "
+                "floating point"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"{weights_path}: tensor {key!r} holds NaN or Inf (saved from a diverged run?)"
+            )
+    return settings, tensors
 
 
 def _check_fit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: Path):
@@ -883,7 +941,20 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
             "load_adapter expects a model without LoRA (e.g. freshly loaded); this one already "
             "has LoRA layers. Call unload_lora(model) first, or load into a fresh model."
         )
-    names = _resolve_targets(model, settings.target_modules)
+    targets = settings.target_modules
+    if not isinstance(targets, str):
+        # One list often serves several architectures (PEFT saves and reloads such lists):
+        # names this model does not have are skipped with a warning, as PEFT does.
+        present = [n for n, _ in _named_modules_outside_lora(model)]
+        unmatched = [t for t in targets if not any(_matches(n, t) for n in present)]
+        if unmatched and len(unmatched) < len(targets):
+            warnings.warn(
+                f"{directory}: target_modules {unmatched} match no module of this "
+                f"{type(model).__name__}; loading the adapter on the others",
+                stacklevel=2,
+            )
+            targets = [t for t in targets if t not in unmatched]
+    names = _resolve_targets(model, targets)
     # PEFT lists heads it may add (e.g. 'score' next to 'classifier'); keep the ones present.
     saved = _resolve_modules_to_save(model, settings.modules_to_save, strict=False)
     # PiSSA replaces W by the residual: keep W to restore the model if the file does not fit.

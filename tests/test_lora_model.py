@@ -463,6 +463,111 @@ def test_load_refuses_pickle_missing_files_and_unsupported_features(saved):
         load_adapter(tiny_bert(), saved)
 
 
+def state_of(model: nn.Module) -> tuple[dict, list]:
+    """Everything a failed call must leave unchanged: the state dict and every module's type."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, [(n, type(m)) for n, m in model.named_modules()]
+
+
+def assert_same_state(before: tuple[dict, list], model: nn.Module) -> None:
+    state, types = state_of(model)
+    assert types == before[1]
+    assert state.keys() == before[0].keys()
+    assert all(torch.equal(state[k], before[0][k]) for k in state)
+
+
+def test_apply_lora_that_fails_on_a_later_layer_leaves_the_model_as_it_was():
+    model = tiny_bert()
+    before = state_of(model)
+    # PiSSA at r=4 fits the 32×32 attention layers but not the 2×32 classifier, wrapped last.
+    with pytest.raises(ValueError, match="PiSSA needs r <= min"):
+        apply_lora(model, ["query", "classifier"], r=4, alpha=8, init="pissa")
+    assert_same_state(before, model)
+    assert not hasattr(model, "lora_config")
+    assert apply_lora(model, ["query"], r=4, alpha=8, init="pissa")  # a retry is not refused
+
+
+def test_a_pissa_adapter_that_does_not_fit_leaves_the_base_weights(saved):
+    config = json.loads((saved / ADAPTER_CONFIG).read_text())
+    targets = config["target_modules"]
+    (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"r": 40}))  # > 32: PiSSA cannot
+    model = tiny_bert()
+    before = state_of(model)
+    with pytest.raises(ValueError):
+        load_adapter(model, saved)
+    assert_same_state(before, model)
+    assert targets  # the file did name targets: the failure came from fitting them
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda c: c.pop("lora_alpha"), "'lora_alpha' is missing or null"),
+        (lambda c: c.update(target_modules=None), "'target_modules' is missing or null"),
+        (lambda c: c.update(target_modules=[1, 2]), "expected a string or a non-empty list"),
+        (lambda c: c.update(bias="some"), "bias is 'some'; expected one of none, all, lora_only"),
+        (lambda c: c.update(r=0), "r \\(the rank\\) must be a positive int"),
+        (lambda c: c.update(lora_alpha=float("inf")), "alpha must be a positive finite"),
+    ],
+)
+def test_a_bad_adapter_config_names_the_file_and_the_field(saved, change, match):
+    config = json.loads((saved / ADAPTER_CONFIG).read_text())
+    change(config)
+    (saved / ADAPTER_CONFIG).write_text(json.dumps(config))
+    model = tiny_bert()
+    before = state_of(model)
+    with pytest.raises(ValueError, match=f"adapter_config.json: .*{match}"):
+        load_adapter(model, saved)
+    assert_same_state(before, model)  # refused before any weight was touched
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("{not json", "not valid JSON"), ("[1, 2]", "a JSON list; expected an object")],
+)
+def test_an_adapter_config_that_is_not_a_json_object_is_named(saved, text, match):
+    (saved / ADAPTER_CONFIG).write_text(text)
+    with pytest.raises(ValueError, match=f"adapter_config.json: {match}"):
+        load_adapter(tiny_bert(), saved)
+
+
+def test_damaged_or_bad_adapter_weights_name_the_file_and_tensor(saved, ids):
+    path = saved / ADAPTER_WEIGHTS
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # cut off while copying
+    with pytest.raises(ValueError, match="adapter_model.safetensors: not a readable safetensors"):
+        load_adapter(tiny_bert(), saved)
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_adapter(tiny_bert(), saved)
+    path.write_bytes(whole)
+    key = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"
+    edit_weights(saved, lambda t: t[key].view(-1).__setitem__(0, float("nan")))
+    with pytest.raises(ValueError, match=f"tensor '{key}' holds NaN or Inf"):
+        load_adapter(tiny_bert(), saved)
+    edit_weights(saved, lambda t: t.update({key: torch.zeros_like(t[key], dtype=torch.int32)}))
+    model = tiny_bert()
+    with pytest.raises(ValueError, match=f"tensor '{key}' has dtype torch.int32"):
+        load_adapter(model, saved)
+    assert_untouched(model, ids)
+
+
+def test_target_names_this_model_lacks_are_skipped_with_a_warning(saved, ids):
+    config = json.loads((saved / ADAPTER_CONFIG).read_text())
+    names = config["target_modules"]
+    (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"target_modules": [*names, "q_proj"]}))
+    model = tiny_bert()
+    with pytest.warns(UserWarning, match=r"target_modules \['q_proj'\] match no module"):
+        adapted = load_adapter(model, saved)
+    assert adapted and all(n.endswith(("query", "value")) for n in adapted)
+    reference = tiny_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (saved / ADAPTER_CONFIG).write_text(json.dumps(config))
+        load_adapter(reference, saved)
+    torch.testing.assert_close(logits(model, ids), logits(reference, ids))
+
+
 def test_load_into_a_model_that_has_lora_raises(saved):
     model = lora_model()
     with pytest.raises(ValueError, match="already has LoRA layers"):
