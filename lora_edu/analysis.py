@@ -175,6 +175,10 @@ def _right_singular_vectors(A1: Any, A2: Any) -> tuple[np.ndarray, np.ndarray]:
             f"same d_in (got {A1.shape[1]} and {A2.shape[1]}); compare A matrices of the same "
             "layer, or pass B.T to compare B matrices"
         )
+    for name, A in (("A1", A1), ("A2", A2)):
+        # A zero matrix has no directions: its "singular vectors" would be an arbitrary basis
+        # (and φ a meaningless 1.0), so it is refused as effective_rank refuses it.
+        _nonzero_singular_values(A, name, "its subspace (top singular directions)")
     return _svd(A1)[2], _svd(A2)[2]
 
 
@@ -185,6 +189,8 @@ def subspace_similarity(A1: Any, A2: Any, i: int, j: int) -> float:
     the top-j of ``A2 (r2, d_in)``. ``φ ∈ [0, 1]``: 1 when the smaller subspace lies inside the
     larger one, 0 when they are orthogonal; two random subspaces of ``R^{d_in}`` give
     ``max(i, j) / d_in`` on average. ``1 ≤ i ≤ min(r1, d_in)``, ``1 ≤ j ≤ min(r2, d_in)``.
+    An all-zero A1 or A2 has no subspace and raises ValueError (as ``effective_rank`` does);
+    directions beyond a matrix's rank are an arbitrary completion, so keep i, j ≤ the ranks.
     """
     Vt1, Vt2 = _right_singular_vectors(A1, A2)
     i = _check_count(i, "i", "A1", Vt1.shape[0], (Vt1.shape[0], Vt1.shape[1]))

@@ -552,6 +552,7 @@ def apply_lora(
             f"adapter); got {settings}. Use the same settings, or unload_lora(model) first."
         )
     names = _resolve_targets(model, target_modules)
+    _refuse_aliases(model, names)
     # All or nothing: a layer that fails (e.g. PiSSA with r above what a small layer allows)
     # puts every layer wrapped so far back as it was, weights included.
     wrapped: list[tuple[str, nn.Linear, torch.Tensor | None]] = []
@@ -661,11 +662,59 @@ def lora_plus_param_groups(
 # Merging
 
 
+def _refuse_aliases(model: nn.Module, names: list[str]) -> None:
+    """One nn.Linear registered under two names is called from two places: wrapping one name
+    would adapt one call site only. Refuse, naming both."""
+    by_module: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        by_module.setdefault(id(module), []).append(name)
+    for name in names:
+        others = [n for n in by_module[id(model.get_submodule(name))] if n != name]
+        if others:
+            raise ValueError(
+                f"{name!r} is the same nn.Linear as {others[0]!r} (one module registered under "
+                "two names, so called from two places); wrapping one name would adapt one call "
+                "site only. Untie the modules first, or leave this layer out of target_modules."
+            )
+
+
+def _shared_weights(model: nn.Module) -> dict[str, list[str]]:
+    """For each LoRA layer whose base weight is also another parameter of the model (tied
+    embeddings and output layer, two layers sharing one weight): the other parameters' names."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    shared = {}
+    for name, layer in _lora_layers(model):
+        own = f"{name}.base_layer.weight"
+        others = [n for n in by_tensor.get(id(layer.base_layer.weight), []) if n != own]
+        if others:
+            shared[name] = others
+    return shared
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRALinear (W ← W + ΔW): inference then costs what the base model costs."""
-    for _, layer in _require_lora_layers(model):
+    """Merge every LoRALinear (W ← W + ΔW): inference then costs what the base model costs.
+
+    A layer whose W is shared with another part of the model (tied input embeddings and output
+    layer, or one weight used by two layers) is refused before anything is merged: adding ΔW to
+    W would silently change that other part too. Keep such a model unmerged."""
+    layers = _require_lora_layers(model)
+    _refuse_shared_weights(model)
+    for _, layer in layers:
         layer.merge()
     return model
+
+
+def _refuse_shared_weights(model: nn.Module) -> None:
+    shared = _shared_weights(model)
+    if shared:
+        name, others = next(iter(shared.items()))
+        raise ValueError(
+            f"the weight of LoRA layer {name!r} is shared with {others[0]!r} (tied weights); "
+            "merging ΔW into it would change that module's output too. Keep this adapter "
+            "unmerged, or untie the weights (clone them) before applying LoRA."
+        )
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
@@ -706,7 +755,10 @@ def unload_lora(model: nn.Module) -> nn.Module:
     The result needs no lora_edu to run. Returns ``model`` (changed in place); its parameters
     keep the ``requires_grad`` flags they had.
     """
-    for name, layer in _require_lora_layers(model):
+    layers = _require_lora_layers(model)
+    if any(not layer.merged for _, layer in layers):
+        _refuse_shared_weights(model)
+    for name, layer in layers:
         if not layer.merged:
             layer.merge()
         _set_submodule(model, name, layer.base_layer)

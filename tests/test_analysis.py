@@ -333,3 +333,17 @@ def test_bad_delta_w_inputs():
         ValueError, match=r"expected U of shape \(6, r\) and V of shape \(4, r\).*pass V.T"
     ):
         projection_norm(W, np.eye(6)[:, :2], np.eye(4)[:2])
+
+
+def test_zero_matrices_have_no_subspace_for_any_measure():
+    zero, a = np.zeros((2, 5)), np.arange(10.0).reshape(2, 5)
+    for call in (
+        lambda: subspace_similarity(zero, zero, 1, 1),
+        lambda: subspace_similarity(a, zero, 1, 1),
+        lambda: subspace_similarity_grid(zero, a),
+        lambda: effective_rank(zero),
+        lambda: stable_rank(zero),
+    ):
+        with pytest.raises(ValueError, match="undefined for the all-zero"):
+            call()
+    assert subspace_similarity(a, a, 1, 1) == pytest.approx(1.0)

@@ -625,3 +625,34 @@ def test_a_string_target_is_one_name_when_lora_is_applied_twice():
     apply_lora(model, ["query"], r=2, alpha=4)
     apply_lora(model, "value", r=2, alpha=4)
     assert model.lora_config.target_modules == ["query", "value"]
+
+
+def test_merging_a_layer_whose_weight_is_tied_is_refused_naming_both():
+    model = transformers.BertForMaskedLM(transformers.BertConfig(**CONFIG)).eval()
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    apply_lora(model, ["decoder"], r=2, alpha=4)
+    randomise(model)
+    embeddings = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    with pytest.raises(ValueError, match="'cls.predictions.decoder' is shared with 'bert.embed"):
+        merge_lora(model)
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, embeddings)
+    assert not any(m.merged for m in model.modules() if isinstance(m, LoRALinear))
+
+
+def test_two_layers_sharing_one_weight_cannot_be_merged():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    net[2].weight = net[0].weight  # one parameter, two layers
+    apply_lora(net, ["0"], r=1, alpha=1)
+    with pytest.raises(ValueError, match="'0' is shared with '2.weight'"):
+        merge_lora(net)
+    with pytest.raises(ValueError, match="'0' is shared with '2.weight'"):
+        unload_lora(net)
+    assert isinstance(net[0], LoRALinear)  # unload refused before changing anything
+
+
+def test_a_module_registered_under_two_names_is_refused_naming_both():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    net.add_module("again", net[0])  # the same nn.Linear, called from two places
+    with pytest.raises(ValueError, match="'0' is the same nn.Linear as 'again'"):
+        apply_lora(net, ["0"], r=1, alpha=1)
+    assert isinstance(net[0], nn.Linear) and not hasattr(net, "lora_config")
