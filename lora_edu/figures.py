@@ -612,7 +612,7 @@ def verdicts(
             "parameters (GPT-3: 0.01%)",
             "ours": "; ".join(gaps) or "–",
             "verdict": _verdict([ok for _, ok in claims]),
-            "why": "within the #6 tolerances (SST-2 1.5, CoNLL 3 F1, ViT 2 points): "
+            "why": "LoRA within our target gap to full fine-tuning (SST-2 1.5, CoNLL 3 F1, ViT 2 points): "
             + ", ".join(f"{task} {ok}" for task, ok in claims),
         }
     )
