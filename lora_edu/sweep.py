@@ -577,16 +577,18 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "profile": first.get("profile"),
             }
         )
-    return sorted(rows, key=lambda r: (r["task"], METHODS.index(r["method"]), r["r"] or 0))
+    return sorted(
+        rows, key=lambda r: (r["task"], METHODS.index(r["method"]), r["r"] or 0, r["lr"] or 0)
+    )
 
 
 def markdown_report(records: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of ``aggregate(records)``: task, method, rank, alpha, targets,
-    trainable %, metric (mean over seeds, ± half the spread when there are several), seeds,
+    """A markdown table of ``aggregate(records)``: task, method, rank, alpha, targets, learning
+    rate, trainable %, metric (mean over seeds, ± half the spread when there are several), seeds,
     training budget, seconds."""
     lines = [
-        "| task | method | r | α | targets | trainable % | metric | seeds | train examples × epochs | train s |",
-        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
+        "| task | method | r | α | targets | lr | trainable % | metric | seeds | train examples × epochs | train s |",
+        "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     for row in aggregate(records):
         pct = 100 * row["trainable_params"] / row["total_params"] if row["total_params"] else 0
@@ -596,7 +598,8 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['task']} | {row['method']} | {row['r'] or ''} | "
             f"{'' if row['alpha'] is None else format(row['alpha'], 'g')} | "
-            f"{','.join(row['target_modules'] or [])} | {pct:.3f} | {metric} | "
+            f"{','.join(row['target_modules'] or [])} | "
+            f"{'' if row['lr'] is None else format(row['lr'], 'g')} | {pct:.3f} | {metric} | "
             f"{len(row['seeds'])} | {row['n_train']:,} × {row['epochs']} | "
             f"{row['train_seconds']:.0f} |"
         )
