@@ -402,11 +402,17 @@ INSTRUCTIONS_URL = (
 def read_instructions(path: str | os.PathLike) -> dict[str, list]:
     """Parse an Alpaca-style JSON list of ``{"instruction", "input", "output"}`` objects into
     columns. An item that is not such an object raises a ValueError naming the file and item."""
-    import json
 
     path = Path(path)
+    return _instruction_columns(_read_text(path), path)
+
+
+def _instruction_columns(text: str, path: Any) -> dict[str, list]:
+    """The columns of an instruction file's ``text``; errors name ``path`` (a file or a URL)."""
+    import json
+
     try:
-        items = json.loads(_read_text(path))
+        items = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(items, list) or not items:
@@ -446,14 +452,10 @@ def load_instructions(
     else:
 
         def fetch():
-            import json
             import urllib.request
 
             with urllib.request.urlopen(INSTRUCTIONS_URL, timeout=30) as response:
-                items = json.loads(response.read().decode("utf-8"))
-            return {
-                k: [it.get(k) or "" for it in items] for k in ("instruction", "input", "output")
-            }
+                return _instruction_columns(response.read().decode("utf-8"), INSTRUCTIONS_URL)
 
         columns = _from_hub("instructions", data_dir, fetch)
     n = len(columns["instruction"])

@@ -395,7 +395,8 @@ def fit(
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{history['loss'][-1]:.4f}", refresh=False)
             step = len(history["loss"])
-            if periodic and step % eval_every == 0 and step < total:
+            # The end of an epoch is evaluated below anyway: never twice at one step.
+            if periodic and step % eval_every == 0 and step % steps_per_epoch:
                 _sync(device)
                 train_seconds += time.perf_counter() - start
                 evaluate_at(step)

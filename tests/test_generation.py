@@ -490,6 +490,23 @@ def _base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def test_periodic_evaluation_gives_one_point_per_step_and_a_live_callback(tok):
+    from lora_edu.train import finetune_causal_lm
+
+    seen = []
+    record = finetune_causal_lm(
+        _pairs(8), _pairs(4, offset=8), base=tiny_llama(tok.vocab_size), tokenizer=tok,
+        epochs=2, batch_size=4, eval_every=1, on_eval=lambda h: seen.append(len(h["evals"])),
+        progress=False,
+    )  # fmt: skip
+    steps = [e["step"] for e in record["history"]["evals"]]
+    assert steps == [0, 1, 2, 3, 4]  # step 2 ends epoch 1: evaluated once, not twice
+    assert seen == [1, 2, 3, 4, 5]
+    assert (
+        record["history"]["evals"][-1]["eval_loss"] == record["history"]["epochs"][-1]["eval_loss"]
+    )
+
+
 def test_finetune_causal_lm_lora_on_a_tiny_llama(tok):
     from lora_edu.train import CAUSAL_LM_LR, finetune_causal_lm
 
