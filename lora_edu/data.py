@@ -270,21 +270,63 @@ def load_conll2003(data_dir: str | os.PathLike | None = None):
         return _local_splits(folder, read_conll, features)
 
     def hub():
-        raw = datasets.load_dataset("eriktks/conll2003")
-        hub_names = raw["train"].features["ner_tags"].feature.names
-        if tuple(hub_names) != CONLL_LABELS:
-            raise ValueError(f"unexpected tag names on the Hub: {hub_names}")
-        keep = ["tokens", "ner_tags"]
+        columns = _conll_hub_columns(
+            datasets.load_dataset(CONLL_HUB["path"], revision=CONLL_HUB["revision"])
+        )
         return datasets.DatasetDict(
             {
-                split: raw[split]
-                .remove_columns([c for c in raw[split].column_names if c not in keep])
-                .cast(features)
-                for split in ("train", "validation", "test")
+                split: datasets.Dataset.from_dict(
+                    {"tokens": cols["tokens"], "ner_tags": cols["ner_tags"]}, features=features
+                )
+                for split, cols in columns.items()
             }
         )
 
     return _from_hub("conll2003", data_dir, hub)
+
+
+#: CoNLL-2003 on the Hugging Face Hub. ``eriktks/conll2003`` is a dataset *script*, which
+#: ``datasets`` 4 and later no longer run; its script-free parquet revision holds the same data.
+CONLL_HUB = {"path": "eriktks/conll2003", "revision": "refs/convert/parquet"}
+
+
+def _tag_names(split: Any, column: str) -> list[str] | None:
+    """The names behind a Hub column of tag ids (``Sequence``/``List`` of ``ClassLabel``), or
+    None when the parquet files carried plain integers without their names."""
+    feature = getattr(split.features[column], "feature", None)
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def _conll_hub_columns(raw: Any) -> dict[str, dict[str, list]]:
+    """The Hub's CoNLL-2003 splits as ``{split: {"tokens", "ner_tags", "pos", "chunk"}}``: NER
+    tag ids index ``CONLL_LABELS``; POS and chunk tags are names (``"_"`` when unnamed)."""
+    out = {}
+    for split in ("train", "validation", "test"):
+        part = raw[split]
+        names = _tag_names(part, "ner_tags")
+        ner = part["ner_tags"]
+        if names is not None:
+            if tuple(names) != CONLL_LABELS:
+                raise ValueError(
+                    f"unexpected NER tag names on the Hub ({CONLL_HUB['path']}): {names}; "
+                    f"expected {list(CONLL_LABELS)}"
+                )
+        else:  # plain ids: the dataset's documented order, which is CONLL_LABELS; check the range
+            bad = {t for row in ner for t in row if not 0 <= t < len(CONLL_LABELS)}
+            if bad:
+                raise ValueError(
+                    f"NER tag ids {sorted(bad)} on the Hub ({CONLL_HUB['path']}, {split}) are "
+                    f"outside 0..{len(CONLL_LABELS) - 1}"
+                )
+        cols: dict[str, list] = {"tokens": part["tokens"], "ner_tags": ner}
+        for column, key in (("pos_tags", "pos"), ("chunk_tags", "chunk")):
+            tag_names = _tag_names(part, column) if column in part.column_names else None
+            cols[key] = [
+                [tag_names[i] if tag_names else "_" for i in row]
+                for row in (part[column] if column in part.column_names else ner)
+            ]
+        out[split] = cols
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,17 +626,56 @@ def load_mnist(
         import datasets
         import numpy as np
 
-        raw = datasets.load_dataset("ylecun/mnist")
+        arrays = _mnist_hub_arrays(
+            datasets.load_dataset(MNIST_HUB["path"], revision=MNIST_HUB["revision"])
+        )
         imgs, labs, splits, start = [], [], {}, 0
-        for split in ("train", "test"):
-            part = raw[split]
-            imgs.append(np.stack([np.asarray(im, dtype=np.uint8) for im in part["image"]]))
-            labs.append(np.asarray(part["label"], dtype=np.int64))
-            splits[split] = np.arange(start, start + len(part))
-            start += len(part)
+        for split, (images, labels) in arrays.items():
+            imgs.append(images)
+            labs.append(labels)
+            splits[split] = np.arange(start, start + len(labels))
+            start += len(labels)
         return _image_dataset(np.concatenate(imgs), np.concatenate(labs), splits)
 
     return _from_hub("mnist", data_dir, hub)
+
+
+#: MNIST on the Hugging Face Hub, from its script-free parquet revision (``datasets`` 4 and
+#: later no longer run dataset scripts).
+MNIST_HUB = {"path": "ylecun/mnist", "revision": "refs/convert/parquet"}
+
+
+def _hub_image(image: Any):
+    """One Hub image as a uint8 array: a decoded PIL image, or the parquet form ``{"bytes":
+    PNG, "path": ...}`` that appears when the files' feature metadata is missing."""
+    import io
+
+    import numpy as np
+
+    if isinstance(image, dict):
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(image["bytes"]))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 2:
+        raise ValueError(
+            f"a Hub MNIST image has dtype {array.dtype} and shape {array.shape}; "
+            "expected 8-bit grey levels, shape (28, 28)"
+        )
+    return array
+
+
+def _mnist_hub_arrays(raw: Any) -> dict[str, tuple]:
+    """The Hub's MNIST splits as ``{split: (images (n, 28, 28) uint8, labels (n,) int64)}``."""
+    import numpy as np
+
+    return {
+        split: (
+            np.stack([_hub_image(im) for im in raw[split]["image"]]),
+            np.asarray(raw[split]["label"], dtype=np.int64),
+        )
+        for split in ("train", "test")
+    }
 
 
 def load_digits(*, seed: int = 0, test_fraction: float = 0.2):
@@ -643,26 +724,25 @@ def _download_sst2(folder: Path, load_dataset) -> None:
 
 
 def _download_conll2003(folder: Path, load_dataset) -> None:
-    raw = load_dataset("eriktks/conll2003")
-    names = {
-        c: raw["train"].features[c].feature.names for c in ("pos_tags", "chunk_tags", "ner_tags")
-    }
+    columns = _conll_hub_columns(load_dataset(CONLL_HUB["path"], revision=CONLL_HUB["revision"]))
     for split, name in (("train", "train.txt"), ("validation", "valid.txt"), ("test", "test.txt")):
+        cols = columns[split]
         blocks = []
-        for ex in raw[split]:
-            cols = [ex["tokens"]] + [[names[c][i] for i in ex[c]] for c in names]
-            blocks.append("\n".join(" ".join(t) for t in zip(*cols, strict=True)))
+        for tokens, pos, chunk, ner in zip(
+            cols["tokens"], cols["pos"], cols["chunk"], cols["ner_tags"], strict=True
+        ):
+            rows = zip(tokens, pos, chunk, (CONLL_LABELS[i] for i in ner), strict=True)
+            blocks.append("\n".join(" ".join(row) for row in rows))
         (folder / name).write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
 
 
 def _download_mnist(folder: Path, load_dataset) -> None:
-    import numpy as np
-
-    raw = load_dataset("ylecun/mnist")
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = np.stack([np.asarray(im, dtype=np.uint8) for im in raw[split]["image"]])
+    for split, (images, labels) in _mnist_hub_arrays(
+        load_dataset(MNIST_HUB["path"], revision=MNIST_HUB["revision"])
+    ).items():
+        prefix = {"train": "train", "test": "t10k"}[split]
         _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.asarray(raw[split]["label"]))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
 
 
 def _download_e2e(folder: Path, load_dataset) -> None:

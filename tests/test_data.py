@@ -236,7 +236,8 @@ def _fake_hub(name, config=None, split=None, revision=None):
         )
     if name == "SetFit/sst2":
         return datasets.Dataset.from_dict({"text": ["quietly moving"], "label": [1]})
-    if name == "eriktks/conll2003":
+    if name == data.CONLL_HUB["path"]:
+        assert revision == data.CONLL_HUB["revision"]  # the script was not run
         feats = datasets.Features(
             {
                 "tokens": datasets.Sequence(datasets.Value("string")),
@@ -257,8 +258,10 @@ def _fake_hub(name, config=None, split=None, revision=None):
                 for s in ("train", "validation", "test")
             }
         )
-    if name == "ylecun/mnist":
+    if name == data.MNIST_HUB["path"]:
         from PIL import Image
+
+        assert revision == data.MNIST_HUB["revision"]
 
         imgs = [Image.fromarray(np.full((28, 28), v, dtype=np.uint8)) for v in (0, 255)]
         return datasets.DatasetDict(
@@ -314,6 +317,111 @@ def test_download_writes_canonical_files(tmp_path, monkeypatch):
     mnist = data.load_mnist(tmp_path)  # official train/test files present → official split
     assert (len(mnist["train"]), len(mnist["test"])) == (2, 2)
     assert mnist["test"][1]["image"].max() == 255
+
+
+def _online_without_local_data(tmp_path, monkeypatch, fake):
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("LORA_EDU_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["classlabel", "plain-ids"])
+def test_conll_hub_fallback_reads_parquet_with_or_without_tag_names(tmp_path, monkeypatch, named):
+    """The parquet revision, with the features the local loader gives, whether the files carry
+    the ClassLabel names or only the integer ids."""
+    import datasets
+
+    def fake(path, name=None, split=None, revision=None):
+        assert (path, revision) == (data.CONLL_HUB["path"], data.CONLL_HUB["revision"])
+        seq = datasets.Sequence
+        tag = (
+            datasets.ClassLabel(names=list(data.CONLL_LABELS)) if named else datasets.Value("int64")
+        )
+        feats = datasets.Features(
+            {"id": datasets.Value("string"), "tokens": seq(datasets.Value("string")),
+             "pos_tags": seq(datasets.Value("int64")), "chunk_tags": seq(datasets.Value("int64")),
+             "ner_tags": seq(tag)}
+        )  # fmt: skip
+        part = {"id": ["0"], "tokens": [["Ama", "flew", "to", "Accra"]], "pos_tags": [[0, 1, 2, 0]],
+                "chunk_tags": [[0, 1, 2, 0]], "ner_tags": [[1, 0, 0, 5]]}  # fmt: skip
+        return datasets.DatasetDict(
+            {
+                s: datasets.Dataset.from_dict(part, features=feats)
+                for s in ("train", "validation", "test")
+            }
+        )
+
+    _online_without_local_data(tmp_path, monkeypatch, fake)
+    ds = data.load_conll2003()
+    for name in data.DATASET_FILES["conll2003"]:
+        _write(tmp_path / "local" / "conll2003" / name, CONLL_FIXTURE)
+    assert ds["test"].features == data.load_conll2003(tmp_path / "local")["test"].features
+    assert ds["test"].features["ner_tags"].feature.names == list(data.CONLL_LABELS)
+    assert ds["validation"][0] == {
+        "tokens": ["Ama", "flew", "to", "Accra"],
+        "ner_tags": [1, 0, 0, 5],
+    }
+    # what lora-edu download writes from it reads back the same
+    (tmp_path / "dl").mkdir()
+    data._download_conll2003(tmp_path / "dl", fake)
+    assert data.read_conll(tmp_path / "dl" / "test.txt")["ner_tags"] == [[1, 0, 0, 5]]
+
+
+def test_conll_hub_fallback_refuses_other_tag_names_or_ids(tmp_path, monkeypatch):
+    import datasets
+
+    def fake(path, name=None, split=None, revision=None):
+        part = {"tokens": [["Ama"]], "ner_tags": [[9]]}
+        return datasets.DatasetDict(
+            {s: datasets.Dataset.from_dict(part) for s in ("train", "validation", "test")}
+        )
+
+    _online_without_local_data(tmp_path, monkeypatch, fake)
+    with pytest.raises(data.DatasetNotFoundError, match=r"\[9\].*outside 0..8"):
+        data.load_conll2003()
+
+
+@pytest.mark.parametrize("decoded", [True, False], ids=["pil", "parquet-bytes"])
+def test_mnist_hub_fallback_reads_parquet_images(tmp_path, monkeypatch, decoded):
+    """Images come back as PIL images, or as the parquet struct {bytes, path} when the files'
+    feature metadata is missing; both give the local loader's uint8 arrays and labels."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    pixels = [np.arange(784, dtype=np.uint8).reshape(28, 28), np.full((28, 28), 7, np.uint8)]
+
+    def png(array):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    def fake(path, name=None, split=None, revision=None):
+        assert (path, revision) == (data.MNIST_HUB["path"], data.MNIST_HUB["revision"])
+        imgs = [Image.fromarray(a) for a in pixels] if decoded else [png(a) for a in pixels]
+        return datasets.DatasetDict(
+            {
+                s: datasets.Dataset.from_dict({"image": imgs, "label": [5, 9]})
+                for s in ("train", "test")
+            }
+        )
+
+    _online_without_local_data(tmp_path, monkeypatch, fake)
+    ds = data.load_mnist()
+    assert (len(ds["train"]), len(ds["test"])) == (2, 2)
+    np.testing.assert_array_equal(ds["test"][0]["image"], pixels[0])
+    assert [int(y) for y in ds["test"]["label"]] == [5, 9]
+    # the same features as the local IDX files give
+    local = tmp_path / "local" / "mnist"
+    local.mkdir(parents=True)
+    data._write_idx(local / "t10k-images-idx3-ubyte.gz", np.stack(pixels * 5))
+    data._write_idx(local / "t10k-labels-idx1-ubyte.gz", np.array([5, 9] * 5))
+    assert ds["test"].features == data.load_mnist(local.parent)["test"].features
 
 
 def test_download_refuses_when_offline(tmp_path, monkeypatch):
