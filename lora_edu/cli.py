@@ -129,7 +129,8 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lora_edu.config import results_dir
-    from lora_edu.sweep import markdown_report, read_results, update_readme
+    from lora_edu.experiments import study_report
+    from lora_edu.sweep import read_results, update_readme
 
     # The folder `lora-edu sweep` writes (LORA_EDU_RESULTS, else the repository's data/results).
     files = [Path(f) for f in args.files] or sorted(results_dir().glob("*.jsonl"))
@@ -137,7 +138,7 @@ def _report(args: argparse.Namespace) -> int:
         print(f"no results files given and none in {results_dir()} (run `lora-edu sweep` first)")
         return 1
     records = [rec for f in files for rec in read_results(f)]
-    table = markdown_report(records)
+    table = study_report(records)
     print(table)
     if args.readme:
         changed = update_readme(args.readme, table)
@@ -249,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=_sweep)
 
     rp = sub.add_parser(
-        "report", help="a markdown table of sweep results (mean over seeds), optionally into README"
+        "report",
+        help="sweep results as one markdown table per study (mean over seeds), optionally into "
+        "README",
     )
     rp.add_argument(
         "files", nargs="*", help="results files (default: the results folder's *.jsonl)"

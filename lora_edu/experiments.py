@@ -16,13 +16,15 @@ and differ only in the training budget that ``lora_edu.sweep`` picks.
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
-from lora_edu.sweep import _slug, make_grid, run_sweep, unique_runs
+from lora_edu.sweep import _canonical, _slug, make_grid, run_key, run_sweep, unique_runs
 
 QV = ("query", "value")
 #: BERT's attention output projection (``output.dense`` alone would also match the MLP's).
@@ -220,6 +222,142 @@ def preset_grid(task: str, names: str | Sequence[str]) -> list[dict[str, Any]]:
             f"unknown preset(s) {unknown} for {task}; expected some of {', '.join(PRESETS[task])}"
         )
     return unique_runs(run for name in names for run in PRESETS[task][name]())
+
+
+# ------------------------------------------------------------------ the README's results
+
+#: The studies the README reports, one small table each: (task, preset, title).
+STUDIES: tuple[tuple[str, str, str], ...] = (
+    ("sst2", "headline", "SST-2 sentiment (MiniLM-L6): every method at one budget"),
+    ("sst2", "ranks", "SST-2: LoRA's rank (q, v)"),
+    ("sst2", "alphas", "SST-2: the scale α at three ranks"),
+    ("sst2", "targets", "SST-2: which weights, at q, v r=8's parameter budget (paper Table 5)"),
+    ("sst2", "query-ranks", "SST-2: Wq alone at other ranks (paper Table 6)"),
+    ("conll2003", "headline", "CoNLL-2003 named entities (MiniLM-L6): every method"),
+    ("conll2003", "ranks", "CoNLL-2003: LoRA's rank (q, v)"),
+    ("vit", "headline", "Small ViT, MNIST → 8×8 digits: every method"),
+    ("vit", "ranks", "Small ViT: rank, attention only against attention + MLP"),
+    ("e2e", "table3", "E2E NLG (SmolLM2-135M-Instruct), test MRs (paper Table 3)"),
+    ("e2e-dev", "lr-pilot", "E2E learning-rate pilot, on held-out validation MRs"),
+)
+
+#: Baselines first, LoRA last, in every study table.
+_STUDY_ORDER = ("none", "head", "bitfit", "full", "lora")
+#: A study shows every seed of its configurations (not only the seeds its own preset names).
+_MATCH_FIELDS = ("method", "r", "alpha", "target_modules", "init", "use_rslora")
+_METRIC_LABELS = {"accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU"}
+
+
+@contextmanager
+def _at_profile(name: str) -> Iterator[None]:
+    old = os.environ.get("LORA_EDU_PROFILE")
+    os.environ["LORA_EDU_PROFILE"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["LORA_EDU_PROFILE"]
+        else:
+            os.environ["LORA_EDU_PROFILE"] = old
+
+
+def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate took its
+    method's default, so any rate matches it; the budget is the profile's)."""
+    for run in grid:
+        fields = _MATCH_FIELDS + (("lr",) if run.get("lr") is not None else ())
+        if all(_canonical(run.get(k)) == _canonical(record.get(k)) for k in fields):
+            return True
+    return False
+
+
+def _study_table(rows: list[dict[str, Any]], losses: dict[str, float] | None = None) -> str:
+    """One study's aggregated rows, baselines first: method, the settings that vary within the
+    study (rank, α, targets, learning rate), trainable %, the metric (mean ± half the spread of
+    the seeds), the held-out loss when ``losses`` (row key → mean loss) is given, and the number
+    of seeds."""
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            _STUDY_ORDER.index(r["method"]),
+            r["r"] or 0,
+            r["alpha"] or 0,
+            ",".join(r["target_modules"] or []),
+            r["lr"] or 0,
+        ),
+    )
+    lora = [r for r in rows if r["method"] == "lora"]
+    shown = {
+        "r": len({r["r"] for r in lora}) > 1 or bool(lora),
+        "α": len({r["alpha"] for r in lora}) > 1,
+        "targets": len({tuple(r["target_modules"]) for r in lora}) > 1,
+        "lr": len({r["lr"] for r in rows if r["lr"] is not None}) > 1,
+    }
+    cells = {
+        "r": lambda r: str(r["r"] or ""),
+        "α": lambda r: "" if r["alpha"] is None else format(r["alpha"], "g"),
+        "targets": lambda r: ", ".join(r["target_modules"] or []),
+        "lr": lambda r: "" if r["lr"] is None else format(r["lr"], "g"),
+    }
+    columns = [c for c in ("r", "α", "targets", "lr") if shown[c]]
+    metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
+    loss_header = ["validation loss"] if losses is not None else []
+    header = ["method", *columns, "trainable %", metric_name, *loss_header, "seeds"]
+    align = ["---"] + ["---:" if c != "targets" else "---" for c in columns]
+    align += ["---:"] * (len(header) - len(align))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        pct = 100 * row["trainable_params"] / row["total_params"] if row["total_params"] else 0.0
+        metric = f"{100 * row['metric']:.2f}"
+        if len(row["seeds"]) > 1:
+            metric += f" ± {100 * row['spread'] / 2:.2f}"
+        values = [row["method"], *(cells[c](row) for c in columns), f"{pct:.3f}", metric]
+        if losses is not None:
+            values.append(f"{losses[run_key({**row, 'seed': None})]:.3f}")
+        lines.append("| " + " | ".join(values + [str(len(row["seeds"]))]) + " |")
+    return "\n".join(lines)
+
+
+def study_report(records: Sequence[dict[str, Any]]) -> str:
+    """The results as one small markdown table per study in ``STUDIES`` (the runs of its preset,
+    at the records' profile), each headed by its title and training budget; runs that belong to
+    no study close the report in one table (``sweep.markdown_report``)."""
+    from lora_edu.sweep import aggregate, markdown_report
+
+    records = list(records)
+    placed: set[int] = set()
+    parts = []
+    for task, preset, title in STUDIES:
+        mine = [rec for rec in records if rec.get("task") == task]
+        if not mine:
+            continue
+        with _at_profile(mine[0].get("profile") or profile()):
+            try:
+                grid = preset_grid(task, preset)
+            except ValueError:  # e.g. the E2E grid before its learning-rate pilot is complete
+                continue
+        chosen = [i for i, rec in enumerate(records) if rec in mine and _in_grid(rec, grid)]
+        if not chosen:
+            continue
+        placed.update(chosen)
+        rows = aggregate([records[i] for i in chosen])
+        losses = None
+        if task == "e2e-dev":  # the pilot chose by validation loss: show it
+            groups: dict[str, list[float]] = {}
+            for i in chosen:
+                key = run_key({**records[i], "seed": None})
+                groups.setdefault(key, []).append(records[i]["eval_loss"])
+            losses = {k: sum(v) / len(v) for k, v in groups.items()}
+        epochs = rows[0]["epochs"]
+        budget = f"{rows[0]['n_train']:,} training examples × {epochs} epoch{'s' * (epochs != 1)}"
+        lrs = {row["lr"] for row in rows if row["lr"] is not None}
+        if len(lrs) == 1:  # one learning rate for the whole table: say it once
+            budget += f", learning rate {lrs.pop():g}"
+        parts.append(f"**{title}** ({budget})\n\n{_study_table(rows, losses)}")
+    rest = [rec for i, rec in enumerate(records) if i not in placed]
+    if rest:
+        parts.append(f"**Other runs**\n\n{markdown_report(rest)}")
+    return "\n\n".join(parts)
 
 
 _SMOKE_DIR: Path | None = None

@@ -585,10 +585,11 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_report(records: Sequence[dict[str, Any]]) -> str:
     """A markdown table of ``aggregate(records)``: task, method, rank, alpha, targets, learning
     rate, trainable %, metric (mean over seeds, ± half the spread when there are several), seeds,
-    training budget, seconds."""
+    training budget. (No training time: on a shared machine it says more about the other work
+    than about the method; the notebooks time their methods side by side.)"""
     lines = [
-        "| task | method | r | α | targets | lr | trainable % | metric | seeds | train examples × epochs | train s |",
-        "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
+        "| task | method | r | α | targets | lr | trainable % | metric | seeds | train examples × epochs |",
+        "|---|---|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     for row in aggregate(records):
         pct = 100 * row["trainable_params"] / row["total_params"] if row["total_params"] else 0
@@ -600,8 +601,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
             f"{'' if row['alpha'] is None else format(row['alpha'], 'g')} | "
             f"{','.join(row['target_modules'] or [])} | "
             f"{'' if row['lr'] is None else format(row['lr'], 'g')} | {pct:.3f} | {metric} | "
-            f"{len(row['seeds'])} | {row['n_train']:,} × {row['epochs']} | "
-            f"{row['train_seconds']:.0f} |"
+            f"{len(row['seeds'])} | {row['n_train']:,} × {row['epochs']} |"
         )
     return "\n".join(lines)
 

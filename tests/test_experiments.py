@@ -142,3 +142,46 @@ def test_kept_adapter_dir_layout(default_profile):
     run = experiments.preset_grid("sst2", "paper-adapters")[0]
     path = experiments.kept_adapter_dir("sst2", run)
     assert path == default_profile / "adapters" / "sst2-default" / "lora_r4_a16_query-value_s0"
+
+
+def _result(method, seed, metric, r=None, task="sst2", lr=None, alpha=16.0):
+    from lora_edu.train import DEFAULT_LR
+
+    lora = method == "lora"
+    return {"task": task, "method": method, "r": r, "alpha": alpha if lora else None,
+            "target_modules": ["query", "value"] if lora else None,
+            "init": "kaiming" if lora else None, "use_rslora": False if lora else None,
+            "seed": seed, "n_train": 4000, "epochs": 2, "lr": lr or DEFAULT_LR[method],
+            "metric_name": "accuracy", "metric": metric, "trainable_params": 10,
+            "total_params": 1000, "train_seconds": 1.0, "profile": "default"}  # fmt: skip
+
+
+def test_study_report_one_small_table_per_study_baselines_first(monkeypatch):
+    """Each study gets its own table at the records' profile (here default, though the session
+    runs smoke), baselines before LoRA; a configuration shows all its seeds in every table it
+    belongs to; a run outside every study is listed at the end."""
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    records = [
+        _result("lora", 0, 0.80, r=8),
+        _result("full", 0, 0.86),
+        _result("lora", 1, 0.84, r=8),
+        _result("head", 0, 0.70),
+        _result("lora", 0, 0.81, r=2),  # the default rank sweep, not the headline
+        _result("lora", 0, 0.50, r=3),  # in no study
+    ]
+    report = experiments.study_report(records)
+    headline = report.split("**SST-2 sentiment")[1].split("**SST-2: LoRA's rank")[0]
+    rows = [
+        line for line in headline.splitlines() if line.startswith("| ") and "method" not in line
+    ]
+    assert [row.split(" | ")[0] for row in rows] == ["| head", "| full", "| lora"]
+    assert "| 8 |" in rows[2] and "82.00 ± 2.00 | 2 |" in rows[2]
+    assert "4,000 training examples × 2 epochs" in headline and "train s" not in report
+    ranks = report.split("**SST-2: LoRA's rank")[1].split("\n\n**")[0]
+    assert (
+        "| lora | 2 | 1.000 | 81.00 | 1 |" in ranks
+        and "| lora | 8 | 1.000 | 82.00 ± 2.00 | 2 |" in ranks
+    )
+    assert "| head |" not in ranks
+    other = report.split("**Other runs**")[1]
+    assert "| sst2 | lora | 3 |" in other and "| 8 |" not in other

@@ -42,10 +42,21 @@ def test_notebook_opens_with_objectives_and_ends_with_exercises(notebook):
     assert any("exercise" in t for t in text), "no exercises"
 
 
+def _block(readme: str, marker: str) -> list[str]:
+    """The lines of the code block that follows ``<!-- quickstart:MARKER -->``."""
+    after = readme.split(f"<!-- quickstart:{marker} -->\n```bash\n", 1)[1]
+    return after.split("\n```", 1)[0].splitlines()
+
+
 def test_readme_has_the_two_quickstart_commands():
+    """The commands .ci/run reads: the install block's `pip install` line, the test block's
+    `pytest` line; the test comes before `jupyter lab`, which would block the terminal."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert '<!-- quickstart:install -->\n```bash\npip install -e ".[test]"' in readme
-    assert "<!-- quickstart:test -->\n```bash\npython -m pytest\n```" in readme
+    assert 'pip install -e ".[test]"' in _block(readme, "install")
+    assert _block(readme, "test") == ["python -m pytest"]
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert quickstart.index("python -m pytest") < quickstart.index("jupyter lab")
+    assert "lora-edu download" in quickstart and "LORA_EDU_DATA" in quickstart
 
 
 def test_readme_images_exist_and_are_small():
