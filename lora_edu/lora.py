@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import json
 import math
 import os
@@ -302,6 +303,13 @@ class LoRAConfig:
         metadata={"help": "full names of modules trained in full and saved (e.g. a classifier)"},
     )
 
+    def __post_init__(self) -> None:
+        _check_hyperparameters(self.r, self.alpha, self.dropout, self.init)
+        if not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("target_modules is empty; name at least one layer (or 'all-linear')")
+
     @property
     def scaling(self) -> float:
         return lora_scaling(self.r, self.alpha, self.use_rslora)
@@ -309,6 +317,15 @@ class LoRAConfig:
     def settings(self) -> tuple:
         """The hyperparameters every adapted layer shares."""
         return (self.r, self.alpha, self.dropout, self.init, self.use_rslora)
+
+    def record(self) -> dict[str, Any]:
+        """The settings a training record stores (``LORA_RECORD_FIELDS``)."""
+        return {name: getattr(self, name) for name in LORA_RECORD_FIELDS}
+
+
+#: The LoRA settings a training record stores: one entry per setting of ``LoRAConfig`` that
+#: ``apply_lora`` reads (``bias`` and ``modules_to_save`` are set by mark_only_lora_trainable).
+LORA_RECORD_FIELDS = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora")
 
 
 def _config_of(model: nn.Module) -> LoRAConfig:
@@ -513,7 +530,7 @@ def _minimal_targets(model: nn.Module, adapted: list[str]) -> list[str]:
 
 def apply_lora(
     model: nn.Module,
-    target_modules: str | Sequence[str],
+    target_modules: str | Sequence[str] | LoRAConfig,
     r: int = 8,
     alpha: float = 16,
     dropout: float = 0.0,
@@ -521,6 +538,10 @@ def apply_lora(
     use_rslora: bool = False,
 ) -> list[str]:
     """Replace the matching ``nn.Linear`` layers of ``model`` by ``LoRALinear``, in place.
+
+    The settings come as keywords (``apply_lora(model, ["query", "value"], r=8, alpha=16)``) or
+    as one ``LoRAConfig`` in place of ``target_modules`` (``apply_lora(model, config)``, as
+    PEFT's ``get_peft_model(model, config)``; then the keywords must be left out).
 
     ``target_modules`` (PEFT's conventions):
 
@@ -537,6 +558,29 @@ def apply_lora(
     other layers is allowed with the same settings. The settings are remembered as
     ``model.lora_config`` (a ``LoRAConfig``) for ``save_adapter``. Returns the adapted names.
     """
+    if isinstance(target_modules, LoRAConfig):
+        config = target_modules
+        given = dict(
+            zip(
+                ("r", "alpha", "dropout", "init", "use_rslora"),
+                (r, alpha, dropout, init, use_rslora),
+                strict=True,
+            )
+        )
+        clash = {k: v for k, v in given.items() if v != _APPLY_DEFAULTS[k]}
+        if clash:
+            raise ValueError(
+                f"apply_lora got a LoRAConfig and also {clash}; put every setting in the config "
+                f"(dataclasses.replace(config, {', '.join(f'{k}={v!r}' for k, v in clash.items())}))"
+            )
+        target_modules, r, alpha, dropout, init, use_rslora = (
+            config.target_modules,
+            config.r,
+            config.alpha,
+            config.dropout,
+            config.init,
+            config.use_rslora,
+        )
     _check_hyperparameters(r, alpha, dropout, init)
     if isinstance(model, nn.Linear):
         raise ValueError(
@@ -579,6 +623,14 @@ def apply_lora(
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
         model.lora_config = LoRAConfig(targets, r, alpha, dropout, init, use_rslora)
     return names
+
+
+#: apply_lora's keyword defaults: what "not given" means when a LoRAConfig comes instead.
+_APPLY_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(apply_lora).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
 
 
 def mark_only_lora_trainable(

@@ -22,9 +22,12 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_edu.config import by_profile, profile
+
+if TYPE_CHECKING:  # torch is imported only when a sweep runs
+    from lora_edu.lora import LoRAConfig
 
 #: The fields that identify a run: two records with equal values here are the same run.
 KEY_FIELDS = (
@@ -467,13 +470,7 @@ def run_sweep(
             **spec.extra,
         }
         if config["method"] == "lora":
-            kwargs.update(
-                r=config["r"],
-                alpha=config["alpha"],
-                target_modules=_targets_argument(config["target_modules"]),
-                init=config["init"],
-                use_rslora=config["use_rslora"],
-            )
+            kwargs["lora"] = lora_config(config)
         started = time.perf_counter()
         result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
         model = None
@@ -499,6 +496,20 @@ def run_sweep(
         done[key] = record
         records.append(record)
     return records
+
+
+def lora_config(run: dict[str, Any]) -> LoRAConfig:
+    """The ``LoRAConfig`` of one LoRA run of a grid (or record): the one object that carries its
+    settings to ``finetune_*`` and ``apply_lora``."""
+    from lora_edu.lora import LoRAConfig
+
+    return LoRAConfig(
+        target_modules=_targets_argument(run["target_modules"]),
+        r=run["r"],
+        alpha=run["alpha"],
+        init=run["init"],
+        use_rslora=run["use_rslora"],
+    )
 
 
 def _targets_argument(targets: Sequence[str]) -> str | tuple[str, ...]:

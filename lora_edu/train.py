@@ -36,6 +36,7 @@ Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import sys
@@ -49,7 +50,13 @@ import torch
 from torch import nn
 
 from lora_edu import config
-from lora_edu.lora import apply_lora, count_parameters, mark_only_lora_trainable
+from lora_edu.lora import (
+    LORA_RECORD_FIELDS,
+    LoRAConfig,
+    apply_lora,
+    count_parameters,
+    mark_only_lora_trainable,
+)
 from lora_edu.models import (
     TinyViT,
     classification_loss,
@@ -211,18 +218,14 @@ def _check_method(method: str) -> None:
 def prepare_model(
     model: nn.Module,
     method: str,
+    lora: LoRAConfig | None = None,
     *,
-    target_modules: Sequence[str] | str = ("query", "value"),
-    r: int = 8,
-    alpha: float = 16,
-    dropout: float = 0.0,
-    init: str = "kaiming",
-    use_rslora: bool = False,
     head: str | None = "classifier",
 ) -> list[str]:
     """Set which parameters of ``model`` train, in place, for ``method`` (see module docstring).
 
-    The LoRA arguments are used only by ``method="lora"``. ``head`` names the new output layer
+    ``lora`` (the LoRA settings; default ``LoRAConfig(["query", "value"])``: r=8, α=16) is used
+    only by ``method="lora"``. ``head`` names the new output layer
     that trains beside every method (``"classifier"``); a causal LM keeps its pretrained
     ``lm_head`` frozen, so it passes ``head=None`` (and then ``"head"``/``"bitfit"`` do not
     apply). ``method="none"`` freezes everything (the untrained baseline). Returns the names of
@@ -244,15 +247,7 @@ def prepare_model(
             "head by that name (load models with lora_edu.models.load_text_model or TinyViT)"
         )
     if method == "lora":
-        targets = apply_lora(
-            model,
-            target_modules,
-            r=r,
-            alpha=alpha,
-            dropout=dropout,
-            init=init,
-            use_rslora=use_rslora,
-        )
+        targets = apply_lora(model, LoRAConfig(["query", "value"]) if lora is None else lora)
         mark_only_lora_trainable(model, bias="none", modules_to_save=(head,) if head else ())
         return targets
     for name, param in model.named_parameters():
@@ -569,6 +564,24 @@ def _tag_names(data: Any, label_names: Sequence[str] | None) -> list[str]:
     return list(label_names)
 
 
+def _lora_settings(func: Callable[..., Any], args: dict[str, Any]) -> LoRAConfig:
+    """The one ``LoRAConfig`` of a ``finetune_*`` call: ``lora=`` when given (then the separate
+    LoRA keywords must keep their defaults), else one built from those keywords."""
+    given = args.get("lora")
+    if given is None:
+        return LoRAConfig(**{k: args[k] for k in LORA_RECORD_FIELDS})
+    if not isinstance(given, LoRAConfig):
+        raise TypeError(f"lora= takes a lora_edu.LoRAConfig, got {type(given).__name__}")
+    defaults = inspect.signature(func).parameters
+    clash = {k: args[k] for k in LORA_RECORD_FIELDS if args[k] != defaults[k].default}
+    if clash:
+        raise ValueError(
+            f"{func.__name__} got lora={given} and also {clash}; give the LoRA settings one way: "
+            "in the LoRAConfig, or as keywords"
+        )
+    return given
+
+
 def _run(
     task: str,
     model_name: str,
@@ -584,10 +597,10 @@ def _run(
     entry: method, LoRA settings, lr, epochs, batch_size, seed, device, progress, return_model,
     loop); ``extra`` are task-specific record entries."""
     method, lr = args["method"], args["lr"]
-    lora = {k: args[k] for k in ("target_modules", "r", "alpha", "dropout", "init", "use_rslora")}
+    lora = args["lora"]
     loop = args["loop"]
     device = config.device() if args["device"] is None else torch.device(args["device"])
-    targets = prepare_model(model, method, **lora, head=args.get("head", "classifier"))
+    targets = prepare_model(model, method, lora, head=args.get("head", "classifier"))
     counts = count_parameters(model)
     model.to(device)
     default_lr = args.get("default_lr", DEFAULT_LR)
@@ -611,8 +624,6 @@ def _run(
             desc=f"{task} · {method}",
             **loop,
         )
-    if not isinstance(lora["target_modules"], str):
-        lora["target_modules"] = list(lora["target_modules"])
     final = result["history"]["epochs"][-1]
     if args.get("final") is not None:  # measured once after training (e.g. BLEU of generations)
         start = time.perf_counter()
@@ -622,7 +633,7 @@ def _run(
         "task": task,
         "model": model_name,
         "method": method,
-        **(lora if method == "lora" else dict.fromkeys(lora)),
+        **(lora.record() if method == "lora" else dict.fromkeys(LORA_RECORD_FIELDS)),
         "lora_targets": targets,
         "lr": used_lr,
         "lr_is_default": lr is None,
@@ -662,6 +673,7 @@ def finetune_text_classifier(
     eval: Any,
     *,
     method: str = "lora",
+    lora: LoRAConfig | None = None,
     r: int = 8,
     alpha: float = 16,
     target_modules: Sequence[str] | str = ("query", "value"),
@@ -684,12 +696,15 @@ def finetune_text_classifier(
 
     ``train``/``eval``: ``datasets.Dataset`` with columns ``text`` (str) and ``label`` (int); the
     number of labels comes from the ``ClassLabel`` feature, else the largest label + 1.
-    ``lr=None`` → ``DEFAULT_LR[method]``; ``dropout`` is LoRA's. ``loop`` may set
+    The LoRA settings come as one ``lora=LoRAConfig(...)`` or, for convenience, as the keywords
+    ``r``, ``alpha``, ``target_modules``, ``dropout``, ``init``, ``use_rslora`` (not both).
+    ``lr=None`` → ``DEFAULT_LR[method]``. ``loop`` may set
     ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` (see ``fit``). Texts are tokenised once
     (truncated to ``max_length`` tokens). Returns the record (module docstring), and the trained
     model too when ``return_model=True``.
     """
     args = dict(locals())  # the call's arguments, recorded as given
+    args["lora"] = _lora_settings(finetune_text_classifier, args)  # one LoRAConfig from either form
     _check_method(method)
     splits = [d for d in (train, eval) if d is not None]
     for d in splits:
@@ -750,6 +765,7 @@ def finetune_token_classifier(
     eval: Any,
     *,
     method: str = "lora",
+    lora: LoRAConfig | None = None,
     r: int = 8,
     alpha: float = 16,
     target_modules: Sequence[str] | str = ("query", "value"),
@@ -778,6 +794,9 @@ def finetune_token_classifier(
     Other arguments as in ``finetune_text_classifier``.
     """
     args = dict(locals())  # the call's arguments, recorded as given
+    args["lora"] = _lora_settings(
+        finetune_token_classifier, args
+    )  # one LoRAConfig from either form
     _check_method(method)
     splits = [d for d in (train, eval) if d is not None]
     for d in splits:
@@ -863,6 +882,7 @@ def finetune_vit(
     *,
     base: TinyViT | None = None,
     method: str = "lora",
+    lora: LoRAConfig | None = None,
     r: int = 8,
     alpha: float = 16,
     target_modules: Sequence[str] | str = ("query", "value"),
@@ -887,6 +907,7 @@ def finetune_vit(
     ``finetune_text_classifier``.
     """
     args = dict(locals())  # the call's arguments, recorded as given
+    args["lora"] = _lora_settings(finetune_vit, args)  # one LoRAConfig from either form
     _check_method(method)
     splits = [image_arrays(train)] + ([] if eval is None else [image_arrays(eval)])
     label_feature = getattr(train, "features", {}).get("label")
@@ -1039,6 +1060,7 @@ def finetune_causal_lm(
     eval: Any,
     *,
     method: str = "lora",
+    lora: LoRAConfig | None = None,
     r: int = 8,
     alpha: float = 16,
     target_modules: Sequence[str] | str = LLAMA_QV,
@@ -1082,6 +1104,7 @@ def finetune_causal_lm(
     from lora_edu.models import load_causal_lm
 
     args = dict(locals())  # the call's arguments, recorded as given
+    args["lora"] = _lora_settings(finetune_causal_lm, args)  # one LoRAConfig from either form
     args.update(head=None, default_lr=CAUSAL_LM_LR)
     if method not in ("lora", "full", "none"):
         raise ValueError(f"unknown method {method!r} for a causal LM; expected lora, full or none")

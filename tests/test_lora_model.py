@@ -94,6 +94,20 @@ def test_suffix_match_returns_names_and_keeps_the_output(ids):
     assert model.lora_config == LoRAConfig(["query", "value"], 4, 8, 0.0, "kaiming", False)
 
 
+def test_apply_lora_takes_one_config_like_peft():
+    config = LoRAConfig(("query", "value"), r=4, alpha=8, use_rslora=True)
+    model = tiny_bert()
+    names = apply_lora(model, config)
+    keywords = tiny_bert()
+    assert names == apply_lora(keywords, ["query", "value"], r=4, alpha=8, use_rslora=True)
+    assert model.lora_config == keywords.lora_config
+    assert config.target_modules == ["query", "value"]  # a tuple is kept as a list
+    layer = model.get_submodule(names[0])
+    assert (layer.r, layer.alpha, layer.use_rslora) == (4, 8, True)
+    with pytest.raises(ValueError, match=r"got a LoRAConfig and also \{'alpha': 32\}"):
+        apply_lora(tiny_bert(), config, alpha=32)
+
+
 def test_dotted_suffix_exact_name_and_regex():
     model = tiny_bert()
     names = apply_lora(model, ["attention.output.dense"], r=2, alpha=2)

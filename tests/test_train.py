@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_models import FILLER, NEGATIVE, POSITIVE, small_vit, synthetic_digits
 
+from lora_edu.lora import LoRAConfig
 from lora_edu.models import load_text_model
 from lora_edu.train import (
     DEFAULT_LR,
@@ -216,7 +217,7 @@ def trainable(model: torch.nn.Module) -> set[str]:
 def test_prepare_model_trainable_sets(tiny_bert, method):
     _, model = load_text_model("sequence", 2, tiny_bert)
     everything = {n for n, _ in model.named_parameters()}
-    targets = prepare_model(model, method, target_modules=["query", "value"], r=2)
+    targets = prepare_model(model, method, LoRAConfig(["query", "value"], r=2))
     names = trainable(model)
     head = {"classifier.weight", "classifier.bias"}
     assert head <= names
@@ -235,7 +236,7 @@ def test_prepare_model_trainable_sets(tiny_bert, method):
 
 def test_prepare_model_on_tinyvit_and_errors():
     vit = small_vit()
-    targets = prepare_model(vit, "lora", target_modules=["query", "value", "output"], r=2)
+    targets = prepare_model(vit, "lora", LoRAConfig(["query", "value", "output"], r=2))
     assert len(targets) == 6
     assert {n for n in trainable(vit) if not n.startswith("classifier")} == {
         f"{t}.{ab}" for t in targets for ab in ("lora_A", "lora_B")
@@ -287,6 +288,36 @@ def test_text_classifier_learns_an_easy_task_and_is_deterministic(tiny_bert):
     assert again["history"]["loss"] == losses and again["metric"] == record["metric"]
     other_seed = finetune_text_classifier(train, eval_, **{**kwargs, "seed": 1})
     assert other_seed["history"]["loss"] != losses
+
+
+def test_lora_settings_as_one_config_or_as_keywords(tiny_bert):
+    """One LoRAConfig carries the settings to apply_lora and into the record; the keywords are
+    a shorthand for the same object, and giving both ways at once is refused."""
+    train = sentiment(16)
+    common = dict(model=tiny_bert, epochs=1, batch_size=8, progress=False)
+    config = LoRAConfig(["query", "key"], r=3, alpha=6, dropout=0.1, init="gaussian")
+    by_config = finetune_text_classifier(train, None, lora=config, **common)
+    by_keywords = finetune_text_classifier(
+        train, None, target_modules=("query", "key"), r=3, alpha=6, dropout=0.1,
+        init="gaussian", **common
+    )  # fmt: skip
+    fields = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora", "lora_targets")
+    assert {k: by_config[k] for k in fields} == {k: by_keywords[k] for k in fields}
+    assert by_config["target_modules"] == ["query", "key"] and by_config["dropout"] == 0.1
+    assert by_config["history"]["loss"] == by_keywords["history"]["loss"]
+    with pytest.raises(ValueError, match=r"also \{'r': 4\}; give the LoRA settings one way"):
+        finetune_text_classifier(train, None, lora=config, r=4, **common)
+    with pytest.raises(TypeError, match="lora= takes a lora_edu.LoRAConfig, got dict"):
+        finetune_text_classifier(train, None, lora={"r": 4}, **common)
+    full = finetune_text_classifier(train, None, method="full", lora=config, **common)
+    assert full["r"] is None and full["target_modules"] is None
+
+
+def test_lora_config_checks_its_settings_when_made():
+    with pytest.raises(ValueError, match=r"r \(the rank\) must be a positive int, got 0"):
+        LoRAConfig(["query"], r=0)
+    with pytest.raises(ValueError, match="target_modules is empty"):
+        LoRAConfig([])
 
 
 def test_text_classifier_infers_labels_without_classlabel(tiny_bert):
