@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_edu.variants import VARIANTS
+
 INITS = ("kaiming", "gaussian", "pissa")
 BIAS_MODES = ("none", "all", "lora_only")
 ALL_LINEAR = "all-linear"
@@ -56,7 +58,6 @@ PEFT_PREFIX = "base_model.model."
 PEFT_INIT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa"}
 #: PEFT features we do not implement: an adapter using any of them is refused, not misread.
 PEFT_UNSUPPORTED = (
-    "use_dora",
     "fan_in_fan_out",
     "lora_bias",
     "rank_pattern",
@@ -144,6 +145,14 @@ def _check_hyperparameters(r: Any, alpha: Any, dropout: Any, init: Any) -> None:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
 
 
+def _check_variant(variant: Any) -> None:
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(
+            f"variant must be None (plain LoRA) or one of {', '.join(map(repr, VARIANTS))}, "
+            f"got {variant!r}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # The layer
 
@@ -161,6 +170,8 @@ class LoRALinear(nn.Module):
             (A, B from W's top-r SVD and W replaced by the residual, see ``pissa_init``). All
             three leave the layer's output unchanged at step 0.
         use_rslora: rank-stabilised scaling ``alpha / √r``.
+        variant: a LoRA descendant that changes how the update is applied (``"dora"``, see
+            ``lora_edu.variants``), kept as ``self.variant``; None for plain LoRA.
 
     ``lora_A`` and ``lora_B`` are created on the base weight's device and dtype. Freezing the
     base layer is ``mark_only_lora_trainable``'s job, not this class's.
@@ -174,6 +185,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         init: str = "kaiming",
         use_rslora: bool = False,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -195,6 +207,9 @@ class LoRALinear(nn.Module):
         self.merged = False
         self.disabled = False  # set by disable_adapters(): the base layer alone answers
         self._init_lora(init)
+        _check_variant(variant)
+        # The variant is built last: DoRA's magnitude starts from the initialised W + s·B A.
+        self.variant = None if variant is None else VARIANTS[variant](self)
 
     @torch.no_grad()
     def _init_lora(self, init: str) -> None:
@@ -217,6 +232,8 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)
         if self.merged or self.disabled:
             return y  # ΔW already lives inside W, or the adapter is switched off
+        if self.variant is not None:
+            return self.variant(self, x, y)  # e.g. DoRA: the variant applies the update
         x = x.to(self.lora_A.dtype)  # a no-op unless A, B are kept in another dtype than W
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): the bottleneck x Aᵀ
         # scaling · Bᵀ as a contiguous (r, d_out) matrix: the scaling costs d_out·r multiplies
@@ -252,7 +269,10 @@ class LoRALinear(nn.Module):
                 "ΔW = scaling · B A holds NaN or Inf (training diverged?); refusing to merge it "
                 "into the base weight. Inspect lora_A / lora_B, or lower the learning rate."
             )
-        self.base_layer.weight += delta
+        if self.variant is not None:
+            self.variant.merge(self)
+        else:
+            self.base_layer.weight += delta
         self.merged = True
 
     @torch.no_grad()
@@ -265,13 +285,18 @@ class LoRALinear(nn.Module):
         if not self.merged:
             warnings.warn("LoRALinear is not merged; unmerge() did nothing", stacklevel=2)
             return
-        self.base_layer.weight -= self.delta_weight()
+        if self.variant is not None:
+            self.variant.unmerge(self)
+        else:
+            self.base_layer.weight -= self.delta_weight()
         self.merged = False
 
     def extra_repr(self) -> str:
         rs = ", use_rslora=True" if self.use_rslora else ""
+        v = "" if self.variant is None else f", variant={type(self.variant).__name__}"
         return (
-            f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}{rs}, merged={self.merged}"
+            f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}{rs}{v}, "
+            f"merged={self.merged}"
         )
 
 
@@ -295,6 +320,9 @@ class LoRAConfig:
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path's input"})
     init: str = field(default="kaiming", metadata={"help": "kaiming | gaussian | pissa"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scaling"})
+    variant: str | None = field(
+        default=None, metadata={"help": "a LoRA descendant: None (plain LoRA) | dora"}
+    )
     bias: str = field(
         default="none", metadata={"help": "biases trained too: none | all | lora_only"}
     )
@@ -305,6 +333,7 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         _check_hyperparameters(self.r, self.alpha, self.dropout, self.init)
+        _check_variant(self.variant)
         if not isinstance(self.target_modules, str):
             self.target_modules = list(self.target_modules)
         if not self.target_modules:
@@ -316,7 +345,7 @@ class LoRAConfig:
 
     def settings(self) -> tuple:
         """The hyperparameters every adapted layer shares."""
-        return (self.r, self.alpha, self.dropout, self.init, self.use_rslora)
+        return (self.r, self.alpha, self.dropout, self.init, self.use_rslora, self.variant)
 
     def record(self) -> dict[str, Any]:
         """The settings a training record stores (``LORA_RECORD_FIELDS``)."""
@@ -325,7 +354,7 @@ class LoRAConfig:
 
 #: The LoRA settings a training record stores: one entry per setting of ``LoRAConfig`` that
 #: ``apply_lora`` reads (``bias`` and ``modules_to_save`` are set by mark_only_lora_trainable).
-LORA_RECORD_FIELDS = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora")
+LORA_RECORD_FIELDS = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora", "variant")
 
 
 def _config_of(model: nn.Module) -> LoRAConfig:
@@ -536,6 +565,7 @@ def apply_lora(
     dropout: float = 0.0,
     init: str = "kaiming",
     use_rslora: bool = False,
+    variant: str | None = None,
 ) -> list[str]:
     """Replace the matching ``nn.Linear`` layers of ``model`` by ``LoRALinear``, in place.
 
@@ -560,38 +590,28 @@ def apply_lora(
     """
     if isinstance(target_modules, LoRAConfig):
         config = target_modules
-        given = dict(
-            zip(
-                ("r", "alpha", "dropout", "init", "use_rslora"),
-                (r, alpha, dropout, init, use_rslora),
-                strict=True,
-            )
-        )
+        names = ("r", "alpha", "dropout", "init", "use_rslora", "variant")
+        given = dict(zip(names, (r, alpha, dropout, init, use_rslora, variant), strict=True))
         clash = {k: v for k, v in given.items() if v != _APPLY_DEFAULTS[k]}
         if clash:
             raise ValueError(
                 f"apply_lora got a LoRAConfig and also {clash}; put every setting in the config "
                 f"(dataclasses.replace(config, {', '.join(f'{k}={v!r}' for k, v in clash.items())}))"
             )
-        target_modules, r, alpha, dropout, init, use_rslora = (
-            config.target_modules,
-            config.r,
-            config.alpha,
-            config.dropout,
-            config.init,
-            config.use_rslora,
-        )
+        target_modules = config.target_modules
+        r, alpha, dropout, init, use_rslora, variant = config.settings()
     _check_hyperparameters(r, alpha, dropout, init)
+    _check_variant(variant)
     if isinstance(model, nn.Linear):
         raise ValueError(
             "apply_lora replaces submodules of a model in place; for a single nn.Linear use "
             "LoRALinear(layer, r, alpha)"
         )
     previous = getattr(model, "lora_config", None)
-    settings = (r, alpha, dropout, init, use_rslora)
+    settings = (r, alpha, dropout, init, use_rslora, variant)
     if isinstance(previous, LoRAConfig) and previous.settings() != settings:
         raise ValueError(
-            f"this model already has LoRA with (r, alpha, dropout, init, use_rslora) = "
+            f"this model already has LoRA with (r, alpha, dropout, init, use_rslora, variant) = "
             f"{previous.settings()}, and one model holds one LoRA configuration (like one PEFT "
             f"adapter); got {settings}. Use the same settings, or unload_lora(model) first."
         )
@@ -604,7 +624,7 @@ def apply_lora(
         for name in names:
             layer = model.get_submodule(name)
             weight = layer.weight.detach().clone() if init == "pissa" else None
-            _set_submodule(model, name, LoRALinear(layer, r, alpha, dropout, init, use_rslora))
+            _set_submodule(model, name, LoRALinear(layer, *settings))
             wrapped.append((name, layer, weight))
     except Exception:
         for name, layer, weight in reversed(wrapped):
@@ -621,7 +641,7 @@ def apply_lora(
         previous.target_modules = [*as_list(previous.target_modules), *as_list(target_modules)]
     else:
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-        model.lora_config = LoRAConfig(targets, r, alpha, dropout, init, use_rslora)
+        model.lora_config = LoRAConfig(targets, *settings)
     return names
 
 
@@ -661,6 +681,8 @@ def _is_adapter_tensor(name: str, lora_names: set[str], config: LoRAConfig) -> b
     owner, _, leaf = name.rpartition(".")
     if owner in lora_names and leaf in ("lora_A", "lora_B"):
         return True
+    if owner.endswith(".variant") and owner[: -len(".variant")] in lora_names:
+        return True  # e.g. DoRA's magnitude
     if config.bias == "all" and "bias" in name:
         return True
     if config.bias == "lora_only" and leaf == "bias" and owner.endswith(".base_layer"):
@@ -828,6 +850,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     base_model.model.<layer>.lora_A.weight    (r, d_in)
     base_model.model.<layer>.lora_B.weight    (d_out, r)
+    base_model.model.<layer>.lora_magnitude_vector   (d_out,) with DoRA (a variant's ``peft_keys``)
     base_model.model.<path>.bias              with bias="all" / "lora_only"
     base_model.model.<module>.<param>         for modules_to_save, e.g. classifier.weight
     """
@@ -836,6 +859,12 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         if _is_adapter_tensor(name, lora_names, config):
+            owner, _, leaf = name.rpartition(".")
+            if owner.endswith(".variant") and owner[: -len(".variant")] in lora_names:
+                layer = owner[: -len(".variant")]
+                keys = type(model.get_submodule(owner)).peft_keys
+                state[f"{PEFT_PREFIX}{layer}.{keys[leaf]}"] = tensor
+                continue
             is_lora = name.endswith((".lora_A", ".lora_B"))
             state[PEFT_PREFIX + name + (".weight" if is_lora else "")] = tensor
     return state
@@ -861,7 +890,7 @@ def _peft_config(
         "bias": config.bias,
         "modules_to_save": list(config.modules_to_save) or None,
         "fan_in_fan_out": False,
-        "use_dora": False,
+        "use_dora": config.variant == "dora",
         "inference_mode": True,
     }
 
@@ -981,6 +1010,7 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
         dropout=dropout,
         init=init,
         use_rslora=bool(raw.get("use_rslora", False)),
+        variant="dora" if raw.get("use_dora") else None,
         bias=raw.get("bias", "none"),
         modules_to_save=list(raw.get("modules_to_save") or []),
     )

@@ -569,11 +569,12 @@ def _lora_settings(func: Callable[..., Any], args: dict[str, Any]) -> LoRAConfig
     LoRA keywords must keep their defaults), else one built from those keywords."""
     given = args.get("lora")
     if given is None:
-        return LoRAConfig(**{k: args[k] for k in LORA_RECORD_FIELDS})
+        # (a setting without a keyword, like ``variant``, is reached through lora= only)
+        return LoRAConfig(**{k: args[k] for k in LORA_RECORD_FIELDS if k in args})
     if not isinstance(given, LoRAConfig):
         raise TypeError(f"lora= takes a lora_edu.LoRAConfig, got {type(given).__name__}")
     defaults = inspect.signature(func).parameters
-    clash = {k: args[k] for k in LORA_RECORD_FIELDS if args[k] != defaults[k].default}
+    clash = {k: args[k] for k in LORA_RECORD_FIELDS if k in args and args[k] != defaults[k].default}
     if clash:
         raise ValueError(
             f"{func.__name__} got lora={given} and also {clash}; give the LoRA settings one way: "

@@ -463,8 +463,8 @@ def test_load_refuses_pickle_missing_files_and_unsupported_features(saved):
     with pytest.raises(ValueError, match="only adapter_model.bin, a pickle file"):
         load_adapter(tiny_bert(), saved)
     (saved / "adapter_model.bin").rename(saved / ADAPTER_WEIGHTS)
-    (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"use_dora": True}))
-    with pytest.raises(ValueError, match="does not implement: \\{'use_dora': True\\}"):
+    (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"lora_bias": True}))
+    with pytest.raises(ValueError, match="does not implement: \\{'lora_bias': True\\}"):
         load_adapter(tiny_bert(), saved)
     (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"init_lora_weights": "olora"}))
     with pytest.raises(ValueError, match="'init_lora_weights': 'olora'"):

@@ -1,0 +1,81 @@
+"""DoRA, weight-decomposed low-rank adaptation (Liu et al. 2024, arXiv:2402.09353).
+
+DoRA splits each weight into a **magnitude** and a **direction** and lets LoRA move only the
+direction, while a trainable vector ``m`` sets the magnitude:
+
+    W' = m ⊙ (W + s·B A) / ‖W + s·B A‖          (one norm, and one m, per output feature)
+
+Which axis? The paper writes W as d × k and takes a *column-wise* norm, with the input as a row
+vector (``x W``). PyTorch stores ``nn.Linear.weight`` as (d_out, d_in) and computes ``W x``, so the
+paper's columns are PyTorch's **rows**: ``‖·‖`` is taken over ``in_features`` (``dim=1``) and ``m``
+has ``d_out`` entries. Normalising the other axis (``dim=0``) gives a different, wrong method.
+
+As the paper's §4.3 recommends (and PEFT does), the norm is treated as a constant in the backward
+pass (``.detach()``): gradients reach ``m``, ``A`` and ``B`` but not through the norm.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from lora_edu.lora import LoRALinear
+
+
+class DoRA(nn.Module):
+    """The magnitude ``m`` (d_out,) of one ``LoRALinear``, initialised to ``‖W + s·B A‖`` per
+    output feature (``‖W‖`` when B = 0), so the layer's output is unchanged at step 0."""
+
+    #: this module's parameters under the names PEFT's adapter files use
+    peft_keys = {"magnitude": "lora_magnitude_vector"}
+
+    def __init__(self, layer: LoRALinear) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.magnitude = nn.Parameter(self.weight_norm(layer).clone())
+        self._norm_at_merge: torch.Tensor | None = None
+
+    @staticmethod
+    def weight_norm(layer: LoRALinear) -> torch.Tensor:
+        """``‖W + s·B A‖`` over each row (``in_features``): shape (d_out,), no gradient."""
+        weight = layer.base_layer.weight
+        return torch.linalg.norm(weight + layer.delta_weight().detach(), dim=1).detach()
+
+    def forward(self, layer: LoRALinear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The adapted output from the input ``x`` and the base layer's output ``y = W x + b``:
+        ``(m / ‖W + s·B A‖) ⊙ (W x + s·B A x) + b``, written as a correction added to ``y``."""
+        weight = layer.base_layer.weight
+        x = x.to(layer.lora_A.dtype)
+        scale = self.magnitude / self.weight_norm(layer)  # (d_out,)
+        if isinstance(layer.lora_dropout, nn.Identity) or not layer.training:
+            bias = layer.base_layer.bias
+            base = y if bias is None else y - bias  # W x, re-used from the base layer's output
+        else:  # with dropout, both paths of the correction see the same dropped input (as PEFT)
+            x = layer.lora_dropout(x)
+            base = F.linear(x, weight)
+        update = F.linear(F.linear(x, layer.lora_A), layer.lora_B) * layer.scaling
+        return y + (scale - 1) * base + scale * update
+
+    @torch.no_grad()
+    def merge(self, layer: LoRALinear) -> None:
+        """W ← (m / ‖W + ΔW‖) ⊙ (W + ΔW); the norm is kept for ``unmerge``."""
+        weight = layer.base_layer.weight
+        delta = layer.delta_weight()
+        self._norm_at_merge = torch.linalg.norm(weight + delta, dim=1)
+        factor = (self.magnitude / self._norm_at_merge).view(-1, 1)
+        weight.copy_(factor * (weight + delta))
+
+    @torch.no_grad()
+    def unmerge(self, layer: LoRALinear) -> None:
+        """W ← W / (m / ‖W + ΔW‖) − ΔW, with the norm of the merge (exact up to rounding)."""
+        weight = layer.base_layer.weight
+        factor = (self.magnitude / self._norm_at_merge).view(-1, 1)
+        weight.copy_(weight / factor - layer.delta_weight())
+        self._norm_at_merge = None
+
+    def extra_repr(self) -> str:
+        return f"magnitude: ({self.magnitude.shape[0]},), one per output feature"

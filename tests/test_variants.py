@@ -1,0 +1,171 @@
+"""LoRA's descendants (lora_edu.variants), each checked against PEFT's implementation on a tiny
+randomly initialised BERT (no download): forward, gradients, merging and the adapter files."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lora_edu.lora import (
+    ADAPTER_CONFIG,
+    LoRAConfig,
+    LoRALinear,
+    adapter_state_dict,
+    apply_lora,
+    load_adapter,
+    mark_only_lora_trainable,
+    merge_lora,
+    save_adapter,
+    unload_lora,
+)
+from lora_edu.variants import DoRA
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+CONFIG = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100,
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # train() changes LoRA's dropout only
+)  # fmt: skip
+TARGETS = ["query", "value", "intermediate.dense"]  # biases everywhere; 32 → 37 is not square
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+
+def tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(**CONFIG)).eval()
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(1))
+
+
+def dora_pair(dropout: float = 0.0):
+    """Our DoRA model and PEFT's, holding the same non-zero A, B and magnitudes."""
+    ours = tiny_bert()
+    apply_lora(ours, LoRAConfig(TARGETS, r=4, alpha=8, dropout=dropout, variant="dora"))
+    mark_only_lora_trainable(ours)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.5)
+            elif name.endswith("variant.magnitude"):
+                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))  # away from ‖W + ΔW‖
+    config = peft.LoraConfig(
+        target_modules=TARGETS, r=4, lora_alpha=8, lora_dropout=dropout, use_dora=True
+    )
+    theirs = peft.get_peft_model(tiny_bert(), config)
+    state = {k: v.detach().clone() for k, v in adapter_state_dict(ours).items()}
+    result = peft.set_peft_model_state_dict(theirs, state)
+    assert not [k for k in result.unexpected_keys if "lora" in k]
+    return ours, theirs
+
+
+def test_dora_starts_as_the_base_model_with_one_magnitude_per_output_feature(ids):
+    base = tiny_bert()
+    model = copy.deepcopy(base)
+    apply_lora(model, LoRAConfig(TARGETS, r=4, alpha=8, variant="dora"))
+    layer = model.get_submodule("bert.encoder.layer.0.intermediate.dense")
+    assert isinstance(layer.variant, DoRA) and layer.variant.magnitude.shape == (37,)
+    # ‖W‖ over in_features (rows of the (d_out, d_in) weight), not over out_features
+    torch.testing.assert_close(
+        layer.variant.magnitude, torch.linalg.norm(layer.base_layer.weight, dim=1)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, base(ids).logits)
+
+
+def close(mine: torch.Tensor, theirs: torch.Tensor, what: str = "") -> None:
+    """Equal up to float32 rounding, relative to the tensor's scale (gradients here are ~1e-5,
+    below assert_close's default absolute tolerance)."""
+    scale = theirs.abs().max().item()
+    assert scale > 0, what
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5 * scale, msg=what)
+
+
+def test_dora_forward_equals_peft(ids):
+    ours, theirs = dora_pair()
+    with torch.no_grad():
+        close(ours(ids).logits, theirs(ids).logits)
+        # and DoRA is not plain LoRA with the same A, B: the magnitudes change the output
+        plain = tiny_bert()
+        apply_lora(plain, TARGETS, r=4, alpha=8)
+        plain.load_state_dict(ours.state_dict(), strict=False)
+        gap = (plain(ids).logits - ours(ids).logits).abs().max()
+        assert gap > 0.1 * ours(ids).logits.abs().max()
+
+
+def test_dora_gradients_equal_peft_with_the_norm_detached(ids):
+    ours, theirs = dora_pair()
+    for model in (ours, theirs):
+        model.train()  # no dropout anywhere: both see the same computation
+        model(ids).logits.square().sum().backward()
+    name = "bert.encoder.layer.1.attention.self.value"
+    ours_layer = ours.get_submodule(name)
+    theirs_layer = theirs.base_model.model.get_submodule(name)
+    pairs = {
+        "A": (ours_layer.lora_A, theirs_layer.lora_A["default"].weight),
+        "B": (ours_layer.lora_B, theirs_layer.lora_B["default"].weight),
+        "m": (ours_layer.variant.magnitude, theirs_layer.lora_magnitude_vector["default"].weight),
+    }
+    for what, (mine, peft_param) in pairs.items():
+        assert mine.grad is not None, what
+        close(mine.grad, peft_param.grad, f"gradient of {what}")
+
+
+def test_dora_with_dropout_in_training_equals_peft(ids):
+    ours, theirs = dora_pair(dropout=0.3)
+    ours.train()
+    theirs.train()
+    torch.manual_seed(5)
+    mine = ours(ids).logits
+    torch.manual_seed(5)
+    close(mine, theirs(ids).logits)
+    torch.manual_seed(6)  # another dropout mask, another output: the dropout is live
+    assert (ours(ids).logits - mine).abs().max() > 1e-3 * mine.abs().max()
+
+
+def test_dora_merge_is_exact_and_unmerge_restores_w(ids):
+    ours, _ = dora_pair()
+    layer = ours.get_submodule("bert.encoder.layer.0.attention.self.query")
+    w0 = layer.base_layer.weight.detach().clone()
+    with torch.no_grad():
+        before = ours(ids).logits
+        layer.merge()
+        assert layer.merged
+        torch.testing.assert_close(ours(ids).logits, before)
+        layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, w0)
+    for done in (merge_lora(copy.deepcopy(ours)), unload_lora(copy.deepcopy(ours))):
+        with torch.no_grad():
+            close(done(ids).logits, before)
+    assert not any(isinstance(m, LoRALinear) for m in done.modules())  # unload: plain Linear
+
+
+def test_dora_adapter_files_round_trip_with_peft(ids, tmp_path):
+    ours, theirs = dora_pair()
+    with torch.no_grad():
+        expected = ours(ids).logits
+    save_adapter(ours, tmp_path / "ours")
+    assert '"use_dora": true' in (tmp_path / "ours" / ADAPTER_CONFIG).read_text()
+    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours").eval()
+    theirs.save_pretrained(tmp_path / "peft")
+    back = tiny_bert()
+    load_adapter(back, tmp_path / "peft")
+    assert back.lora_config.variant == "dora"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_by_peft(ids).logits, expected)
+        torch.testing.assert_close(back(ids).logits, expected)
+
+
+def test_a_variant_name_is_checked_and_travels_in_the_config():
+    with pytest.raises(ValueError, match="variant must be None .* or one of 'dora', got 'dorra'"):
+        LoRAConfig(["query"], variant="dorra")
+    model = tiny_bert()
+    apply_lora(model, ["query"], r=2, alpha=2, variant="dora")
+    assert model.lora_config.record()["variant"] == "dora"
+    with pytest.raises(ValueError, match="already has LoRA with"):
+        apply_lora(model, ["value"], r=2, alpha=2)  # plain LoRA beside DoRA: one config per model
