@@ -83,3 +83,20 @@ def test_kept_adapters_are_small_float16_peft_folders():
         assert dtypes == {"F16"}, f"{weights}: {dtypes}"
         assert (folder / "run.json").is_file(), f"{folder} lacks the record of its run"
     assert total < 10 * 2**20, f"data/adapters holds {total / 2**20:.1f} MB (limit 10 MB)"
+
+
+def test_readme_order_and_small_results_tables():
+    """What it is → Quickstart → Notebooks → Results → Performance → Command line → profiles,
+    data, GPU; the results are small tables (one per study) without a timing column."""
+    readme = README.read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", readme, flags=re.M)
+    order = ["Quickstart", "Notebooks", "Results", "Performance", "Command line"]
+    assert [h for h in headings if h in order] == order
+    rest = headings[headings.index("Command line") + 1 :]
+    assert any("Profiles" in h for h in rest) and "Data and models" in rest
+    assert any("GPU" in h for h in rest)
+    results = readme.split("<!-- results:start", 1)[1].split("<!-- results:end -->", 1)[0]
+    tables = [t for t in re.split(r"\n\s*\n", results) if t.lstrip().startswith("|")]
+    assert len(tables) >= 5, "one table per study"
+    assert max(len(t.strip().splitlines()) - 2 for t in tables) <= 12, "a table a reader can scan"
+    assert "train s" not in results and "seconds" not in results
