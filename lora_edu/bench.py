@@ -62,7 +62,7 @@ The result (``run_bench``'s dict, ``--json``'s file) has these keys::
     inference       {variant: {median_ms, times_ms}}                   base unmerged merged
     merged_max_abs_diff   max |logits(merged) − logits(unmerged)|: merging changed nothing
     layer           {shape: {tokens, d_in, d_out, r}, numpy: {...}, torch: {...},
-                     numpy_over_torch, max_abs_diff}
+                     numpy_over_torch, max_abs_diff, max_rel_diff (relative to the largest gradient)}
     ratios          lora/peft, lora/full, lora/floor, merged/base, unmerged/base: ratios of the
                     medians (None if a side is missing)
     paired_ratios   the same ratios as medians of per-round ratios (robust to changing load)
@@ -608,14 +608,18 @@ def layer_bench(
     )
     expected = numpy_step()
     found = (xt.grad, layer.lora_A.grad, layer.lora_B.grad)
-    diff = max(
-        float(np.max(np.abs(t.cpu().numpy() - e))) for t, e in zip(found, expected, strict=True)
+    errors = [np.abs(t.cpu().numpy() - e) for t, e in zip(found, expected, strict=True)]
+    diff = max(float(np.max(err)) for err in errors)
+    # float32 sums over the tokens: the absolute error grows with their number, the relative not
+    rel = max(
+        float(np.max(err) / np.max(np.abs(e))) for err, e in zip(errors, expected, strict=True)
     )
     result: dict[str, Any] = {"shape": {"tokens": tokens, "d_in": d, "d_out": d, "r": r}}
     for name, values in times.items():
         result[name] = {"median_ms": median_ms(values), "times_ms": values}
     result["numpy_over_torch"] = result["numpy"]["median_ms"] / result["torch"]["median_ms"]
     result["max_abs_diff"] = diff
+    result["max_rel_diff"] = rel
     return result
 
 
