@@ -590,8 +590,8 @@ def apply_lora(
     """
     if isinstance(target_modules, LoRAConfig):
         config = target_modules
-        names = ("r", "alpha", "dropout", "init", "use_rslora", "variant")
-        given = dict(zip(names, (r, alpha, dropout, init, use_rslora, variant), strict=True))
+        fields = ("r", "alpha", "dropout", "init", "use_rslora", "variant")
+        given = dict(zip(fields, (r, alpha, dropout, init, use_rslora, variant), strict=True))
         clash = {k: v for k, v in given.items() if v != _APPLY_DEFAULTS[k]}
         if clash:
             raise ValueError(
@@ -681,7 +681,7 @@ def _is_adapter_tensor(name: str, lora_names: set[str], config: LoRAConfig) -> b
     owner, _, leaf = name.rpartition(".")
     if owner in lora_names and leaf in ("lora_A", "lora_B"):
         return True
-    if owner.endswith(".variant") and owner[: -len(".variant")] in lora_names:
+    if _variant_layer(owner, lora_names) is not None:
         return True  # e.g. DoRA's magnitude
     if config.bias == "all" and "bias" in name:
         return True
@@ -689,6 +689,12 @@ def _is_adapter_tensor(name: str, lora_names: set[str], config: LoRAConfig) -> b
         if owner[: -len(".base_layer")] in lora_names:
             return True
     return any(name.startswith(m + ".") for m in config.modules_to_save)
+
+
+def _variant_layer(owner: str, lora_names: set[str]) -> str | None:
+    """The LoRA layer whose variant module is named ``owner`` (``<layer>.variant``), else None."""
+    layer = owner.removesuffix(".variant")
+    return layer if layer != owner and layer in lora_names else None
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -860,8 +866,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, tensor in model.state_dict(keep_vars=True).items():
         if _is_adapter_tensor(name, lora_names, config):
             owner, _, leaf = name.rpartition(".")
-            if owner.endswith(".variant") and owner[: -len(".variant")] in lora_names:
-                layer = owner[: -len(".variant")]
+            layer = _variant_layer(owner, lora_names)
+            if layer is not None:
                 keys = type(model.get_submodule(owner)).peft_keys
                 state[f"{PEFT_PREFIX}{layer}.{keys[leaf]}"] = tensor
                 continue
