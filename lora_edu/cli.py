@@ -113,6 +113,7 @@ def _sweep(args: argparse.Namespace) -> int:
                     seeds=args.seeds,
                     init=args.init,
                     use_rslora=args.rslora,
+                    variant=args.variant,
                     lr=args.lr,
                 )
         grid = unique_runs(grid)  # non-LoRA runs appear once per alpha: keep one
@@ -228,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--seeds", type=_csv(int), default=[0])
     sw.add_argument("--init", default="kaiming", choices=["kaiming", "gaussian", "pissa"])
+    sw.add_argument(
+        "--variant",
+        default=None,
+        help="a LoRA variant for the LoRA runs, e.g. dora (default: plain LoRA)",
+    )
     sw.add_argument(
         "--rslora", action="store_true", help="scaling alpha/sqrt(r) instead of alpha/r"
     )

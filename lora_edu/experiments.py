@@ -244,7 +244,7 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
 #: Baselines first, LoRA last, in every study table.
 _STUDY_ORDER = ("none", "head", "bitfit", "full", "lora")
 #: A study shows every seed of its configurations (not only the seeds its own preset names).
-_MATCH_FIELDS = ("method", "r", "alpha", "target_modules", "init", "use_rslora")
+_MATCH_FIELDS = ("method", "r", "alpha", "target_modules", "init", "use_rslora", "variant")
 _METRIC_LABELS = {"accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU"}
 
 
@@ -311,7 +311,8 @@ def _study_table(rows: list[dict[str, Any]], losses: dict[str, float] | None = N
         metric = f"{100 * row['metric']:.2f}"
         if len(row["seeds"]) > 1:
             metric += f" ± {100 * row['spread'] / 2:.2f}"
-        values = [row["method"], *(cells[c](row) for c in columns), f"{pct:.3f}", metric]
+        name = row.get("variant") or row["method"]  # a LoRA variant shows its own name
+        values = [name, *(cells[c](row) for c in columns), f"{pct:.3f}", metric]
         if losses is not None:
             values.append(f"{losses[run_key({**row, 'seed': None})]:.3f}")
         lines.append("| " + " | ".join(values + [str(len(row["seeds"]))]) + " |")

@@ -38,6 +38,7 @@ KEY_FIELDS = (
     "target_modules",
     "init",
     "use_rslora",
+    "variant",  # absent from records older than the variants: read as None, plain LoRA
     "seed",
     "n_train",
     "epochs",
@@ -63,17 +64,23 @@ def make_grid(
     init: str = "kaiming",
     use_rslora: bool = False,
     lr: float | None = None,
+    variant: str | None = None,
 ) -> list[dict[str, Any]]:
     """All run configurations of methods × ranks × alphas × target sets × seeds.
 
     LoRA runs take every combination; ``full``, ``head`` and ``bitfit`` ignore rank, alpha and
     targets, so they appear once per seed (with ``r``, ``alpha``, ``target_modules`` set to None).
     An alpha of None means ``alpha = r`` (scaling 1). ``lr=None`` lets each method use its
-    default learning rate.
+    default learning rate. ``variant`` (e.g. ``"dora"``) applies to the LoRA runs.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    if variant is not None:
+        from lora_edu.variants import VARIANTS
+
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     bad_ranks = [r for r in ranks if isinstance(r, bool) or r != int(r) or int(r) < 1]
     if bad_ranks:
         raise ValueError(f"ranks must be whole numbers ≥ 1, got {bad_ranks}")
@@ -93,6 +100,7 @@ def make_grid(
                             "target_modules": list(targets),
                             "init": init,
                             "use_rslora": use_rslora,
+                            "variant": variant,
                             "seed": int(seed),
                             "lr": lr,
                         }
@@ -107,6 +115,7 @@ def make_grid(
                         "target_modules": None,
                         "init": None,
                         "use_rslora": None,
+                        "variant": None,
                         "seed": int(seed),
                         "lr": lr,
                     }
@@ -509,6 +518,7 @@ def lora_config(run: dict[str, Any]) -> LoRAConfig:
         alpha=run["alpha"],
         init=run["init"],
         use_rslora=run["use_rslora"],
+        variant=run.get("variant"),
     )
 
 
@@ -523,12 +533,14 @@ def _describe(config: dict[str, Any]) -> str:
     if config["method"] != "lora":
         return f"{config['method']} seed={config['seed']}"
     targets = ",".join(config["target_modules"])
-    return f"lora r={config['r']} α={config['alpha']:g} [{targets}] seed={config['seed']}"
+    name = config.get("variant") or "lora"
+    return f"{name} r={config['r']} α={config['alpha']:g} [{targets}] seed={config['seed']}"
 
 
 def _slug(config: dict[str, Any]) -> str:
     targets = "-".join(config["target_modules"] or [])
-    return f"{config['method']}_r{config['r']}_a{config['alpha']:g}_{targets}_s{config['seed']}"
+    variant = f"_{config['variant']}" if config.get("variant") else ""
+    return f"{config['method']}_r{config['r']}_a{config['alpha']:g}_{targets}{variant}_s{config['seed']}"
 
 
 # ---------------------------------------------------------------------------------- reporting
@@ -544,7 +556,7 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
         trainable = rec.get("trainable_params") or 0
         rows.append(
             (
-                rec["method"],
+                rec.get("variant") or rec["method"],
                 "" if rec.get("r") is None else str(rec["r"]),
                 "" if rec.get("alpha") is None else f"{rec['alpha']:g}",
                 ",".join(rec.get("target_modules") or []),
@@ -608,7 +620,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
         if len(row["seeds"]) > 1:
             metric += f" ± {100 * row['spread'] / 2:.2f}"
         lines.append(
-            f"| {row['task']} | {row['method']} | {row['r'] or ''} | "
+            f"| {row['task']} | {row.get('variant') or row['method']} | {row['r'] or ''} | "
             f"{'' if row['alpha'] is None else format(row['alpha'], 'g')} | "
             f"{','.join(row['target_modules'] or [])} | "
             f"{'' if row['lr'] is None else format(row['lr'], 'g')} | {pct:.3f} | {metric} | "

@@ -315,3 +315,24 @@ def test_repair_while_another_process_appends_loses_no_record(tmp_path):
     records = sweep.read_results(out)
     assert sorted(r["i"] for r in records if r["writer"] == "a") == list(range(80))
     assert [r for r in records if r["writer"] == "old"] == [{"writer": "old", "i": 0}]
+
+
+def test_a_variant_is_part_of_the_run_and_reaches_finetune(tmp_path):
+    """DoRA runs are runs of their own (key, adapter folder, report row); records written before
+    variants existed (no "variant" field) still resume as plain LoRA."""
+    plain = sweep.make_grid(ranks=[2])
+    dora = sweep.make_grid(methods=["lora", "head"], ranks=[2], variant="dora")
+    assert dora[0]["variant"] == "dora" and dora[1]["variant"] is None  # head: no variant
+    assert sweep.run_key(plain[0]) != sweep.run_key(dora[0])
+    old = {k: v for k, v in plain[0].items() if k != "variant"}
+    assert sweep.run_key(old) == sweep.run_key(plain[0])
+    assert sweep._slug(dora[0]).endswith("_dora_s0") and "dora" not in sweep._slug(plain[0])
+    calls: list = []
+    out = tmp_path / "r.jsonl"
+    records = sweep.run_sweep(_fake_task(calls), plain + dora, out, progress=False)
+    assert [c["lora"].variant for c in calls if "lora" in c] == [None, "dora"]
+    assert [r["variant"] for r in records] == [None, "dora", None]
+    table = sweep.markdown_report(records)
+    assert "| fake | dora | 2 |" in table and "| fake | lora | 2 |" in table
+    with pytest.raises(ValueError, match="unknown variant 'dorra'; expected one of dora"):
+        sweep.make_grid(variant="dorra")
