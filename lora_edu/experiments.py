@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
-from lora_edu.sweep import _canonical, _slug, make_grid, run_key, run_sweep, unique_runs
+from lora_edu.sweep import _canonical, _slug, make_grid, run_sweep, unique_runs
 
 QV = ("query", "value")
 #: BERT's attention output projection (``output.dense`` alone would also match the MLP's).
@@ -271,11 +271,10 @@ def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
     return False
 
 
-def _study_table(rows: list[dict[str, Any]], losses: dict[str, float] | None = None) -> str:
+def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
     """One study's aggregated rows, baselines first: method, the settings that vary within the
     study (rank, α, targets, learning rate), trainable %, the metric (mean ± half the spread of
-    the seeds), the held-out loss when ``losses`` (row key → mean loss) is given, and the number
-    of seeds."""
+    the seeds), the mean held-out loss with ``show_loss``, and the number of seeds."""
     rows = sorted(
         rows,
         key=lambda r: (
@@ -301,7 +300,7 @@ def _study_table(rows: list[dict[str, Any]], losses: dict[str, float] | None = N
     }
     columns = [c for c in ("r", "α", "targets", "lr") if shown[c]]
     metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
-    loss_header = ["validation loss"] if losses is not None else []
+    loss_header = ["validation loss"] if show_loss else []
     header = ["method", *columns, "trainable %", metric_name, *loss_header, "seeds"]
     align = ["---"] + ["---:" if c != "targets" else "---" for c in columns]
     align += ["---:"] * (len(header) - len(align))
@@ -313,8 +312,8 @@ def _study_table(rows: list[dict[str, Any]], losses: dict[str, float] | None = N
             metric += f" ± {100 * row['spread'] / 2:.2f}"
         name = row.get("variant") or row["method"]  # a LoRA variant shows its own name
         values = [name, *(cells[c](row) for c in columns), f"{pct:.3f}", metric]
-        if losses is not None:
-            values.append(f"{losses[run_key({**row, 'seed': None})]:.3f}")
+        if show_loss:
+            values.append(f"{row['eval_loss']:.3f}")
         lines.append("| " + " | ".join(values + [str(len(row["seeds"]))]) + " |")
     return "\n".join(lines)
 
@@ -329,32 +328,28 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
     placed: set[int] = set()
     parts = []
     for task, preset, title in STUDIES:
-        mine = [rec for rec in records if rec.get("task") == task]
-        if not mine:
+        first = next((rec for rec in records if rec.get("task") == task), None)
+        if first is None:
             continue
-        with _at_profile(mine[0].get("profile") or profile()):
+        with _at_profile(first.get("profile") or profile()):
             try:
                 grid = preset_grid(task, preset)
             except ValueError:  # e.g. the E2E grid before its learning-rate pilot is complete
                 continue
-        chosen = [i for i, rec in enumerate(records) if rec in mine and _in_grid(rec, grid)]
+        chosen = [
+            i for i, rec in enumerate(records) if rec.get("task") == task and _in_grid(rec, grid)
+        ]
         if not chosen:
             continue
         placed.update(chosen)
         rows = aggregate([records[i] for i in chosen])
-        losses = None
-        if task == "e2e-dev":  # the pilot chose by validation loss: show it
-            groups: dict[str, list[float]] = {}
-            for i in chosen:
-                key = run_key({**records[i], "seed": None})
-                groups.setdefault(key, []).append(records[i]["eval_loss"])
-            losses = {k: sum(v) / len(v) for k, v in groups.items()}
         epochs = rows[0]["epochs"]
         budget = f"{rows[0]['n_train']:,} training examples × {epochs} epoch{'s' * (epochs != 1)}"
         lrs = {row["lr"] for row in rows if row["lr"] is not None}
         if len(lrs) == 1:  # one learning rate for the whole table: say it once
             budget += f", learning rate {lrs.pop():g}"
-        parts.append(f"**{title}** ({budget})\n\n{_study_table(rows, losses)}")
+        # the learning-rate pilot chose by validation loss: show it
+        parts.append(f"**{title}** ({budget})\n\n{_study_table(rows, task == 'e2e-dev')}")
     rest = [rec for i, rec in enumerate(records) if i not in placed]
     if rest:
         parts.append(f"**Other runs**\n\n{markdown_report(rest)}")

@@ -578,7 +578,8 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration (records equal in everything but the seed): the mean metric
-    and train seconds over seeds, the seeds' spread (max − min) and their count."""
+    and train seconds over seeds, the seeds' spread (max − min) and their count, and the mean
+    held-out loss (``eval_loss``) when every record has one (else None)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         key = run_key({**rec, "seed": None})
@@ -586,6 +587,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for recs in groups.values():
         metrics = [r["metric"] for r in recs]
+        losses = [r.get("eval_loss") for r in recs]
         first = recs[0]
         rows.append(
             {
@@ -597,6 +599,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "trainable_params": first.get("trainable_params"),
                 "total_params": first.get("total_params"),
                 "train_seconds": sum(r.get("train_seconds", 0.0) for r in recs) / len(recs),
+                "eval_loss": None if None in losses else sum(losses) / len(losses),
                 "profile": first.get("profile"),
             }
         )
