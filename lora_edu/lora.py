@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_edu.variants import VARIANTS
+from lora_edu.variants.vera import D_INITIAL, PROJECTION_PRNG_KEY
 
 INITS = ("kaiming", "gaussian", "pissa")
 BIAS_MODES = ("none", "all", "lora_only")
@@ -170,8 +171,10 @@ class LoRALinear(nn.Module):
             (A, B from W's top-r SVD and W replaced by the residual, see ``pissa_init``). All
             three leave the layer's output unchanged at step 0.
         use_rslora: rank-stabilised scaling ``alpha / √r``.
-        variant: a LoRA descendant that changes how the update is applied (``"dora"``, see
+        variant: a LoRA descendant (``"dora"``, ``"vera"``, ``"lora-fa"``, ``"lora-plus"``, see
             ``lora_edu.variants``), kept as ``self.variant``; None for plain LoRA.
+        shared: state every adapted layer of a model shares (VeRA's random matrices), built by
+            ``apply_lora`` with the variant's ``shared_state``.
 
     ``lora_A`` and ``lora_B`` are created on the base weight's device and dtype. Freezing the
     base layer is ``mark_only_lora_trainable``'s job, not this class's.
@@ -186,6 +189,7 @@ class LoRALinear(nn.Module):
         init: str = "kaiming",
         use_rslora: bool = False,
         variant: str | None = None,
+        shared: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -208,8 +212,11 @@ class LoRALinear(nn.Module):
         self.disabled = False  # set by disable_adapters(): the base layer alone answers
         self._init_lora(init)
         _check_variant(variant)
-        # The variant is built last: DoRA's magnitude starts from the initialised W + s·B A.
-        self.variant = None if variant is None else VARIANTS[variant](self)
+        # The variant is built last: DoRA's magnitude starts from the initialised W + s·B A
+        # (computed while the layer is still plain LoRA).
+        self.variant = None
+        if variant is not None:
+            self.variant = VARIANTS[variant](self, **(shared or {}))
 
     @torch.no_grad()
     def _init_lora(self, init: str) -> None:
@@ -234,6 +241,10 @@ class LoRALinear(nn.Module):
             return y  # ΔW already lives inside W, or the adapter is switched off
         if self.variant is not None:
             return self.variant(self, x, y)  # e.g. DoRA: the variant applies the update
+        return self.lora_forward(x, y)
+
+    def lora_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Plain LoRA's output ``y + scaling · B A dropout(x)``, from the base output ``y``."""
         x = x.to(self.lora_A.dtype)  # a no-op unless A, B are kept in another dtype than W
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): the bottleneck x Aᵀ
         # scaling · Bᵀ as a contiguous (r, d_out) matrix: the scaling costs d_out·r multiplies
@@ -247,6 +258,10 @@ class LoRALinear(nn.Module):
         return out.view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
+        """ΔW (d_out, d_in), what ``merge`` adds to W: ``scaling · B A``, or the variant's own."""
+        return self.lora_delta_weight() if self.variant is None else self.variant.delta_weight(self)
+
+    def lora_delta_weight(self) -> torch.Tensor:
         """ΔW = scaling · B A, shape (d_out, d_in), in the base weight's dtype."""
         A, B = self.lora_A, self.lora_B
         if A.dtype in (torch.float16, torch.bfloat16):
@@ -321,7 +336,10 @@ class LoRAConfig:
     init: str = field(default="kaiming", metadata={"help": "kaiming | gaussian | pissa"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scaling"})
     variant: str | None = field(
-        default=None, metadata={"help": "a LoRA descendant: None (plain LoRA) | dora"}
+        default=None,
+        metadata={
+            "help": "a LoRA descendant: None (plain LoRA) | dora | vera | lora-fa | lora-plus"
+        },
     )
     bias: str = field(
         default="none", metadata={"help": "biases trained too: none | all | lora_only"}
@@ -617,6 +635,15 @@ def apply_lora(
         )
     names = _resolve_targets(model, target_modules)
     _refuse_aliases(model, names)
+    shared: dict[str, Any] = {}
+    if variant is not None:
+        shared = VARIANTS[variant].shared_state([model.get_submodule(n) for n in names], r)
+    if shared and isinstance(previous, LoRAConfig):
+        raise ValueError(
+            f"variant {variant!r} shares one set of matrices across all its layers, sized for "
+            "the layers adapted together; apply it in one apply_lora call with every target "
+            "(unload_lora(model) first)"
+        )
     # All or nothing: a layer that fails (e.g. PiSSA with r above what a small layer allows)
     # puts every layer wrapped so far back as it was, weights included.
     wrapped: list[tuple[str, nn.Linear, torch.Tensor | None]] = []
@@ -624,7 +651,7 @@ def apply_lora(
         for name in names:
             layer = model.get_submodule(name)
             weight = layer.weight.detach().clone() if init == "pissa" else None
-            _set_submodule(model, name, LoRALinear(layer, *settings))
+            _set_submodule(model, name, LoRALinear(layer, *settings, shared=shared))
             wrapped.append((name, layer, weight))
     except Exception:
         for name, layer, weight in reversed(wrapped):
@@ -671,8 +698,40 @@ def mark_only_lora_trainable(
     saved = _resolve_modules_to_save(model, modules_to_save)
     config = _config_of(model)
     config.bias, config.modules_to_save = bias, saved
+    frozen = _frozen_by_variants(model)  # e.g. LoRA-FA's A: part of the adapter, not trained
     for name, param in model.named_parameters():
-        param.requires_grad_(_is_adapter_tensor(name, lora_names, config))
+        param.requires_grad_(name not in frozen and _is_adapter_tensor(name, lora_names, config))
+
+
+def _frozen_by_variants(model: nn.Module) -> set[str]:
+    """Names of the ``lora_A``/``lora_B`` parameters that the layers' variants keep frozen."""
+    return {
+        f"{name}.{param}"
+        for name, layer in _lora_layers(model)
+        if layer.variant is not None
+        for param in layer.variant.frozen
+    }
+
+
+def optimizer_param_groups(
+    model: nn.Module, lr: float, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups: one at ``lr``, and one per learning-rate
+    factor a variant asks for (LoRA+: every ``lora_B`` at 16 × lr). Without such a variant this
+    is one group, the same as passing the trainable parameters to the optimizer."""
+    factors = {
+        id(getattr(layer, param)): factor
+        for _, layer in _lora_layers(model)
+        if layer.variant is not None
+        for param, factor in layer.variant.lr_factors.items()
+    }
+    groups: dict[float, list[nn.Parameter]] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            groups.setdefault(factors.get(id(param), 1.0), []).append(param)
+    # The group at lr itself comes first: schedulers and logs read the first group's rate.
+    order = sorted(groups, key=lambda factor: (factor != 1.0, factor))
+    return [{"params": groups[f], "lr": lr * f, "weight_decay": weight_decay} for f in order]
 
 
 def _is_adapter_tensor(name: str, lora_names: set[str], config: LoRAConfig) -> bool:
@@ -857,14 +916,27 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     base_model.model.<layer>.lora_A.weight    (r, d_in)
     base_model.model.<layer>.lora_B.weight    (d_out, r)
     base_model.model.<layer>.lora_magnitude_vector   (d_out,) with DoRA (a variant's ``peft_keys``)
+    base_model.model.<layer>.vera_lambda_b / vera_lambda_d, base_model.vera_A / vera_B   VeRA
     base_model.model.<path>.bias              with bias="all" / "lora_only"
     base_model.model.<module>.<param>         for modules_to_save, e.g. classifier.weight
     """
-    lora_names = {n for n, _ in _lora_layers(model)}
+    layers = _lora_layers(model)
+    lora_names = {n for n, _ in layers}
     config = _config_of(model)
+    # VeRA: the shared random A and B are saved once, under base_model.vera_A / vera_B.
+    unsaved = {
+        f"{n}.{p}"
+        for n, layer in layers
+        if layer.variant is not None and not layer.variant.saves_lora
+        for p in ("lora_A", "lora_B")
+    }
     state = {}
+    for _, layer in layers:
+        if layer.variant is not None:
+            for key, tensor in layer.variant.adapter_tensors().items():
+                state.setdefault(f"base_model.{key}", tensor)
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if _is_adapter_tensor(name, lora_names, config):
+        if name not in unsaved and _is_adapter_tensor(name, lora_names, config):
             owner, _, leaf = name.rpartition(".")
             layer = _variant_layer(owner, lora_names)
             if layer is not None:
@@ -883,6 +955,23 @@ def _peft_config(
     adapted = [n for n, _ in _require_lora_layers(model)]
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if config.variant == "vera":
+        return {
+            "peft_type": "VERA",
+            "task_type": task_type,
+            "base_model_name_or_path": base_model_name_or_path or None,
+            "r": config.r,
+            "target_modules": _minimal_targets(model, adapted),
+            "projection_prng_key": PROJECTION_PRNG_KEY,
+            "save_projection": True,
+            "vera_dropout": config.dropout,
+            "d_initial": D_INITIAL,
+            "bias": config.bias,
+            "modules_to_save": list(config.modules_to_save) or None,
+            "fan_in_fan_out": False,
+            "init_weights": True,
+            "inference_mode": True,
+        }
     return {
         "peft_type": "LORA",
         "task_type": task_type,
@@ -973,8 +1062,14 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
             f"{config_path}: a JSON {type(raw).__name__}; expected an object with PEFT's fields "
             "(peft_type, r, lora_alpha, target_modules, ...)"
         )
-    if raw.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path} is a {raw.get('peft_type')!r} adapter, not a LoRA one")
+    peft_type = raw.get("peft_type")
+    if peft_type not in ("LORA", "VERA"):
+        raise ValueError(
+            f"{config_path} is a {peft_type!r} adapter; lora_edu reads LORA (plain, DoRA) and "
+            "VERA adapters"
+        )
+    if peft_type == "VERA":
+        raw = _vera_as_lora_fields(raw, config_path)
     for key in ("r", "lora_alpha", "target_modules"):
         if raw.get(key) is None:
             raise ValueError(f"{config_path}: the field {key!r} is missing or null")
@@ -1016,7 +1111,7 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
         dropout=dropout,
         init=init,
         use_rslora=bool(raw.get("use_rslora", False)),
-        variant="dora" if raw.get("use_dora") else None,
+        variant="vera" if peft_type == "VERA" else "dora" if raw.get("use_dora") else None,
         bias=raw.get("bias", "none"),
         modules_to_save=list(raw.get("modules_to_save") or []),
     )
@@ -1038,6 +1133,18 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
                 f"{weights_path}: tensor {key!r} holds NaN or Inf (saved from a diverged run?)"
             )
     return settings, tensors
+
+
+def _vera_as_lora_fields(raw: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A VeRA adapter config in LoRA's field names (VeRA has no alpha: scaling does not apply).
+    Only the matrices saved in the file are used (``save_projection``); PEFT's default."""
+    if not raw.get("save_projection", True):
+        raise ValueError(
+            f"{where}: a VeRA adapter saved without its shared matrices (save_projection=false); "
+            "lora_edu reads VeRA files that hold them: save it again with save_projection=True"
+        )
+    # d_initial and init_weights set only the starting values, which the file's tensors replace.
+    return {**raw, "lora_alpha": raw.get("r"), "lora_dropout": raw.get("vera_dropout", 0.0)}
 
 
 def _check_fit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: Path):

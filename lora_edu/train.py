@@ -53,6 +53,7 @@ from lora_edu import config
 from lora_edu.lora import (
     LORA_RECORD_FIELDS,
     LoRAConfig,
+    optimizer_param_groups,
     apply_lora,
     count_parameters,
     mark_only_lora_trainable,
@@ -348,7 +349,8 @@ def fit(
     steps_per_epoch = math.ceil(n_train / batch_size)
     total = epochs * steps_per_epoch
     warmup = int(warmup_ratio * total)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # One group at lr, plus one per factor a LoRA variant asks for (LoRA+: B at 16 × lr).
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr, weight_decay))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_schedule(step, warmup, total)
     )

@@ -470,7 +470,9 @@ def test_load_refuses_pickle_missing_files_and_unsupported_features(saved):
     with pytest.raises(ValueError, match="'init_lora_weights': 'olora'"):
         load_adapter(tiny_bert(), saved)
     (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"peft_type": "IA3"}))
-    with pytest.raises(ValueError, match="is a 'IA3' adapter, not a LoRA one"):
+    with pytest.raises(
+        ValueError, match="is a 'IA3' adapter; lora_edu reads LORA \\(plain, DoRA\\) and VERA"
+    ):
         load_adapter(tiny_bert(), saved)
     (saved / ADAPTER_CONFIG).unlink()
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):

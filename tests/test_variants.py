@@ -16,10 +16,11 @@ from lora_edu.lora import (
     load_adapter,
     mark_only_lora_trainable,
     merge_lora,
+    optimizer_param_groups,
     save_adapter,
     unload_lora,
 )
-from lora_edu.variants import DoRA
+from lora_edu.variants import LORA_PLUS_RATIO, DoRA, VeRA
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -162,10 +163,143 @@ def test_dora_adapter_files_round_trip_with_peft(ids, tmp_path):
 
 
 def test_a_variant_name_is_checked_and_travels_in_the_config():
-    with pytest.raises(ValueError, match="variant must be None .* or one of 'dora', got 'dorra'"):
+    with pytest.raises(
+        ValueError, match="variant must be None .* or one of 'dora', 'vera', .*, got 'dorra'"
+    ):
         LoRAConfig(["query"], variant="dorra")
     model = tiny_bert()
     apply_lora(model, ["query"], r=2, alpha=2, variant="dora")
     assert model.lora_config.record()["variant"] == "dora"
     with pytest.raises(ValueError, match="already has LoRA with"):
         apply_lora(model, ["value"], r=2, alpha=2)  # plain LoRA beside DoRA: one config per model
+
+
+# ------------------------------------------------------------------------------------- VeRA
+
+
+def vera_pair():
+    """Our VeRA model and PEFT's, holding the same non-zero scaling vectors (and the shared
+    matrices, which PEFT insists on loading; that both draw the same ones is tested separately)."""
+    ours = tiny_bert()
+    apply_lora(ours, LoRAConfig(TARGETS, r=6, variant="vera"))
+    mark_only_lora_trainable(ours)
+    theirs = peft.get_peft_model(tiny_bert(), peft.VeraConfig(r=6, target_modules=TARGETS))
+    torch.manual_seed(2)
+    state = {}
+    for key, tensor in adapter_state_dict(ours).items():
+        if "lambda" in key:
+            with torch.no_grad():
+                tensor.normal_()
+        state[key] = tensor.detach().clone()
+    result = peft.set_peft_model_state_dict(theirs, state)
+    assert not [k for k in result.unexpected_keys if "vera" in k]
+    return ours, theirs
+
+
+def test_vera_shares_one_random_pair_drawn_as_peft_draws_it():
+    ours = tiny_bert()
+    apply_lora(ours, LoRAConfig(TARGETS, r=6, variant="vera"))
+    mark_only_lora_trainable(ours)
+    theirs = peft.get_peft_model(tiny_bert(), peft.VeraConfig(r=6, target_modules=TARGETS))
+    layers = [m for m in ours.modules() if isinstance(m, LoRALinear)]
+    variant = layers[0].variant
+    assert isinstance(variant, VeRA)
+    # the largest d_in and d_out among q, v (32 → 32) and intermediate.dense (32 → 37)
+    assert variant.vera_A.shape == (6, 32) and variant.vera_B.shape == (37, 6)
+    torch.testing.assert_close(variant.vera_A, theirs.base_model.vera_A["default"])
+    torch.testing.assert_close(variant.vera_B, theirs.base_model.vera_B["default"])
+    for layer in layers:  # every layer's A, B: frozen views of the one shared pair
+        assert layer.lora_B.data_ptr() == variant.vera_B.data_ptr()
+        assert not layer.lora_A.requires_grad and not layer.lora_B.requires_grad
+    trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
+    head = sum(p.numel() for p in ours.classifier.parameters())
+    assert trainable == 2 * (2 * (6 + 32) + (6 + 37))  # r + d_out per layer, 3 layers × 2
+    assert head and not any(p.requires_grad for p in ours.classifier.parameters())
+
+
+def test_vera_starts_as_the_base_model_and_its_forward_and_gradients_equal_peft(ids):
+    base = tiny_bert()
+    fresh = copy.deepcopy(base)
+    apply_lora(fresh, TARGETS, r=6, variant="vera")
+    ours, theirs = vera_pair()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, base(ids).logits)  # λ_b = 0: ΔW = 0
+        close(ours(ids).logits, theirs(ids).logits)
+        assert (ours(ids).logits - base(ids).logits).abs().max() > 1e-3
+    for model in (ours, theirs):
+        model(ids).logits.square().sum().backward()
+    name = "bert.encoder.layer.1.intermediate.dense"
+    mine, peft_layer = ours.get_submodule(name).variant, theirs.base_model.model.get_submodule(name)
+    close(mine.lambda_b.grad, peft_layer.vera_lambda_b["default"].grad, "gradient of λ_b")
+    close(mine.lambda_d.grad, peft_layer.vera_lambda_d["default"].grad, "gradient of λ_d")
+
+
+def test_vera_merges_exactly_and_its_files_round_trip_with_peft(ids, tmp_path):
+    ours, theirs = vera_pair()
+    with torch.no_grad():
+        expected = ours(ids).logits
+        close(merge_lora(copy.deepcopy(ours))(ids).logits, expected)
+    save_adapter(ours, tmp_path / "ours")
+    assert '"peft_type": "VERA"' in (tmp_path / "ours" / ADAPTER_CONFIG).read_text()
+    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours").eval()
+    theirs.save_pretrained(tmp_path / "peft")
+    back = tiny_bert()
+    load_adapter(back, tmp_path / "peft")
+    assert back.lora_config.variant == "vera"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_by_peft(ids).logits, expected)
+        torch.testing.assert_close(back(ids).logits, expected)
+
+
+def test_vera_refuses_what_it_cannot_do(tmp_path):
+    model = tiny_bert()
+    apply_lora(model, ["query"], r=4, variant="vera")
+    with pytest.raises(ValueError, match="shares one set of matrices"):
+        apply_lora(model, ["value"], r=4, variant="vera")  # another draw would not fit the file
+    with pytest.raises(ValueError, match="init='pissa' is for LoRA"):
+        apply_lora(tiny_bert(), ["query"], r=4, init="pissa", variant="vera")
+    theirs = peft.get_peft_model(
+        tiny_bert(), peft.VeraConfig(r=4, target_modules=["query"], save_projection=False)
+    )
+    theirs.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="without its shared matrices"):
+        load_adapter(tiny_bert(), tmp_path)
+
+
+# ------------------------------------------------------------------------ LoRA-FA and LoRA+
+
+
+def test_lora_fa_freezes_a_but_saves_it(ids, tmp_path):
+    model = tiny_bert()
+    apply_lora(model, LoRAConfig(TARGETS, r=4, alpha=8, variant="lora-fa"))
+    mark_only_lora_trainable(model)
+    layer = model.get_submodule("bert.encoder.layer.0.attention.self.query")
+    a0 = layer.lora_A.detach().clone()
+    assert not layer.lora_A.requires_grad and layer.lora_B.requires_grad
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr=1e-2))
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(ids).logits.square().sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(layer.lora_A, a0)  # A as initialised
+    assert layer.lora_B.abs().max() > 0  # B learned
+    save_adapter(model, tmp_path)  # a plain LoRA file: A is needed to rebuild ΔW
+    assert any(k.endswith("query.lora_A.weight") for k in adapter_state_dict(model))
+    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_by_peft(ids).logits, model.eval()(ids).logits)
+
+
+def test_lora_plus_gives_b_its_own_learning_rate():
+    model = tiny_bert()
+    apply_lora(model, LoRAConfig(TARGETS, r=4, alpha=8, variant="lora-plus"))
+    mark_only_lora_trainable(model, modules_to_save=["classifier"])
+    groups = optimizer_param_groups(model, lr=1e-3, weight_decay=0.01)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3 * LORA_PLUS_RATIO]
+    b_ids = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRALinear)}
+    assert {id(p) for p in groups[1]["params"]} == b_ids  # B, and only B, at 16 × lr
+    assert any(p is model.classifier.weight for p in groups[0]["params"])  # the head at lr
+    plain = tiny_bert()
+    apply_lora(plain, TARGETS, r=4, alpha=8)
+    mark_only_lora_trainable(plain)
+    assert len(optimizer_param_groups(plain, lr=1e-3)) == 1  # plain LoRA: one learning rate

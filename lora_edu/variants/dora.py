@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_edu.variants.base import Variant
+
 if TYPE_CHECKING:
     from lora_edu.lora import LoRALinear
 
 
-class DoRA(nn.Module):
+class DoRA(Variant):
     """The magnitude ``m`` (d_out,) of one ``LoRALinear``, initialised to ``‖W + s·B A‖`` per
     output feature (``‖W‖`` when B = 0), so the layer's output is unchanged at step 0."""
 
@@ -34,7 +36,7 @@ class DoRA(nn.Module):
     peft_keys = {"magnitude": "lora_magnitude_vector"}
 
     def __init__(self, layer: LoRALinear) -> None:
-        super().__init__()
+        super().__init__(layer)
         with torch.no_grad():
             self.magnitude = nn.Parameter(self.weight_norm(layer).clone())
         self._norm_at_merge: torch.Tensor | None = None
