@@ -53,10 +53,10 @@ from lora_edu import config
 from lora_edu.lora import (
     LORA_RECORD_FIELDS,
     LoRAConfig,
-    optimizer_param_groups,
     apply_lora,
     count_parameters,
     mark_only_lora_trainable,
+    optimizer_param_groups,
 )
 from lora_edu.models import (
     TinyViT,
