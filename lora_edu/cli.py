@@ -117,7 +117,7 @@ def _sweep(args: argparse.Namespace) -> int:
                     lr=args.lr,
                 )
         grid = unique_runs(grid)  # non-LoRA runs appear once per alpha: keep one
-    out = args.out or results_file(args.task)
+    out = args.out or results_file(args.task, args.preset or ())
     records = run_sweep(
         args.task, grid, out, keep_adapters=args.keep_adapters, progress=not args.quiet
     )
@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs methods × ranks × alphas × target sets × seeds on a task at the active "
         "profile's budget (LORA_EDU_PROFILE). Runs already in --out are skipped.",
     )
-    sw.add_argument("--task", required=True, choices=["sst2", "conll2003", "vit", "e2e", "e2e-dev"])
+    sw.add_argument(
+        "--task", required=True, choices=["sst2", "sst2-dev", "conll2003", "vit", "e2e", "e2e-dev"]
+    )
     sw.add_argument(
         "--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit (e2e: none)"
     )
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--variant",
         default=None,
-        help="a LoRA variant for the LoRA runs, e.g. dora (default: plain LoRA)",
+        help="a LoRA variant for the LoRA runs: dora, vera, lora-fa, lora-plus (default: plain LoRA)",
     )
     sw.add_argument(
         "--rslora", action="store_true", help="scaling alpha/sqrt(r) instead of alpha/r"
@@ -249,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv(str),
         default=None,
         help="named grids of lora_edu.experiments instead of the options above, e.g. "
-        "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters; "
-        "conll2003 and vit: headline, ranks; e2e-dev: lr-pilot; e2e: table3)",
+        "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters, "
+        "variants; sst2-dev: variants-pilot; conll2003 and vit: headline, ranks; e2e-dev: "
+        "lr-pilot; e2e: table3)",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)

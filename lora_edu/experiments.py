@@ -194,6 +194,103 @@ def _e2e_table3() -> list[dict[str, Any]]:
     return runs + lora(E2E_ALL_LINEAR_RANK, ("all-linear",), 0)
 
 
+# ------------------------------------------------------------------ LoRA's variants (notebook 11)
+
+#: The variant comparison on SST-2 at LoRA r=8 on q, v's budget (73,728 adapter parameters):
+#: name → (rank, ``make_grid`` keywords). LoRA-FA trains B only, so twice the rank gives the same
+#: budget; DoRA adds one magnitude per output feature (+4,608). VeRA trains r + d_out numbers per
+#: layer and cannot reach the budget at a sensible cost (r=256 gives 7,680): that is its point.
+VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
+    "lora": (8, {}),
+    "rslora": (8, {"use_rslora": True}),
+    "pissa": (8, {"init": "pissa"}),
+    "dora": (8, {"variant": "dora"}),
+    "lora-plus": (8, {"variant": "lora-plus"}),
+    "lora-fa": (16, {"variant": "lora-fa"}),
+    "vera": (256, {"variant": "vera"}),
+}
+#: Three learning rates per variant, a factor 2–2.5 apart, around LoRA's 2e-3: lower for rsLoRA
+#: (scaling α/√r is 2.8× α/r at r=8) and LoRA+ (B learns at 16× the rate), higher for VeRA
+#: (only scaling vectors train; its paper uses 1e-2 and above). PiSSA starts on W's principal
+#: directions, where large steps change the model most: its grid starts lower too.
+VARIANT_PILOT_LRS: dict[str, tuple[float, ...]] = {
+    "lora": (1e-3, 2e-3, 5e-3),
+    "rslora": (5e-4, 1e-3, 2e-3),
+    "pissa": (5e-4, 1e-3, 2e-3),
+    "dora": (1e-3, 2e-3, 5e-3),
+    "lora-plus": (2e-4, 5e-4, 1e-3),
+    "lora-fa": (1e-3, 2e-3, 5e-3),
+    "vera": (5e-3, 1e-2, 2e-2),
+}
+
+
+def variant_name(record: dict[str, Any]) -> str:
+    """Which entry of ``VARIANT_RUNS`` a LoRA record is: rsLoRA and PiSSA are settings of plain
+    LoRA (``use_rslora``, ``init``), the others a ``variant``."""
+    if record.get("use_rslora"):
+        return "rslora"
+    if record.get("init") == "pissa":
+        return "pissa"
+    return record.get("variant") or "lora"
+
+
+def _variant_runs(name: str, lr: float, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    r, settings = VARIANT_RUNS[name]
+    return make_grid(["lora"], [r], [16], [QV], seeds, lr=lr, **settings)
+
+
+def _variants_pilot() -> list[dict[str, Any]]:
+    """Every variant at each pilot learning rate, seed 0, scored on held-out training sentences
+    (task ``sst2-dev``), never on the validation set that the comparison reports."""
+    lrs = by_profile(
+        smoke={k: v[1:2] for k, v in VARIANT_PILOT_LRS.items()}, default=VARIANT_PILOT_LRS
+    )
+    return [
+        run for name, rates in lrs.items() for lr in rates for run in _variant_runs(name, lr, [0])
+    ]
+
+
+def variants_chosen_lrs() -> dict[str, float]:
+    """Each variant's learning rate: the one with the best held-out accuracy in the pilot
+    (``sst2-dev``; a tie goes to the lower rate). Raises, naming the command, while the pilot is
+    incomplete, except in ``smoke``, where a variant without pilot runs takes its middle rate."""
+    from lora_edu.sweep import read_results
+
+    wanted = {(variant_name(run), run["lr"]) for run in _variants_pilot()}
+    records = [
+        rec
+        for rec in read_results(results_file("sst2-dev", "variants-pilot"))
+        if (variant_name(rec), rec["lr"]) in wanted and rec["method"] == "lora"
+    ]
+    missing = sorted(wanted - {(variant_name(rec), rec["lr"]) for rec in records})
+    if missing and profile() != "smoke":
+        raise ValueError(
+            f"the learning-rate pilot is incomplete in "
+            f"{results_file('sst2-dev', 'variants-pilot')} (missing "
+            f"{', '.join(f'{m} at lr {lr:g}' for m, lr in missing)}); run "
+            f"`{sweep_command('sst2-dev', 'variants-pilot')}` first"
+        )
+    chosen = {}
+    for name, rates in VARIANT_PILOT_LRS.items():
+        mine = [rec for rec in records if variant_name(rec) == name]
+        if mine and name not in {m for m, _ in missing}:
+            chosen[name] = max(mine, key=lambda rec: (rec["metric"], -rec["lr"]))["lr"]
+        else:
+            chosen[name] = rates[1]
+    return chosen
+
+
+#: Seeds of the variant comparison (each variant at its pilot learning rate).
+VARIANT_SEEDS = (0, 1)
+
+
+def _variants() -> list[dict[str, Any]]:
+    """Every variant at its pilot learning rate, on the reported SST-2 validation set."""
+    lrs = variants_chosen_lrs()
+    seeds = by_profile(smoke=[0], default=list(VARIANT_SEEDS))
+    return [run for name in VARIANT_RUNS for run in _variant_runs(name, lrs[name], seeds)]
+
+
 #: task → preset name → the grid (at the active profile).
 PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     "sst2": {
@@ -203,7 +300,9 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
         "targets": _table5,
         "query-ranks": _query_ranks,
         "paper-adapters": _paper_adapters,
+        "variants": _variants,
     },
+    "sst2-dev": {"variants-pilot": _variants_pilot},
     "conll2003": {"headline": _headline, "ranks": _ranks("conll2003")},
     "vit": {"headline": _vit_headline, "ranks": _vit_ranks},
     "e2e-dev": {"lr-pilot": _e2e_lr_pilot},
@@ -366,13 +465,25 @@ def _smoke_dir() -> Path:
     return _SMOKE_DIR
 
 
-def results_file(task: str) -> Path:
+#: Presets whose results have a file of their own (task, preset) → its name, instead of the task's.
+PRESET_FILES = {("sst2", "variants"): "variants", ("sst2-dev", "variants-pilot"): "variants-dev"}
+
+
+def results_file(task: str, presets: str | Sequence[str] = ()) -> Path:
     """The results file of ``task`` at the active profile: ``data/results/TASK-PROFILE.jsonl``
     (see ``config.results_dir``), or in ``smoke`` a file in a temporary folder made once per
-    process."""
+    process. A preset listed in ``PRESET_FILES`` has its own file (``variants-default.jsonl``)."""
+    names = [presets] if isinstance(presets, str) else list(presets)
+    own = {PRESET_FILES.get((task, name), task) for name in names}
+    if len(own) > 1:
+        raise ValueError(
+            f"presets {names} of {task} keep their results in different files ({sorted(own)}); "
+            "run them one at a time"
+        )
+    stem = own.pop() if own else task
     if profile() == "smoke":
-        return _smoke_dir() / "results" / f"{task}-smoke.jsonl"
-    return results_dir() / f"{task}-{profile()}.jsonl"
+        return _smoke_dir() / "results" / f"{stem}-smoke.jsonl"
+    return results_dir() / f"{stem}-{profile()}.jsonl"
 
 
 def kept_adapter_dir(task: str, run: dict[str, Any]) -> Path:
@@ -447,7 +558,7 @@ def run_presets(
 ) -> list[dict[str, Any]]:
     """Run the presets' grid with ``run_sweep`` (finished runs in the results file are re-used,
     so with the committed results nothing is trained) and return its records."""
-    out = results_file(task) if out is None else Path(out)
+    out = results_file(task, names) if out is None else Path(out)
     return run_sweep(
         task, preset_grid(task, names), out, keep_adapters=keep_adapters, progress=progress
     )

@@ -282,6 +282,23 @@ def _text_task_data(loader: Callable[[], Any], budget: Callable[[], dict]):
     return load
 
 
+#: Training examples held out of SST-2's training set for choosing learning rates (``sst2-dev``).
+SST2_DEV_SIZE = {"smoke": 64, "default": 1000, "full": 1000}
+
+
+def _sst2_dev_data():
+    """SST-2 for choosing learning rates: the same training subset as ``sst2`` (drawn with
+    seed 0), scored on ``SST2_DEV_SIZE`` other training sentences, never on the validation set
+    that the ``sst2`` results report. (In ``full``, which trains on the whole training set,
+    those sentences are taken out of it.)"""
+    from lora_edu.data import load_sst2
+
+    b, n_dev = _sst2_budget(), SST2_DEV_SIZE[profile()]
+    shuffled = load_sst2()["train"].shuffle(seed=0)
+    n_train = b["n_train"] if b["n_train"] is not None else len(shuffled) - n_dev
+    return shuffled.select(range(n_train)), shuffled.select(range(n_train, n_train + n_dev))
+
+
 def _sst2_budget() -> dict[str, Any]:
     return by_profile(
         smoke={"n_train": 64, "n_eval": 64, "epochs": 1, "batch_size": 16},
@@ -374,7 +391,8 @@ def _e2e_finetune(train_ds, eval_pair, **kwargs):
 
 
 def task_spec(name: str) -> TaskSpec:
-    """The ``TaskSpec`` of ``sst2``, ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
+    """The ``TaskSpec`` of ``sst2``, ``sst2-dev`` (the same training, accuracy on held-out
+    training sentences: for choosing learning rates), ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
     to scikit-learn's digits), ``e2e`` (SmolLM2 on E2E NLG, BLEU on the test MRs) or
     ``e2e-dev`` (the same training, BLEU on held-out validation MRs: for choosing learning
     rates); imports the training code on demand."""
@@ -394,6 +412,9 @@ def task_spec(name: str) -> TaskSpec:
             _text_task_data(data.load_conll2003, _conll_budget),
             train.finetune_token_classifier,
             _conll_budget,
+        ),
+        "sst2-dev": TaskSpec(
+            "sst2-dev", "accuracy", _sst2_dev_data, train.finetune_text_classifier, _sst2_budget
         ),
         "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
         **{
