@@ -200,6 +200,7 @@ def _e2e_table3() -> list[dict[str, Any]]:
 #: name → (rank, ``make_grid`` keywords). LoRA-FA trains B only, so twice the rank gives the same
 #: budget; DoRA adds one magnitude per output feature (+4,608). VeRA trains r + d_out numbers per
 #: layer and cannot reach the budget at a sensible cost (r=256 gives 7,680): that is its point.
+#: QLoRA is LoRA r=8 on a base whose linear layers are stored in NF4 (``lora_edu.quant``).
 VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
     "lora": (8, {}),
     "rslora": (8, {"use_rslora": True}),
@@ -208,6 +209,7 @@ VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
     "lora-plus": (8, {"variant": "lora-plus"}),
     "lora-fa": (16, {"variant": "lora-fa"}),
     "vera": (256, {"variant": "vera"}),
+    "qlora": (8, {"quantize": "nf4"}),
 }
 #: Three learning rates per variant, a factor 2–2.5 apart, around LoRA's 2e-3: lower for rsLoRA
 #: (scaling α/√r is 2.8× α/r at r=8) and LoRA+ (B learns at 16× the rate), higher for VeRA
@@ -221,12 +223,15 @@ VARIANT_PILOT_LRS: dict[str, tuple[float, ...]] = {
     "lora-plus": (2e-4, 5e-4, 1e-3),
     "lora-fa": (1e-3, 2e-3, 5e-3),
     "vera": (5e-3, 1e-2, 2e-2),
+    "qlora": (1e-3, 2e-3, 5e-3),
 }
 
 
 def variant_name(record: dict[str, Any]) -> str:
-    """Which entry of ``VARIANT_RUNS`` a LoRA record is: rsLoRA and PiSSA are settings of plain
-    LoRA (``use_rslora``, ``init``), the others a ``variant``."""
+    """Which entry of ``VARIANT_RUNS`` a LoRA record is: rsLoRA, PiSSA and QLoRA are settings of
+    plain LoRA (``use_rslora``, ``init``, ``quantize``), the others a ``variant``."""
+    if record.get("quantize"):
+        return "qlora"
     if record.get("use_rslora"):
         return "rslora"
     if record.get("init") == "pissa":
@@ -343,7 +348,9 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
 #: Baselines first, LoRA last, in every study table.
 _STUDY_ORDER = ("none", "head", "bitfit", "full", "lora")
 #: A study shows every seed of its configurations (not only the seeds its own preset names).
-_MATCH_FIELDS = ("method", "r", "alpha", "target_modules", "init", "use_rslora", "variant")
+_MATCH_FIELDS = (
+    "method", "r", "alpha", "target_modules", "init", "use_rslora", "variant", "quantize",
+)  # fmt: skip
 _METRIC_LABELS = {"accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU"}
 
 

@@ -42,10 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_edu.quant import KINDS as QUANT_KINDS
+from lora_edu.quant import QuantizedLinear, quantize_model
 from lora_edu.variants import VARIANTS
 from lora_edu.variants.vera import D_INITIAL, PROJECTION_PRNG_KEY
 
 INITS = ("kaiming", "gaussian", "pissa")
+#: The layers LoRA adapts: linear layers, in full precision or in 4 bits (QLoRA).
+LINEAR_TYPES = (nn.Linear, QuantizedLinear)
 BIAS_MODES = ("none", "all", "lora_only")
 ALL_LINEAR = "all-linear"
 #: Last name components of output heads that "all-linear" leaves alone (PEFT's
@@ -146,6 +150,14 @@ def _check_hyperparameters(r: Any, alpha: Any, dropout: Any, init: Any) -> None:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
 
 
+def _check_quantize(quantize: Any) -> None:
+    if quantize is not None and quantize not in QUANT_KINDS:
+        raise ValueError(
+            f"quantize must be None (a full-precision base) or one of "
+            f"{', '.join(map(repr, QUANT_KINDS))}, got {quantize!r}"
+        )
+
+
 def _check_variant(variant: Any) -> None:
     if variant is not None and variant not in VARIANTS:
         raise ValueError(
@@ -192,12 +204,17 @@ class LoRALinear(nn.Module):
         shared: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
+        if not isinstance(base, (nn.Linear, QuantizedLinear)):
             raise TypeError(
-                f"LoRALinear wraps an nn.Linear, got a {type(base).__name__}; "
-                "for a whole model use apply_lora(model, target_modules=...)"
+                f"LoRALinear wraps an nn.Linear (or a 4-bit QuantizedLinear), got a "
+                f"{type(base).__name__}; for a whole model use apply_lora(model, target_modules=...)"
             )
         _check_hyperparameters(r, alpha, dropout, init)
+        if init == "pissa" and isinstance(base, QuantizedLinear):
+            raise ValueError(
+                "init='pissa' rewrites W as its residual, and this base layer is quantised to 4 "
+                "bits; PiSSA on a quantised base is not implemented: use init='kaiming'"
+            )
         self.base_layer = base
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.dropout_p = r, alpha, float(dropout)
@@ -341,6 +358,12 @@ class LoRAConfig:
             "help": "a LoRA descendant: None (plain LoRA) | dora | vera | lora-fa | lora-plus"
         },
     )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "the frozen base's linear layers in 4 bits (QLoRA): None | nf4 | fp4 | int4"
+        },
+    )
     bias: str = field(
         default="none", metadata={"help": "biases trained too: none | all | lora_only"}
     )
@@ -352,6 +375,7 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         _check_hyperparameters(self.r, self.alpha, self.dropout, self.init)
         _check_variant(self.variant)
+        _check_quantize(self.quantize)
         if not isinstance(self.target_modules, str):
             self.target_modules = list(self.target_modules)
         if not self.target_modules:
@@ -372,7 +396,9 @@ class LoRAConfig:
 
 #: The LoRA settings a training record stores: one entry per setting of ``LoRAConfig`` that
 #: ``apply_lora`` reads (``bias`` and ``modules_to_save`` are set by mark_only_lora_trainable).
-LORA_RECORD_FIELDS = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora", "variant")
+LORA_RECORD_FIELDS = (
+    "target_modules", "r", "alpha", "dropout", "init", "use_rslora", "variant", "quantize",
+)  # fmt: skip
 
 
 def _config_of(model: nn.Module) -> LoRAConfig:
@@ -457,7 +483,7 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
     """The names of the nn.Linear layers apply_lora would wrap (in model order); raises on typos,
     on targets that are not nn.Linear and on layers that already have LoRA."""
     candidates = _named_modules_outside_lora(model)
-    linear = [n for n, m in candidates if isinstance(m, nn.Linear)]
+    linear = [n for n, m in candidates if isinstance(m, LINEAR_TYPES)]
 
     def bypassed(name: str) -> bool:
         # nn.MultiheadAttention reads out_proj.weight directly and never calls out_proj(x).
@@ -507,7 +533,7 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
                     "stack two adapters on one layer. Call unload_lora(model) first, or target "
                     "other layers."
                 )
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, LINEAR_TYPES):
                 inner = [n[len(name) + 1 :] for n in linear if n.startswith(name + ".")]
                 hint = (
                     f"Its nn.Linear layers: {', '.join(_readable(inner))}"
@@ -584,6 +610,7 @@ def apply_lora(
     init: str = "kaiming",
     use_rslora: bool = False,
     variant: str | None = None,
+    quantize: str | None = None,
 ) -> list[str]:
     """Replace the matching ``nn.Linear`` layers of ``model`` by ``LoRALinear``, in place.
 
@@ -608,8 +635,9 @@ def apply_lora(
     """
     if isinstance(target_modules, LoRAConfig):
         config = target_modules
-        fields = ("r", "alpha", "dropout", "init", "use_rslora", "variant")
-        given = dict(zip(fields, (r, alpha, dropout, init, use_rslora, variant), strict=True))
+        fields = ("r", "alpha", "dropout", "init", "use_rslora", "variant", "quantize")
+        values = (r, alpha, dropout, init, use_rslora, variant, quantize)
+        given = dict(zip(fields, values, strict=True))
         clash = {k: v for k, v in given.items() if v != _APPLY_DEFAULTS[k]}
         if clash:
             raise ValueError(
@@ -618,8 +646,15 @@ def apply_lora(
             )
         target_modules = config.target_modules
         r, alpha, dropout, init, use_rslora, variant = config.settings()
+        quantize = config.quantize
     _check_hyperparameters(r, alpha, dropout, init)
     _check_variant(variant)
+    _check_quantize(quantize)
+    if quantize is not None and init == "pissa":
+        raise ValueError(
+            "init='pissa' rewrites W as its residual; on a 4-bit base (quantize) it is not "
+            "implemented: use init='kaiming'"
+        )
     if isinstance(model, nn.Linear):
         raise ValueError(
             "apply_lora replaces submodules of a model in place; for a single nn.Linear use "
@@ -638,6 +673,9 @@ def apply_lora(
     shared: dict[str, Any] = {}
     if variant is not None:
         shared = VARIANTS[variant].shared_state([model.get_submodule(n) for n in names], r)
+    if quantize is not None:
+        # QLoRA: every linear layer of the frozen base in 4 bits, except the output head(s).
+        quantize_model(model, quantize, skip=tuple(_output_heads(model)))
     if shared and isinstance(previous, LoRAConfig):
         raise ValueError(
             f"variant {variant!r} shares one set of matrices across all its layers, sized for "
@@ -668,7 +706,7 @@ def apply_lora(
         previous.target_modules = [*as_list(previous.target_modules), *as_list(target_modules)]
     else:
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-        model.lora_config = LoRAConfig(targets, *settings)
+        model.lora_config = LoRAConfig(targets, *settings, quantize=quantize)
     return names
 
 

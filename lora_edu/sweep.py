@@ -39,6 +39,7 @@ KEY_FIELDS = (
     "init",
     "use_rslora",
     "variant",  # absent from records older than the variants: read as None, plain LoRA
+    "quantize",  # absent from records older than QLoRA: read as None, a full-precision base
     "seed",
     "n_train",
     "epochs",
@@ -65,13 +66,15 @@ def make_grid(
     use_rslora: bool = False,
     lr: float | None = None,
     variant: str | None = None,
+    quantize: str | None = None,
 ) -> list[dict[str, Any]]:
     """All run configurations of methods × ranks × alphas × target sets × seeds.
 
     LoRA runs take every combination; ``full``, ``head`` and ``bitfit`` ignore rank, alpha and
     targets, so they appear once per seed (with ``r``, ``alpha``, ``target_modules`` set to None).
     An alpha of None means ``alpha = r`` (scaling 1). ``lr=None`` lets each method use its
-    default learning rate. ``variant`` (e.g. ``"dora"``) applies to the LoRA runs.
+    default learning rate. ``variant`` (e.g. ``"dora"``) and ``quantize`` (``"nf4"``: QLoRA, the
+    frozen base in 4 bits) apply to the LoRA runs.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -101,6 +104,7 @@ def make_grid(
                             "init": init,
                             "use_rslora": use_rslora,
                             "variant": variant,
+                            "quantize": quantize,
                             "seed": int(seed),
                             "lr": lr,
                         }
@@ -116,6 +120,7 @@ def make_grid(
                         "init": None,
                         "use_rslora": None,
                         "variant": None,
+                        "quantize": None,
                         "seed": int(seed),
                         "lr": lr,
                     }
@@ -540,6 +545,7 @@ def lora_config(run: dict[str, Any]) -> LoRAConfig:
         init=run["init"],
         use_rslora=run["use_rslora"],
         variant=run.get("variant"),
+        quantize=run.get("quantize"),
     )
 
 
@@ -555,12 +561,14 @@ def _describe(config: dict[str, Any]) -> str:
         return f"{config['method']} seed={config['seed']}"
     targets = ",".join(config["target_modules"])
     name = config.get("variant") or "lora"
+    name = f"q{name} ({config['quantize']})" if config.get("quantize") else name
     return f"{name} r={config['r']} α={config['alpha']:g} [{targets}] seed={config['seed']}"
 
 
 def _slug(config: dict[str, Any]) -> str:
     targets = "-".join(config["target_modules"] or [])
     variant = f"_{config['variant']}" if config.get("variant") else ""
+    variant += f"_{config['quantize']}" if config.get("quantize") else ""
     return f"{config['method']}_r{config['r']}_a{config['alpha']:g}_{targets}{variant}_s{config['seed']}"
 
 

@@ -245,7 +245,7 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_wrapping_something_else_than_linear_raises():
-    with pytest.raises(TypeError, match="wraps an nn.Linear, got a Conv1d"):
+    with pytest.raises(TypeError, match="wraps an nn.Linear .*got a Conv1d"):
         LoRALinear(nn.Conv1d(2, 2, 1), r=1, alpha=1)
 
 

@@ -29,6 +29,16 @@ if TYPE_CHECKING:
     from lora_edu.lora import LoRALinear
 
 
+def write_weight(layer: LoRALinear, value: torch.Tensor) -> None:
+    """Store ``value`` as the base layer's W: in place for an ``nn.Linear``, rounded to 4 bits
+    again for a quantised base (``lora_edu.quant.QuantizedLinear``)."""
+    base = layer.base_layer
+    if isinstance(base.weight, nn.Parameter):
+        base.weight.copy_(value)
+    else:
+        base.weight = value
+
+
 class Variant(nn.Module):
     """Plain LoRA; subclasses override the hooks their method changes."""
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_edu.variants.base import Variant
+from lora_edu.variants.base import Variant, write_weight
 
 if TYPE_CHECKING:
     from lora_edu.lora import LoRALinear
@@ -69,14 +69,14 @@ class DoRA(Variant):
         delta = layer.delta_weight()
         self._norm_at_merge = torch.linalg.norm(weight + delta, dim=1)
         factor = (self.magnitude / self._norm_at_merge).view(-1, 1)
-        weight.copy_(factor * (weight + delta))
+        write_weight(layer, factor * (weight + delta))
 
     @torch.no_grad()
     def unmerge(self, layer: LoRALinear) -> None:
         """W ← W / (m / ‖W + ΔW‖) − ΔW, with the norm of the merge (exact up to rounding)."""
         weight = layer.base_layer.weight
         factor = (self.magnitude / self._norm_at_merge).view(-1, 1)
-        weight.copy_(weight / factor - layer.delta_weight())
+        write_weight(layer, weight / factor - layer.delta_weight())
         self._norm_at_merge = None
 
     def extra_repr(self) -> str:

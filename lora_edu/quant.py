@@ -1,0 +1,278 @@
+"""4-bit weights for QLoRA (Dettmers et al. 2023, arXiv:2305.14314), written out step by step.
+
+QLoRA keeps the frozen base model in 4 bits and trains LoRA's A and B in full precision on top.
+A 4-bit weight is an index into a table of 16 **levels** in [-1, 1], times a per-block scale:
+
+    w ≈ levels[code] · absmax(block)        one float32 absmax per block of 64 weights
+
+The table decides the error. Three tables, all scaled to [-1, 1]:
+
+- ``int4``: 15 evenly spaced levels k/7, k = −7..7 (symmetric integers).
+- ``fp4``: a 4-bit float (1 sign, 2 exponent, 1 mantissa bit), bitsandbytes' FP4: the magnitudes
+  2^e · (1 + m/2) / 12 for e = 1..3, m = 0, 1, plus 0 and a smallest value 1/192; dense near
+  zero, sparse near ±1.
+- ``nf4``: NormalFloat. Weights of a trained network are close to normal, so NF4 puts its levels
+  at **quantiles of N(0, 1)**: each of the 16 codes is used about equally often and the expected
+  error is small where weights are dense. The paper takes 8 positive quantiles (of 9 evenly
+  spaced probabilities from δ to ½) and 7 negative ones (of 8), plus an exact 0, and normalises
+  by the largest; δ = 1 − ½(1/30 + 1/32) ≈ 0.9677 keeps the outermost quantile finite.
+
+A value is rounded to the nearest level (the decision boundaries are the midpoints between
+neighbouring levels). **Double quantisation** stores the block scales themselves in 8 bits:
+their mean is subtracted and the rest quantised in blocks of 256 with bitsandbytes' 8-bit
+"dynamic" table, so a scale costs 8/64 + 32/(64·256) ≈ 0.127 bits per weight instead of 0.5.
+
+Everything here matches ``bitsandbytes.functional.quantize_4bit``/``dequantize_4bit`` bit for bit
+(tables, codes and dequantised weights; see tests/test_quant.py), and needs only torch. One
+exception: with double quantisation, bitsandbytes' CPU kernel rounds a few block scales (under
+1 %) that lie within 2e-5 of a midpoint to the farther level; here they go to the nearest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The outermost probability of NF4's quantiles: δ = 1 − ½ (1/30 + 1/32) (QLoRA, appendix E).
+NF4_OFFSET = 0.9677083
+KINDS = ("nf4", "fp4", "int4")
+BLOCKSIZE, BLOCKSIZE_SCALES = 64, 256
+
+
+def nf4_levels(offset: float = NF4_OFFSET) -> torch.Tensor:
+    """NF4's 16 levels, ascending, from −1 to 1 (float32), computed as bitsandbytes does."""
+    positive = torch.linspace(offset, 0.5, 9)[:-1].double()  # 8 probabilities above ½
+    negative = torch.linspace(offset, 0.5, 8)[:-1].double()  # 7 probabilities above ½
+    quantiles = torch.cat([torch.special.ndtri(positive), -torch.special.ndtri(negative)])
+    levels = torch.cat([quantiles.float(), torch.zeros(1)]).sort().values
+    return levels / levels.max()
+
+
+def fp4_levels() -> torch.Tensor:
+    """bitsandbytes' FP4, in code order: code = sign bit, 2 exponent bits e, 1 mantissa bit m;
+    the magnitude is 2^(4−e)·(1 + m/2) for e = 1..3 (8, 12, 4, 6, 2, 3), and 0 or 1/16 for
+    e = 0 (subnormal), all divided by the largest, 12."""
+    magnitudes = []
+    for code in range(8):
+        e, m = code >> 1, code & 1
+        magnitudes.append(2.0 ** (4 - e) * (1 + m / 2) if e else m / 16)
+    values = torch.tensor(magnitudes + [-v for v in magnitudes])  # codes 8..15: negative
+    return values / values.max()
+
+
+def int4_levels() -> torch.Tensor:
+    """Symmetric 4-bit integers k/7 in code order (7, 6, ..., 0, −0, −1, ..., −7), as
+    bitsandbytes lists them: 15 distinct levels (+0 and −0 are one)."""
+    values = torch.tensor([7.0 - k for k in range(8)] + [-float(k) for k in range(8)])
+    return values / 7
+
+
+def dynamic_levels() -> torch.Tensor:
+    """The 256 levels of bitsandbytes' signed 8-bit "dynamic" type (``create_dynamic_map``),
+    used for the block scales: a sign, a run of zeros that sets the power of ten (10^-6 .. 1),
+    and the remaining bits as an evenly spaced fraction in [0.1, 1]."""
+    values = [0.0, 1.0]
+    for i in range(7):  # exponent 10^(i − 6); 2^i fractions between 0.1 and 1
+        edges = torch.linspace(0.1, 1, 2**i + 1)
+        means = ((edges[:-1] + edges[1:]) / 2 * 10.0 ** (i - 6)).tolist()
+        values += means + [-m for m in means]
+    return torch.tensor(sorted(values))
+
+
+LEVELS = {"nf4": nf4_levels, "fp4": fp4_levels, "int4": int4_levels}
+
+
+def quantize_blockwise(
+    x: torch.Tensor, levels: torch.Tensor, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, absmax): ``x`` flattened into blocks of ``blocksize`` (the last may be shorter),
+    each scaled by its largest |value| into [-1, 1] and rounded to the nearest of ``levels``
+    (a table in code order; a value exactly between two levels goes to the lower, as
+    bitsandbytes does). The code is the index of the level in ``levels``."""
+    flat = x.reshape(-1).float()
+    n_blocks = math.ceil(flat.numel() / blocksize)
+    padded = F.pad(flat, (0, n_blocks * blocksize - flat.numel())).view(n_blocks, blocksize)
+    absmax = padded.abs().amax(dim=1)
+    scaled = torch.clamp(padded * (1.0 / absmax.clamp(min=1e-38))[:, None], -1, 1)
+    order = torch.argsort(levels)  # the codes from the smallest level to the largest
+    ascending = levels[order]
+    boundaries = (ascending[:-1] + ascending[1:]) / 2  # midpoints between neighbouring levels
+    codes = order[torch.bucketize(scaled.reshape(-1)[: flat.numel()], boundaries)]
+    return codes.to(torch.uint8), absmax
+
+
+def dequantize_blockwise(
+    codes: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int
+) -> torch.Tensor:
+    """``levels[code] · absmax(block)``, flat, float32."""
+    values = levels[codes.long()]
+    n = values.numel()
+    padded = F.pad(values, (0, absmax.numel() * blocksize - n)).view(-1, blocksize)
+    return (padded * absmax[:, None]).reshape(-1)[:n]
+
+
+@dataclass
+class Quantized4bit:
+    """A tensor in 4 bits: two codes per byte, and its block scales (float32, or 8-bit with
+    double quantisation: ``scale_codes``, ``scale_absmax`` and ``scale_offset``)."""
+
+    packed: torch.Tensor  # uint8, ceil(n / 2): the first code of each pair in the high 4 bits
+    absmax: torch.Tensor | None  # float32 per block (None with double quantisation)
+    shape: tuple[int, ...]
+    kind: str
+    blocksize: int
+    scale_codes: torch.Tensor | None = None  # uint8 per block
+    scale_absmax: torch.Tensor | None = None  # float32 per 256 blocks
+    scale_offset: float = 0.0
+
+    def nbytes(self) -> int:
+        """Bytes it occupies (codes and scales)."""
+        parts = (self.packed, self.absmax, self.scale_codes, self.scale_absmax)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None) + 4 * bool(
+            self.scale_codes is not None
+        )
+
+    def scales(self) -> torch.Tensor:
+        """The block scales, dequantised if they are stored in 8 bits."""
+        if self.absmax is not None:
+            return self.absmax
+        levels = dynamic_levels().to(self.scale_absmax.device)
+        scales = dequantize_blockwise(self.scale_codes, self.scale_absmax, levels, BLOCKSIZE_SCALES)
+        return scales + self.scale_offset
+
+
+def quantize_4bit(
+    weight: torch.Tensor, kind: str = "nf4", blocksize: int = BLOCKSIZE, double_quant: bool = False
+) -> Quantized4bit:
+    """``weight`` in 4 bits with the ``kind`` table (``nf4``, ``fp4``, ``int4``) in blocks of
+    ``blocksize``; ``double_quant`` also stores the block scales in 8 bits (QLoRA's default)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 2:
+        raise ValueError(f"blocksize must be an int >= 2 (QLoRA: 64), got {blocksize!r}")
+    if not weight.is_floating_point():
+        raise ValueError(f"quantize_4bit takes a floating-point tensor, got {weight.dtype}")
+    levels = LEVELS[kind]().to(weight.device)
+    codes, absmax = quantize_blockwise(weight.detach(), levels, blocksize)
+    if codes.numel() % 2:  # an odd count: the last byte holds one code and the code of 0
+        codes = F.pad(codes, (0, 1), value=int(levels.abs().argmin()))
+    packed = (codes[0::2] << 4) | codes[1::2]
+    result = Quantized4bit(packed, absmax, tuple(weight.shape), kind, blocksize)
+    if double_quant:
+        offset = absmax.mean()
+        result.scale_codes, result.scale_absmax = quantize_blockwise(
+            absmax - offset, dynamic_levels().to(weight.device), BLOCKSIZE_SCALES
+        )
+        result.absmax, result.scale_offset = None, offset.item()
+    return result
+
+
+def dequantize_4bit(q: Quantized4bit) -> torch.Tensor:
+    """The float32 tensor that ``q`` stands for (of ``q.shape``)."""
+    codes = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1)
+    levels = LEVELS[q.kind]().to(q.packed.device)
+    n = math.prod(q.shape)
+    return dequantize_blockwise(codes[:n], q.scales(), levels, q.blocksize).view(q.shape)
+
+
+def quantize_nf4(weight: torch.Tensor, double_quant: bool = False) -> Quantized4bit:
+    """``weight`` in NF4, blocks of 64 (QLoRA's storage format)."""
+    return quantize_4bit(weight, "nf4", BLOCKSIZE, double_quant)
+
+
+def dequantize_nf4(q: Quantized4bit) -> torch.Tensor:
+    """The float32 weights of an NF4 tensor."""
+    if q.kind != "nf4":
+        raise ValueError(f"this tensor is quantised with {q.kind!r}, not NF4; use dequantize_4bit")
+    return dequantize_4bit(q)
+
+
+class QuantizedLinear(nn.Module):
+    """A frozen ``nn.Linear`` whose weight is kept in 4 bits and dequantised at each forward.
+
+    ``weight`` reads the dequantised float32 weight (a new tensor each time; assign to it, or use
+    ``set_weight``, to store a new weight, rounded to 4 bits again). The bias stays in float.
+    """
+
+    def __init__(self, linear: nn.Linear, kind: str = "nf4", double_quant: bool = True) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"QuantizedLinear quantises an nn.Linear, got {type(linear).__name__}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.kind, self.double_quant = kind, double_quant
+        self.dtype = linear.weight.dtype
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.set_weight(linear.weight.detach())
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        """Store ``weight`` (d_out, d_in) in 4 bits (rounding it to the nearest levels)."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} for a layer of shape "
+                f"({self.out_features}, {self.in_features})"
+            )
+        self.quantized = quantize_4bit(weight, self.kind, BLOCKSIZE, self.double_quant)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return dequantize_4bit(self.quantized).to(self.dtype)
+
+    @weight.setter
+    def weight(self, value: torch.Tensor) -> None:
+        self.set_weight(value.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(device) moves the codes and scales too
+        super()._apply(fn, recurse)
+        q = self.quantized
+        for name in ("packed", "absmax", "scale_codes", "scale_absmax"):
+            tensor = getattr(q, name)
+            if tensor is not None:
+                moved = fn(tensor)
+                # a dtype cast (model.half()) must not touch codes or scales: keep their dtype
+                setattr(q, name, moved.to(tensor.dtype))
+        return self
+
+    def extra_repr(self) -> str:
+        dq = ", double_quant" if self.double_quant else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}{dq}, "
+            f"{self.quantized.nbytes():,} bytes"
+        )
+
+
+def quantize_model(
+    model: nn.Module, kind: str = "nf4", double_quant: bool = True, skip: tuple[str, ...] = ()
+) -> list[str]:
+    """Replace every ``nn.Linear`` of ``model`` (except those whose name ends with an entry of
+    ``skip``, e.g. the classifier that trains) by a frozen ``QuantizedLinear``, in place.
+    Returns the names replaced."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and not any(name == s or name.endswith("." + s) or name.startswith(s + ".") for s in skip)
+    ]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, child, QuantizedLinear(getattr(owner, child), kind, double_quant))
+    return names
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights occupy: parameters and buffers at their dtype, plus the codes
+    and scales of every ``QuantizedLinear``."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    return total + sum(
+        m.quantized.nbytes() for m in model.modules() if isinstance(m, QuantizedLinear)
+    )
