@@ -200,7 +200,9 @@ def _e2e_table3() -> list[dict[str, Any]]:
 #: name → (rank, ``make_grid`` keywords). LoRA-FA trains B only, so twice the rank gives the same
 #: budget; DoRA adds one magnitude per output feature (+4,608). VeRA trains r + d_out numbers per
 #: layer and cannot reach the budget at a sensible cost (r=256 gives 7,680): that is its point.
-#: QLoRA is LoRA r=8 on a base whose linear layers are stored in NF4 (``lora_edu.quant``).
+#: AdaLoRA starts every matrix at rank 12 and prunes to an average of 8 (LoRA's budget at the
+#: end; 12/8 = PEFT's defaults). QLoRA is LoRA r=8 on a base whose linear layers are stored in
+#: NF4 (``lora_edu.quant``).
 VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
     "lora": (8, {}),
     "rslora": (8, {"use_rslora": True}),
@@ -209,6 +211,7 @@ VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
     "lora-plus": (8, {"variant": "lora-plus"}),
     "lora-fa": (16, {"variant": "lora-fa"}),
     "vera": (256, {"variant": "vera"}),
+    "adalora": (12, {"variant": "adalora"}),
     "qlora": (8, {"quantize": "nf4"}),
 }
 #: Three learning rates per variant, a factor 2–2.5 apart, around LoRA's 2e-3: lower for rsLoRA
@@ -223,6 +226,7 @@ VARIANT_PILOT_LRS: dict[str, tuple[float, ...]] = {
     "lora-plus": (2e-4, 5e-4, 1e-3),
     "lora-fa": (1e-3, 2e-3, 5e-3),
     "vera": (5e-3, 1e-2, 2e-2),
+    "adalora": (1e-3, 2e-3, 5e-3),
     "qlora": (1e-3, 2e-3, 5e-3),
 }
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from lora_edu.quant import KINDS as QUANT_KINDS
 from lora_edu.quant import QuantizedLinear, quantize_model
-from lora_edu.variants import VARIANTS
+from lora_edu.variants import VARIANTS, AdaLoRA, RankAllocator
 from lora_edu.variants.vera import D_INITIAL, PROJECTION_PRNG_KEY
 
 INITS = ("kaiming", "gaussian", "pissa")
@@ -751,6 +751,13 @@ def _frozen_by_variants(model: nn.Module) -> set[str]:
     }
 
 
+def adalora_allocator(model: nn.Module, total_steps: int, **schedule: Any) -> RankAllocator | None:
+    """The ``RankAllocator`` of a model's AdaLoRA layers for a run of ``total_steps`` optimizer
+    steps (settings: ``variants.adalora.AdaLoRASchedule``); None when no layer uses AdaLoRA."""
+    layers = {n: layer for n, layer in _lora_layers(model) if isinstance(layer.variant, AdaLoRA)}
+    return RankAllocator(layers, total_steps, **schedule) if layers else None
+
+
 def optimizer_param_groups(
     model: nn.Module, lr: float, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
@@ -968,6 +975,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if layer.variant is not None and not layer.variant.saves_lora
         for p in ("lora_A", "lora_B")
     }
+    suffix = {n: ".weight" if l.variant is None else l.variant.lora_key_suffix for n, l in layers}
     state = {}
     for _, layer in layers:
         if layer.variant is not None:
@@ -982,7 +990,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                 state[f"{PEFT_PREFIX}{layer}.{keys[leaf]}"] = tensor
                 continue
             is_lora = name.endswith((".lora_A", ".lora_B"))
-            state[PEFT_PREFIX + name + (".weight" if is_lora else "")] = tensor
+            state[PEFT_PREFIX + name + (suffix[owner] if is_lora else "")] = tensor
     return state
 
 
@@ -993,6 +1001,28 @@ def _peft_config(
     adapted = [n for n, _ in _require_lora_layers(model)]
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if config.variant == "adalora":
+        # The schedule fields describe no training (PEFT requires them); pruned triplets are
+        # saved at full size with their singular value 0, so no rank_pattern is needed.
+        return {
+            "peft_type": "ADALORA",
+            "task_type": task_type,
+            "base_model_name_or_path": base_model_name_or_path or None,
+            "init_r": config.r,
+            "target_r": config.r,
+            "lora_alpha": config.alpha,
+            "lora_dropout": config.dropout,
+            "target_modules": _minimal_targets(model, adapted),
+            "total_step": 1,
+            "tinit": 0,
+            "tfinal": 0,
+            "rank_pattern": None,
+            "bias": config.bias,
+            "modules_to_save": list(config.modules_to_save) or None,
+            "fan_in_fan_out": False,
+            "init_lora_weights": True,
+            "inference_mode": True,
+        }
     if config.variant == "vera":
         return {
             "peft_type": "VERA",
@@ -1101,13 +1131,16 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
             "(peft_type, r, lora_alpha, target_modules, ...)"
         )
     peft_type = raw.get("peft_type")
-    if peft_type not in ("LORA", "VERA"):
+    if peft_type not in ("LORA", "VERA", "ADALORA"):
         raise ValueError(
-            f"{config_path} is a {peft_type!r} adapter; lora_edu reads LORA (plain, DoRA) and "
-            "VERA adapters"
+            f"{config_path} is a {peft_type!r} adapter; lora_edu reads LORA (plain, DoRA), VERA "
+            "and ADALORA adapters"
         )
     if peft_type == "VERA":
         raw = _vera_as_lora_fields(raw, config_path)
+    rank_pattern = raw.get("rank_pattern") if peft_type == "ADALORA" else None
+    if peft_type == "ADALORA":  # the initial rank is the layers' size; the pattern is undone below
+        raw = {**raw, "r": raw.get("init_r"), "rank_pattern": None}
     for key in ("r", "lora_alpha", "target_modules"):
         if raw.get(key) is None:
             raise ValueError(f"{config_path}: the field {key!r} is missing or null")
@@ -1149,7 +1182,8 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
         dropout=dropout,
         init=init,
         use_rslora=bool(raw.get("use_rslora", False)),
-        variant="vera" if peft_type == "VERA" else "dora" if raw.get("use_dora") else None,
+        variant={"VERA": "vera", "ADALORA": "adalora"}.get(peft_type)
+        or ("dora" if raw.get("use_dora") else None),
         bias=raw.get("bias", "none"),
         modules_to_save=list(raw.get("modules_to_save") or []),
     )
@@ -1170,7 +1204,34 @@ def _read_adapter(directory: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
             raise ValueError(
                 f"{weights_path}: tensor {key!r} holds NaN or Inf (saved from a diverged run?)"
             )
+    if rank_pattern:
+        tensors = _undo_rank_pattern(tensors, rank_pattern, settings.r)
     return settings, tensors
+
+
+def _undo_rank_pattern(
+    tensors: dict[str, torch.Tensor], rank_pattern: dict[str, list[bool]], r: int
+) -> dict[str, torch.Tensor]:
+    """PEFT saves a trained AdaLoRA adapter without its pruned triplets (``rank_pattern`` says
+    which of the ``r`` remain, per layer). Put each back at full size, with Λ = 0 where pruned:
+    the same ΔW, in layers of one size."""
+    full = dict(tensors)
+    for key, kept in rank_pattern.items():
+        layer = PEFT_PREFIX + key.removeprefix(PEFT_PREFIX).removesuffix(".lora_E")
+        mask = torch.tensor(kept, dtype=torch.bool)
+        if mask.numel() != r:
+            raise ValueError(f"rank_pattern of {layer} has {mask.numel()} entries, expected {r}")
+        for name, axis in (("lora_E", 0), ("lora_A", 0), ("lora_B", 1)):
+            small = tensors[f"{layer}.{name}"]
+            shape = list(small.shape)
+            shape[axis] = r
+            big = small.new_zeros(shape)
+            if axis == 0:
+                big[mask] = small
+            else:
+                big[:, mask] = small
+            full[f"{layer}.{name}"] = big
+    return full
 
 
 def _vera_as_lora_fields(raw: dict[str, Any], where: Path) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from lora_edu import config
 from lora_edu.lora import (
     LORA_RECORD_FIELDS,
     LoRAConfig,
+    adalora_allocator,
     apply_lora,
     count_parameters,
     mark_only_lora_trainable,
@@ -354,6 +355,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_schedule(step, warmup, total)
     )
+    # AdaLoRA: an orthogonality term in the loss, and rank allocation after each step.
+    allocator = adalora_allocator(model, total)
     generator = torch.Generator().manual_seed(seed)
     history: dict[str, list] = {"loss": [], "lr": [], "epochs": []}
     train_seconds = eval_seconds = 0.0
@@ -383,11 +386,13 @@ def fit(
                 logits = _logits(model(**_to(inputs, device)))
             loss = classification_loss(logits, labels.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if allocator is None else loss + allocator.regularizer()).backward()
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             history["lr"].append(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
+            if allocator is not None:  # the gradients are still there: they score the triplets
+                allocator.step(len(history["loss"]) + 1)
             history["loss"].append(loss.item())
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{history['loss'][-1]:.4f}", refresh=False)
@@ -424,6 +429,7 @@ def fit(
         "eval_seconds": eval_seconds,
         "peak_memory_mb": peak,
         "process_peak_rss_mb": _peak_rss_mb(),
+        **({} if allocator is None else {"adalora_ranks": allocator.ranks()}),
     }
 
 
@@ -661,6 +667,7 @@ def _run(
         "device": str(device),
         "precision_mode": "bf16-autocast" if device.type == "cuda" else "float32",
         "torch_version": torch.__version__,
+        **({"adalora_ranks": result["adalora_ranks"]} if "adalora_ranks" in result else {}),
         "history": result["history"],
     }
     if record["metric"] is None and "eval_loss" in final:

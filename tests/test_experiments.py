@@ -60,6 +60,36 @@ def test_results_file_per_profile(monkeypatch, default_profile):
     assert experiments.results_file("vit").parent == smoke.parent  # one temp folder per process
 
 
+def test_the_variant_comparison_has_its_own_files_and_takes_each_pilot_winner(default_profile):
+    variants = experiments.results_file("sst2", "variants")
+    assert variants == default_profile / "results" / "variants-default.jsonl"
+    pilot_file = experiments.results_file("sst2-dev", "variants-pilot")
+    assert pilot_file.name == "variants-dev-default.jsonl"
+    with pytest.raises(ValueError, match="different files"):
+        experiments.results_file("sst2", ["headline", "variants"])
+    pilot = experiments.preset_grid("sst2-dev", "variants-pilot")
+    names = {experiments.variant_name(run) for run in pilot}
+    assert names == set(experiments.VARIANT_RUNS)
+    assert len(pilot) == 3 * len(experiments.VARIANT_RUNS)  # three learning rates each
+    with pytest.raises(ValueError, match="pilot is incomplete.*lora-edu sweep --task sst2-dev"):
+        experiments.preset_grid("sst2", "variants")
+    # a fake pilot: the middle rate wins everywhere except for DoRA, where two rates tie
+    records = []
+    for run in pilot:
+        name, rates = experiments.variant_name(run), experiments.VARIANT_PILOT_LRS
+        metric = 0.9 if run["lr"] == rates[experiments.variant_name(run)][1] else 0.8
+        if name == "dora" and run["lr"] == rates["dora"][2]:
+            metric = 0.9  # a tie goes to the lower rate
+        records.append({**run, "task": "sst2-dev", "metric": metric})
+    pilot_file.parent.mkdir(parents=True, exist_ok=True)
+    pilot_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    chosen = experiments.variants_chosen_lrs()
+    assert chosen == {k: v[1] for k, v in experiments.VARIANT_PILOT_LRS.items()}
+    grid = experiments.preset_grid("sst2", "variants")
+    assert len(grid) == 2 * len(experiments.VARIANT_RUNS)  # two seeds each
+    assert {(experiments.variant_name(g), g["lr"]) for g in grid} == set(chosen.items())
+
+
 def test_select_and_memory():
     recs = [
         {"method": "lora", "r": 8, "target_modules": ["query", "value"]},

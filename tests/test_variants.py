@@ -11,6 +11,7 @@ from lora_edu.lora import (
     ADAPTER_CONFIG,
     LoRAConfig,
     LoRALinear,
+    adalora_allocator,
     adapter_state_dict,
     apply_lora,
     load_adapter,
@@ -20,7 +21,7 @@ from lora_edu.lora import (
     save_adapter,
     unload_lora,
 )
-from lora_edu.variants import LORA_PLUS_RATIO, DoRA, VeRA
+from lora_edu.variants import LORA_PLUS_RATIO, AdaLoRA, DoRA, VeRA
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -303,3 +304,107 @@ def test_lora_plus_gives_b_its_own_learning_rate():
     apply_lora(plain, TARGETS, r=4, alpha=8)
     mark_only_lora_trainable(plain)
     assert len(optimizer_param_groups(plain, lr=1e-3)) == 1  # plain LoRA: one learning rate
+
+
+# ------------------------------------------------------------------------------------ AdaLoRA
+
+ADA = dict(init_r=6, target_r=3, lora_alpha=8, target_modules=TARGETS)
+
+
+def adalora_pair(total_step: int = 10):
+    """Our AdaLoRA model and PEFT's (init_r=6 → target_r=3, allocation at every step between
+    steps 2 and 8 of 10), holding the same P, Λ, Q with non-zero Λ."""
+    ours = tiny_bert()
+    apply_lora(ours, LoRAConfig(TARGETS, r=6, alpha=8, variant="adalora"))
+    mark_only_lora_trainable(ours)
+    config = peft.AdaLoraConfig(**ADA, tinit=2, tfinal=2, deltaT=1, total_step=total_step)
+    theirs = peft.get_peft_model(tiny_bert(), config)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if name.endswith("lora_E"):
+                p.normal_()
+    state = {k: v.detach().clone() for k, v in adapter_state_dict(ours).items()}
+    result = peft.set_peft_model_state_dict(theirs, state)
+    assert not [k for k in result.unexpected_keys if "lora" in k]
+    allocator = adalora_allocator(ours, total_step, target_r=3, tinit=0.2, tfinal=0.2, deltaT=1)
+    return ours, theirs, allocator
+
+
+def test_adalora_starts_as_the_base_model_and_its_forward_equals_peft(ids):
+    base = tiny_bert()
+    fresh = copy.deepcopy(base)
+    apply_lora(fresh, LoRAConfig(TARGETS, r=6, alpha=8, variant="adalora"))
+    layer = fresh.get_submodule("bert.encoder.layer.0.attention.self.query")
+    assert isinstance(layer.variant, AdaLoRA) and layer.variant.lora_E.shape == (6, 1)
+    assert 0.015 < layer.lora_A.std() < 0.025  # P, Q ~ N(0, 0.02²) as PEFT, Λ = 0
+    ours, theirs, _ = adalora_pair()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, base(ids).logits)
+        close(ours(ids).logits, theirs(ids).logits)
+        close(merge_lora(copy.deepcopy(ours))(ids).logits, ours(ids).logits)
+
+
+def test_adalora_regulariser_equals_peft(ids):
+    ours, theirs, allocator = adalora_pair()
+    labels = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        with_reg = theirs.base_model(input_ids=ids, labels=labels).loss  # AdaLoraModel adds it
+        without = theirs.base_model.model(input_ids=ids, labels=labels).loss
+        close(allocator.regularizer(), with_reg - without)
+
+
+def test_adalora_rank_allocator_prunes_what_peft_prunes_at_every_step(ids):
+    ours, theirs, allocator = adalora_pair(total_step=10)
+    optimizers = [
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+        for m in (ours, theirs)
+    ]
+    generator = torch.Generator().manual_seed(4)
+    seen_ranks = []
+    for step in range(1, 11):
+        batch = torch.randint(0, 100, (4, 7), generator=generator)
+        labels = torch.randint(0, 2, (4,), generator=generator)
+        for model, optimizer in zip((ours, theirs), optimizers, strict=True):
+            optimizer.zero_grad()
+            if model is ours:
+                out = ours(input_ids=batch)
+                loss = torch.nn.functional.cross_entropy(out.logits, labels)
+                (loss + allocator.regularizer()).backward()
+            else:
+                theirs.base_model(input_ids=batch, labels=labels).loss.backward()
+            optimizer.step()
+        allocator.step(step)
+        theirs.base_model.update_and_allocate(step)
+        for name, layer in ((n, m) for n, m in ours.named_modules() if isinstance(m, LoRALinear)):
+            peft_E = theirs.base_model.model.get_submodule(name).lora_E["default"]
+            assert torch.equal(layer.variant.lora_E == 0, peft_E == 0), f"step {step}, {name}"
+            close(layer.variant.lora_E.detach(), peft_E.detach(), f"Λ at step {step}")
+        seen_ranks.append(sum(allocator.ranks().values()))
+    assert seen_ranks[0] == 6 * 6 and seen_ranks[-1] == 3 * 6  # init_r → target_r, 6 layers
+    assert sorted(seen_ranks, reverse=True) == seen_ranks  # the budget only shrinks
+
+
+def test_adalora_adapter_files_round_trip_with_peft(ids, tmp_path):
+    ours, theirs, allocator = adalora_pair(total_step=10)
+    for step in range(1, 11):  # allocate ranks (no training), then compare the files
+        for model in (ours, theirs):
+            model(ids).logits.square().sum().backward()
+        allocator.step(step)
+        theirs.base_model.update_and_allocate(step)
+        for model in (ours, theirs):
+            model.zero_grad()
+    assert theirs.peft_config["default"].rank_pattern  # PEFT saves the pruned layers smaller
+    with torch.no_grad():
+        expected = ours(ids).logits
+        close(theirs(ids).logits, expected)
+    save_adapter(ours, tmp_path / "ours")
+    assert '"peft_type": "ADALORA"' in (tmp_path / "ours" / ADAPTER_CONFIG).read_text()
+    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours").eval()
+    theirs.save_pretrained(tmp_path / "peft")
+    back = tiny_bert()
+    load_adapter(back, tmp_path / "peft")
+    assert back.lora_config.variant == "adalora"
+    with torch.no_grad():
+        close(loaded_by_peft(ids).logits, expected)
+        close(back(ids).logits, expected)

@@ -9,6 +9,7 @@ hooks, with plain LoRA's answers). Its own parameters train and are saved with `
 
 from __future__ import annotations
 
+from lora_edu.variants.adalora import AdaLoRA, RankAllocator
 from lora_edu.variants.base import Variant
 from lora_edu.variants.dora import DoRA
 from lora_edu.variants.lora_fa import LoRAFA
@@ -19,8 +20,12 @@ from lora_edu.variants.vera import VeRA
 VARIANTS: dict[str, type[Variant]] = {
     "dora": DoRA,
     "vera": VeRA,
+    "adalora": AdaLoRA,
     "lora-fa": LoRAFA,
     "lora-plus": LoRAPlus,
 }
 
-__all__ = ["LORA_PLUS_RATIO", "VARIANTS", "DoRA", "LoRAFA", "LoRAPlus", "VeRA", "Variant"]
+__all__ = [
+    "LORA_PLUS_RATIO", "VARIANTS", "AdaLoRA", "DoRA", "LoRAFA", "LoRAPlus", "RankAllocator", "VeRA",
+    "Variant",
+]  # fmt: skip

@@ -10,6 +10,7 @@ hook                   plain LoRA (this class)                 overridden by
 ``delta_weight``       ``ΔW = scaling · B A``                  VeRA (``Λ_b B Λ_d A``)
 ``merge``/``unmerge``  ``W ← W ± ΔW``                          DoRA (rescales the rows)
 ``frozen``             A and B train                           LoRA-FA (A frozen), VeRA (both)
+training               AdamW on the loss                       AdaLoRA (``RankAllocator``)
 ``lr_factors``         one learning rate                       LoRA+ (B learns 16× faster)
 ``saves_lora``         A and B go into the adapter file        VeRA (shared, saved once)
 =====================  ======================================  =================================
@@ -50,6 +51,8 @@ class Variant(nn.Module):
     lr_factors: ClassVar[dict[str, float]] = {}
     #: whether the layer's A and B are written into the adapter file
     saves_lora: ClassVar[bool] = True
+    #: the suffix of A's and B's keys in PEFT's files (``lora_A.weight``; AdaLoRA: none)
+    lora_key_suffix: ClassVar[str] = ".weight"
 
     def __init__(self, layer: LoRALinear, **shared: Any) -> None:
         super().__init__()
