@@ -471,7 +471,7 @@ def test_load_refuses_pickle_missing_files_and_unsupported_features(saved):
         load_adapter(tiny_bert(), saved)
     (saved / ADAPTER_CONFIG).write_text(json.dumps(config | {"peft_type": "IA3"}))
     with pytest.raises(
-        ValueError, match="is a 'IA3' adapter; lora_edu reads LORA \\(plain, DoRA\\) and VERA"
+        ValueError, match="is a 'IA3' adapter; lora_edu reads LORA \\(plain, DoRA\\), VERA"
     ):
         load_adapter(tiny_bert(), saved)
     (saved / ADAPTER_CONFIG).unlink()
