@@ -17,12 +17,14 @@ Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
 | key | meaning |
 | --- | --- |
 | ``task``, ``model``, ``method`` | what was trained and how |
-| ``r``, ``alpha``, ``dropout``, ``target_modules``, ``init``, ``use_rslora`` | LoRA settings (None unless ``method="lora"``) |
+| ``r``, ``alpha``, ``dropout``, ``target_modules``, ``init``, ``use_rslora``, ``variant``, ``quantize`` | LoRA settings (None unless ``method="lora"``) |
+| ``adalora_ranks`` | AdaLoRA only: the rank each adapted layer ends with |
 | ``lora_targets`` | names of the layers LoRA wrapped (``[]`` for other methods) |
 | ``lr``, ``lr_is_default`` | learning rate used; True when it came from ``DEFAULT_LR`` |
 | ``epochs``, ``batch_size``, ``max_length``, ``seed``, ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` | the rest of the configuration (``max_length`` is None for images) |
 | ``n_train``, ``n_eval``, ``num_labels``, ``steps`` | sizes |
 | ``metric_name``, ``metric`` | ``"accuracy"`` or ``"entity_f1"`` on ``eval`` after the last epoch (None without ``eval``) |
+| ``eval_correct`` | accuracy tasks: ``"0110…"``, each ``eval`` example wrong (0) or right (1) after the last epoch, for paired tests |
 | ``precision``, ``recall``, ``per_type`` | NER only: entity-level scores, ``per_type[type] = {precision, recall, f1, support}`` |
 | ``trainable_params``, ``total_params``, ``trainable_percent`` | from ``count_parameters`` after ``prepare_model`` |
 | ``train_seconds`` | wall time of the training steps only (data already tokenised; evaluation excluded) |
@@ -506,13 +508,16 @@ def _encode_texts(tokenizer: Any, data: Any, max_length: int) -> Collate:
 
 
 def _accuracy_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
-    """``evaluate(model) -> {"metric": accuracy}`` over examples ``0..n-1``."""
+    """``evaluate(model) -> {"metric": accuracy, "eval_correct": "0110…"}`` over examples
+    ``0..n-1``: ``eval_correct`` marks each example right (1) or wrong (0), in order, so that two
+    runs can be compared example by example (McNemar's test)."""
 
     def evaluate(model: nn.Module) -> dict[str, Any]:
         device = next(model.parameters()).device
         batches = predict(model, n, collate, batch_size, device)
         preds, labels = (torch.cat(t).numpy() for t in zip(*batches, strict=True))
-        return {"metric": accuracy(preds, labels)}
+        correct = "".join("1" if ok else "0" for ok in preds == labels)
+        return {"metric": accuracy(preds, labels), "eval_correct": correct}
 
     return evaluate
 
@@ -634,6 +639,9 @@ def _run(
             **loop,
         )
     final = result["history"]["epochs"][-1]
+    # Per-example verdicts are kept once, for the final model, not in every epoch's history.
+    for entry in (*result["history"]["epochs"], *result["history"].get("evals", [])):
+        entry.pop("eval_correct", None)
     if args.get("final") is not None:  # measured once after training (e.g. BLEU of generations)
         start = time.perf_counter()
         final = {**final, **args["final"](model)}

@@ -273,6 +273,10 @@ def test_text_classifier_runs_every_method(tiny_bert, method):
     assert (record["r"] == 2) == (method == "lora")
     assert json.loads(json.dumps(record)) == record  # JSON-ready, for the sweep's JSON lines
     assert bool(record["lora_targets"]) == (method == "lora")
+    # the final model's verdict per example, once (not in every epoch of the history)
+    verdicts = record["eval_correct"]
+    assert len(verdicts) == 16 and verdicts.count("1") / 16 == pytest.approx(record["metric"])
+    assert not any("eval_correct" in e for e in record["history"]["epochs"])
 
 
 def test_text_classifier_learns_an_easy_task_and_is_deterministic(tiny_bert):
