@@ -638,7 +638,7 @@ def _run(
             desc=f"{task} · {method}",
             **loop,
         )
-    final = result["history"]["epochs"][-1]
+    final = dict(result["history"]["epochs"][-1])
     # Per-example verdicts are kept once, for the final model, not in every epoch's history.
     for entry in (*result["history"]["epochs"], *result["history"].get("evals", [])):
         entry.pop("eval_correct", None)
