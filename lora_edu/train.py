@@ -706,11 +706,16 @@ def finetune_text_classifier(
     dropout: float = 0.0,
     init: str = "kaiming",
     use_rslora: bool = False,
+    base: nn.Module | None = None,
+    tokenizer: Any = None,
     return_model: bool = False,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Fine-tune a mean-pooling text classifier (``load_text_model("sequence")``) on ``train``
     and report accuracy on ``eval`` (None to skip evaluation).
+
+    ``base``/``tokenizer``: a classifier already loaded (``load_text_model``; it is trained in
+    place, e.g. to look at its weights while it trains) instead of loading ``model`` afresh.
 
     ``train``/``eval``: ``datasets.Dataset`` with columns ``text`` (str) and ``label`` (int); the
     number of labels comes from the ``ClassLabel`` feature, else the largest label + 1.
@@ -729,7 +734,18 @@ def finetune_text_classifier(
         _require_columns(d, ("text", "label"), "finetune_text_classifier")
     num_labels = _num_labels(splits, "label")
     seed_everything(seed)
-    tokenizer, net = load_text_model("sequence", num_labels, model, seed=seed)
+    if base is None:
+        tokenizer, net = load_text_model("sequence", num_labels, model, seed=seed)
+    elif tokenizer is None:
+        raise ValueError("finetune_text_classifier got base= without its tokenizer=")
+    else:
+        net = base
+        out = getattr(getattr(net, "classifier", None), "out_features", None)
+        if out != num_labels:
+            raise ValueError(
+                f"base has a classifier with {out} outputs but the data has {num_labels} labels; "
+                f"load it with load_text_model('sequence', {num_labels})"
+            )
 
     def encode(data: Any) -> Collate:
         return _encode_texts(tokenizer, data, max_length)

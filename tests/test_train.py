@@ -294,6 +294,22 @@ def test_text_classifier_learns_an_easy_task_and_is_deterministic(tiny_bert):
     assert other_seed["history"]["loss"] != losses
 
 
+def test_text_classifier_trains_a_model_given_as_base_in_place(tiny_bert):
+    train = sentiment(32)
+    tokenizer, net = load_text_model("sequence", 2, tiny_bert)
+    before = net.classifier.weight.detach().clone()
+    record, model = finetune_text_classifier(
+        train, None, method="full", base=net, tokenizer=tokenizer, lr=1e-2, batch_size=16,
+        progress=False, return_model=True,
+    )  # fmt: skip
+    assert model is net and not torch.equal(net.classifier.weight, before)
+    with pytest.raises(ValueError, match="without its tokenizer"):
+        finetune_text_classifier(train, None, base=net, progress=False)
+    _, three = load_text_model("sequence", 3, tiny_bert)
+    with pytest.raises(ValueError, match="classifier with 3 outputs but the data has 2 labels"):
+        finetune_text_classifier(train, None, base=three, tokenizer=tokenizer, progress=False)
+
+
 def test_lora_settings_as_one_config_or_as_keywords(tiny_bert):
     """One LoRAConfig carries the settings to apply_lora and into the record; the keywords are
     a shorthand for the same object, and giving both ways at once is refused."""
