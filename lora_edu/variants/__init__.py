@@ -9,11 +9,12 @@ hooks, with plain LoRA's answers). Its own parameters train and are saved with `
 
 from __future__ import annotations
 
-from lora_edu.variants.adalora import AdaLoRA, RankAllocator
+from lora_edu.variants.adalora import AdaLoRA
 from lora_edu.variants.base import Variant
 from lora_edu.variants.dora import DoRA
 from lora_edu.variants.lora_fa import LoRAFA
 from lora_edu.variants.lora_plus import LORA_PLUS_RATIO, LoRAPlus
+from lora_edu.variants.rank_allocator import RankAllocator
 from lora_edu.variants.vera import VeRA
 
 #: variant name (``LoRAConfig.variant``) → its class, built as ``cls(layer, **shared)``.
