@@ -341,6 +341,12 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     ("sst2", "alphas", "SST-2: the scale α at three ranks"),
     ("sst2", "targets", "SST-2: which weights, at q, v r=8's parameter budget (paper Table 5)"),
     ("sst2", "query-ranks", "SST-2: Wq alone at other ranks (paper Table 6)"),
+    ("sst2", "variants", "SST-2: LoRA's descendants at LoRA r=8's budget, each at its pilot rate"),
+    (
+        "sst2-dev",
+        "variants-pilot",
+        "SST-2 variants: learning-rate pilot, on held-out training sentences",
+    ),
     ("conll2003", "headline", "CoNLL-2003 named entities (MiniLM-L6): every method"),
     ("conll2003", "ranks", "CoNLL-2003: LoRA's rank (q, v)"),
     ("vit", "headline", "Small ViT, MNIST → 8×8 digits: every method"),
@@ -372,11 +378,17 @@ def _at_profile(name: str) -> Iterator[None]:
 
 
 def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate took its
-    method's default, so any rate matches it; the budget is the profile's)."""
+    """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate takes its
+    method's default rate for the task; the budget is the profile's)."""
+    from lora_edu.sweep import task_spec
+    from lora_edu.train import DEFAULT_LR
+
+    defaults = task_spec(record["task"]).default_lr or DEFAULT_LR
     for run in grid:
-        fields = _MATCH_FIELDS + (("lr",) if run.get("lr") is not None else ())
-        if all(_canonical(run.get(k)) == _canonical(record.get(k)) for k in fields):
+        lr = run.get("lr") if run.get("lr") is not None else defaults.get(run["method"])
+        if all(_canonical(run.get(k)) == _canonical(record.get(k)) for k in _MATCH_FIELDS) and (
+            run["method"] == "none" or _canonical(lr) == _canonical(record.get("lr"))
+        ):
             return True
     return False
 
@@ -389,6 +401,7 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         rows,
         key=lambda r: (
             _STUDY_ORDER.index(r["method"]),
+            list(VARIANT_RUNS).index(variant_name(r)) if r["method"] == "lora" else 0,
             r["r"] or 0,
             r["alpha"] or 0,
             ",".join(r["target_modules"] or []),
@@ -420,7 +433,7 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         metric = f"{100 * row['metric']:.2f}"
         if len(row["seeds"]) > 1:
             metric += f" ± {100 * row['spread'] / 2:.2f}"
-        name = row.get("variant") or row["method"]  # a LoRA variant shows its own name
+        name = variant_name(row) if row["method"] == "lora" else row["method"]  # e.g. "dora"
         values = [name, *(cells[c](row) for c in columns), f"{pct:.3f}", metric]
         if show_loss:
             values.append(f"{row['eval_loss']:.3f}")
@@ -432,9 +445,14 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
     """The results as one small markdown table per study in ``STUDIES`` (the runs of its preset,
     at the records' profile), each headed by its title and training budget; runs that belong to
     no study close the report in one table (``sweep.markdown_report``)."""
-    from lora_edu.sweep import aggregate, markdown_report
+    from lora_edu.sweep import aggregate, markdown_report, run_key
 
-    records = list(records)
+    # One run found in two files (a preset with its own file re-running a configuration that
+    # another preset ran) is reported once: the first record of it.
+    unique: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        unique.setdefault(run_key(rec), rec)
+    records = list(unique.values())
     placed: set[int] = set()
     parts = []
     for task, preset, title in STUDIES:
