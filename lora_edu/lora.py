@@ -1001,61 +1001,32 @@ def _peft_config(
     adapted = [n for n, _ in _require_lora_layers(model)]
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if config.variant == "adalora":
-        # The schedule fields describe no training (PEFT requires them); pruned triplets are
-        # saved at full size with their singular value 0, so no rank_pattern is needed.
-        return {
-            "peft_type": "ADALORA",
-            "task_type": task_type,
-            "base_model_name_or_path": base_model_name_or_path or None,
-            "init_r": config.r,
-            "target_r": config.r,
-            "lora_alpha": config.alpha,
-            "lora_dropout": config.dropout,
-            "target_modules": _minimal_targets(model, adapted),
-            "total_step": 1,
-            "tinit": 0,
-            "tfinal": 0,
-            "rank_pattern": None,
-            "bias": config.bias,
-            "modules_to_save": list(config.modules_to_save) or None,
-            "fan_in_fan_out": False,
-            "init_lora_weights": True,
-            "inference_mode": True,
-        }
-    if config.variant == "vera":
-        return {
-            "peft_type": "VERA",
-            "task_type": task_type,
-            "base_model_name_or_path": base_model_name_or_path or None,
-            "r": config.r,
-            "target_modules": _minimal_targets(model, adapted),
-            "projection_prng_key": PROJECTION_PRNG_KEY,
-            "save_projection": True,
-            "vera_dropout": config.dropout,
-            "d_initial": D_INITIAL,
-            "bias": config.bias,
-            "modules_to_save": list(config.modules_to_save) or None,
-            "fan_in_fan_out": False,
-            "init_weights": True,
-            "inference_mode": True,
-        }
-    return {
-        "peft_type": "LORA",
+    # The fields every PEFT adapter type has, then each type's own.
+    common = {
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path or None,
-        "r": config.r,
-        "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout,
-        "use_rslora": config.use_rslora,
-        "init_lora_weights": PEFT_INIT[config.init],
         "target_modules": _minimal_targets(model, adapted),
         "bias": config.bias,
         "modules_to_save": list(config.modules_to_save) or None,
         "fan_in_fan_out": False,
-        "use_dora": config.variant == "dora",
         "inference_mode": True,
     }
+    if config.variant == "adalora":
+        # The schedule fields describe no training (PEFT requires them); pruned triplets are
+        # saved at full size with their singular value 0, so no rank_pattern is needed.
+        own = {"peft_type": "ADALORA", "init_r": config.r, "target_r": config.r, "total_step": 1,
+               "tinit": 0, "tfinal": 0, "rank_pattern": None, "init_lora_weights": True,
+               "lora_alpha": config.alpha, "lora_dropout": config.dropout}  # fmt: skip
+    elif config.variant == "vera":
+        own = {"peft_type": "VERA", "r": config.r, "projection_prng_key": PROJECTION_PRNG_KEY,
+               "save_projection": True, "vera_dropout": config.dropout, "d_initial": D_INITIAL,
+               "init_weights": True}  # fmt: skip
+    else:
+        own = {"peft_type": "LORA", "r": config.r, "lora_alpha": config.alpha,
+               "lora_dropout": config.dropout, "use_rslora": config.use_rslora,
+               "init_lora_weights": PEFT_INIT[config.init],
+               "use_dora": config.variant == "dora"}  # fmt: skip
+    return {**own, **common}
 
 
 def save_adapter(

@@ -147,20 +147,25 @@ def test_dora_merge_is_exact_and_unmerge_restores_w(ids):
     assert not any(isinstance(m, LoRALinear) for m in done.modules())  # unload: plain Linear
 
 
-def test_dora_adapter_files_round_trip_with_peft(ids, tmp_path):
-    ours, theirs = dora_pair()
+def round_trip_with_peft(ours, theirs, ids, folder, marker: str, variant: str) -> None:
+    """Our save → PEFT's load, and PEFT's save → our load, both give our model's outputs."""
     with torch.no_grad():
         expected = ours(ids).logits
-    save_adapter(ours, tmp_path / "ours")
-    assert '"use_dora": true' in (tmp_path / "ours" / ADAPTER_CONFIG).read_text()
-    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours").eval()
-    theirs.save_pretrained(tmp_path / "peft")
+    save_adapter(ours, folder / "ours")
+    assert marker in (folder / "ours" / ADAPTER_CONFIG).read_text()
+    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), folder / "ours").eval()
+    theirs.save_pretrained(folder / "peft")
     back = tiny_bert()
-    load_adapter(back, tmp_path / "peft")
-    assert back.lora_config.variant == "dora"
+    load_adapter(back, folder / "peft")
+    assert back.lora_config.variant == variant
     with torch.no_grad():
-        torch.testing.assert_close(loaded_by_peft(ids).logits, expected)
-        torch.testing.assert_close(back(ids).logits, expected)
+        close(loaded_by_peft(ids).logits, expected)
+        close(back(ids).logits, expected)
+
+
+def test_dora_adapter_files_round_trip_with_peft(ids, tmp_path):
+    ours, theirs = dora_pair()
+    round_trip_with_peft(ours, theirs, ids, tmp_path, '"use_dora": true', "dora")
 
 
 def test_a_variant_name_is_checked_and_travels_in_the_config():
@@ -238,18 +243,8 @@ def test_vera_starts_as_the_base_model_and_its_forward_and_gradients_equal_peft(
 def test_vera_merges_exactly_and_its_files_round_trip_with_peft(ids, tmp_path):
     ours, theirs = vera_pair()
     with torch.no_grad():
-        expected = ours(ids).logits
-        close(merge_lora(copy.deepcopy(ours))(ids).logits, expected)
-    save_adapter(ours, tmp_path / "ours")
-    assert '"peft_type": "VERA"' in (tmp_path / "ours" / ADAPTER_CONFIG).read_text()
-    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours").eval()
-    theirs.save_pretrained(tmp_path / "peft")
-    back = tiny_bert()
-    load_adapter(back, tmp_path / "peft")
-    assert back.lora_config.variant == "vera"
-    with torch.no_grad():
-        torch.testing.assert_close(loaded_by_peft(ids).logits, expected)
-        torch.testing.assert_close(back(ids).logits, expected)
+        close(merge_lora(copy.deepcopy(ours))(ids).logits, ours(ids).logits)
+    round_trip_with_peft(ours, theirs, ids, tmp_path, '"peft_type": "VERA"', "vera")
 
 
 def test_vera_refuses_what_it_cannot_do(tmp_path):
@@ -396,15 +391,5 @@ def test_adalora_adapter_files_round_trip_with_peft(ids, tmp_path):
             model.zero_grad()
     assert theirs.peft_config["default"].rank_pattern  # PEFT saves the pruned layers smaller
     with torch.no_grad():
-        expected = ours(ids).logits
-        close(theirs(ids).logits, expected)
-    save_adapter(ours, tmp_path / "ours")
-    assert '"peft_type": "ADALORA"' in (tmp_path / "ours" / ADAPTER_CONFIG).read_text()
-    loaded_by_peft = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours").eval()
-    theirs.save_pretrained(tmp_path / "peft")
-    back = tiny_bert()
-    load_adapter(back, tmp_path / "peft")
-    assert back.lora_config.variant == "adalora"
-    with torch.no_grad():
-        close(loaded_by_peft(ids).logits, expected)
-        close(back(ids).logits, expected)
+        close(theirs(ids).logits, ours(ids).logits)
+    round_trip_with_peft(ours, theirs, ids, tmp_path, '"peft_type": "ADALORA"', "adalora")
