@@ -446,8 +446,9 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
 
 def study_report(records: Sequence[dict[str, Any]]) -> str:
     """The results as one small markdown table per study in ``STUDIES`` (the runs of its preset,
-    at the records' profile), each headed by its title and training budget; runs that belong to
-    no study close the report in one table (``sweep.markdown_report``)."""
+    at the records' profile), each headed by its title and training budget, once every run of
+    the study is there; runs that belong to no study close the report in one table
+    (``sweep.markdown_report``)."""
     from lora_edu.sweep import aggregate, markdown_report, run_key
 
     # One run found in two files (a preset with its own file re-running a configuration that
@@ -473,6 +474,16 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
         if not chosen:
             continue
         placed.update(chosen)
+
+        missing = [
+            run
+            for run in grid
+            if not any(
+                records[i]["seed"] == run["seed"] and _in_grid(records[i], [run]) for i in chosen
+            )
+        ]
+        if missing:
+            continue  # a study still training is shown once all its runs are there
         rows = aggregate([records[i] for i in chosen])
         epochs = rows[0]["epochs"]
         budget = f"{rows[0]['n_train']:,} training examples × {epochs} epoch{'s' * (epochs != 1)}"

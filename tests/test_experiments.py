@@ -188,24 +188,28 @@ def _result(method, seed, metric, r=None, task="sst2", lr=None, alpha=16.0):
 
 def test_study_report_one_small_table_per_study_baselines_first(monkeypatch):
     """Each study gets its own table at the records' profile (here default, though the session
-    runs smoke), baselines before LoRA; a configuration shows all its seeds in every table it
-    belongs to; a run outside every study is listed at the end."""
+    runs smoke), baselines before LoRA, once all its runs are there; a configuration shows all
+    its seeds in every table it belongs to; a run outside every study is listed at the end."""
     monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
     records = [
         _result("lora", 0, 0.80, r=8),
         _result("full", 0, 0.86),
         _result("lora", 1, 0.84, r=8),
         _result("head", 0, 0.70),
+        *(_result(m, s, 0.75) for m, s in (("head", 1), ("bitfit", 0), ("bitfit", 1), ("full", 1))),
         _result("lora", 0, 0.81, r=2),  # the default rank sweep, not the headline
+        *(_result("lora", 0, 0.8, r=r) for r in (1, 4, 16, 32, 64)),
         _result("lora", 0, 0.50, r=3),  # in no study
+        _result("lora", 0, 0.79, r=1, alpha=1.0),  # one run of the alpha study: not shown yet
     ]
     report = experiments.study_report(records)
+    assert "the scale α" not in report and "| 1 | 1 |" not in report  # an unfinished study
     headline = report.split("**SST-2 sentiment")[1].split("**SST-2: LoRA's rank")[0]
     rows = [
         line for line in headline.splitlines() if line.startswith("| ") and "method" not in line
     ]
-    assert [row.split(" | ")[0] for row in rows] == ["| head", "| full", "| lora"]
-    assert "| 8 |" in rows[2] and "82.00 ± 2.00 | 2 |" in rows[2]
+    assert [row.split(" | ")[0] for row in rows] == ["| head", "| bitfit", "| full", "| lora"]
+    assert "| 8 |" in rows[3] and "82.00 ± 2.00 | 2 |" in rows[3]
     assert "4,000 training examples × 2 epochs" in headline and "train s" not in report
     ranks = report.split("**SST-2: LoRA's rank")[1].split("\n\n**")[0]
     assert (
