@@ -232,13 +232,13 @@ class QuantizedLinear(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(device) moves the codes and scales too
         super()._apply(fn, recurse)
+        # Only the device follows: a dtype cast (model.half()) must not round codes or scales.
+        device = fn(torch.empty(0)).device
         q = self.quantized
         for name in ("packed", "absmax", "scale_codes", "scale_absmax"):
             tensor = getattr(q, name)
             if tensor is not None:
-                moved = fn(tensor)
-                # a dtype cast (model.half()) must not touch codes or scales: keep their dtype
-                setattr(q, name, moved.to(tensor.dtype))
+                setattr(q, name, tensor.to(device))
         return self
 
     def extra_repr(self) -> str:

@@ -111,8 +111,9 @@ def test_quantised_linear_forward_merge_and_device_moves():
     assert 0 < (after - before).abs().max() < 0.1 * before.abs().max()
     with pytest.raises(ValueError, match="PiSSA on a quantised base"):
         LoRALinear(quant.QuantizedLinear(linear), r=4, alpha=8, init="pissa")
-    moved = copy.deepcopy(q).to(torch.float64)  # a dtype cast leaves codes and scales alone
+    moved = copy.deepcopy(q).to(torch.float16)  # a dtype cast leaves codes and scales alone
     assert moved.quantized.packed.dtype == torch.uint8
+    assert torch.equal(moved.quantized.absmax, q.quantized.absmax)  # not rounded through fp16
 
 
 def test_apply_lora_with_quantize_gives_qlora(minilm):
