@@ -808,10 +808,21 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def count_parameters(model: nn.Module) -> dict[str, Any]:
     """``{"trainable": int, "total": int, "percent": float}``; total includes LoRA's A and B
-    (as PEFT's ``print_trainable_parameters`` counts) and shared parameters once."""
-    params = list(model.parameters())
+    (as PEFT's ``print_trainable_parameters`` counts), shared parameters once, and the weights
+    of 4-bit ``QuantizedLinear`` layers (stored as codes, not as parameters). VeRA's layers hold
+    views of one shared random pair, which PEFT keeps as buffers: they are not counted."""
+    shared_views = {
+        id(p)
+        for _, layer in _lora_layers(model)
+        if layer.variant is not None and not layer.variant.saves_lora  # VeRA
+        for p in (layer.lora_A, layer.lora_B)
+    }
+    params = [p for p in model.parameters() if id(p) not in shared_views]
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in params)
+    total += sum(
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantizedLinear)
+    )
     return {"trainable": trainable, "total": total, "percent": 100 * trainable / max(total, 1)}
 
 

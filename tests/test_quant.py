@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from lora_edu import quant
-from lora_edu.lora import LoRAConfig, LoRALinear, apply_lora, mark_only_lora_trainable, merge_lora
+from lora_edu.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    count_parameters,
+    mark_only_lora_trainable,
+    merge_lora,
+)
 from lora_edu.models import load_text_model
 
 bnb = pytest.importorskip("bitsandbytes.functional")
@@ -136,6 +143,10 @@ def test_apply_lora_with_quantize_gives_qlora(minilm):
     # fp32 linear weights (4 bytes each) became 4-bit codes with 8-bit scales (≈ 4.127 bits)
     assert quant.weight_bytes(model) == quant.weight_bytes(minilm) - 4 * linear_w + packed + lora
     assert 8 * packed / linear_w == pytest.approx(4.127, abs=0.002)
+    # the 4-bit weights still count as the model's parameters, as in the full-precision model
+    plain = copy.deepcopy(minilm)
+    apply_lora(plain, LoRAConfig(["query", "value"], r=4))
+    assert count_parameters(model)["total"] == count_parameters(plain)["total"]
     ids = torch.randint(0, 1000, (2, 9))
     model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

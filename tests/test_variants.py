@@ -14,6 +14,7 @@ from lora_edu.lora import (
     adalora_allocator,
     adapter_state_dict,
     apply_lora,
+    count_parameters,
     load_adapter,
     mark_only_lora_trainable,
     merge_lora,
@@ -220,6 +221,10 @@ def test_vera_shares_one_random_pair_drawn_as_peft_draws_it():
     trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
     head = sum(p.numel() for p in ours.classifier.parameters())
     assert trainable == 2 * (2 * (6 + 32) + (6 + 37))  # r + d_out per layer, 3 layers × 2
+    # as PEFT counts: the shared pair is no parameter (a buffer there), the vectors are
+    theirs_trainable, theirs_total = theirs.get_nb_trainable_parameters()
+    assert count_parameters(ours)["total"] == theirs_total
+    assert count_parameters(ours)["trainable"] == theirs_trainable == trainable
     assert head and not any(p.requires_grad for p in ours.classifier.parameters())
 
 
