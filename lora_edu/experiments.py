@@ -217,19 +217,19 @@ VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
 #: Three learning rates per variant, a factor 2–2.5 apart, around LoRA's 2e-3: lower for rsLoRA
 #: (scaling α/√r is 2.8× α/r at r=8) and LoRA+ (B learns at 16× the rate), higher for VeRA
 #: (only scaling vectors train; its paper uses 1e-2 and above). PiSSA starts on W's principal
-#: directions, where large steps change the model most: its grid starts lower too. Where the best
-#: of the first three was at an end of its grid, the grid was extended by one rate beyond that end
-#: (LoRA, DoRA downward; rsLoRA, LoRA+, LoRA-FA, AdaLoRA, QLoRA upward): a best value at the edge
-#: of a grid is not an optimum.
+#: directions, where large steps change the model most: its grid starts lower too. A grid whose
+#: best rate was at an end was extended beyond that end, one rate at a time, while that held
+#: (LoRA, DoRA downward; rsLoRA, LoRA+, QLoRA upward once; LoRA-FA, AdaLoRA upward twice): a
+#: best value at the edge of a grid is not an optimum.
 VARIANT_PILOT_LRS: dict[str, tuple[float, ...]] = {
     "lora": (5e-4, 1e-3, 2e-3, 5e-3),
     "rslora": (5e-4, 1e-3, 2e-3, 5e-3),
     "pissa": (5e-4, 1e-3, 2e-3),
     "dora": (5e-4, 1e-3, 2e-3, 5e-3),
     "lora-plus": (2e-4, 5e-4, 1e-3, 2e-3),
-    "lora-fa": (1e-3, 2e-3, 5e-3, 1e-2),
+    "lora-fa": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
     "vera": (5e-3, 1e-2, 2e-2),
-    "adalora": (1e-3, 2e-3, 5e-3, 1e-2),
+    "adalora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
     "qlora": (1e-3, 2e-3, 5e-3, 1e-2),
 }
 
