@@ -30,6 +30,7 @@ exception: with double quantisation, bitsandbytes' CPU kernel rounds a few block
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,13 @@ def dynamic_levels() -> torch.Tensor:
 LEVELS = {"nf4": nf4_levels, "fp4": fp4_levels, "int4": int4_levels}
 
 
+@functools.cache
+def _table(kind: str) -> torch.Tensor:
+    """A table built once per process (every forward of a ``QuantizedLinear`` looks it up);
+    ``kind`` is a key of ``LEVELS`` or ``"dynamic"``. Read only: never modified in place."""
+    return dynamic_levels() if kind == "dynamic" else LEVELS[kind]()
+
+
 def quantize_blockwise(
     x: torch.Tensor, levels: torch.Tensor, blocksize: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +148,7 @@ class Quantized4bit:
         """The block scales, dequantised if they are stored in 8 bits."""
         if self.absmax is not None:
             return self.absmax
-        levels = dynamic_levels().to(self.scale_absmax.device)
+        levels = _table("dynamic").to(self.scale_absmax.device)
         scales = dequantize_blockwise(self.scale_codes, self.scale_absmax, levels, BLOCKSIZE_SCALES)
         return scales + self.scale_offset
 
@@ -156,7 +164,7 @@ def quantize_4bit(
         raise ValueError(f"blocksize must be an int >= 2 (QLoRA: 64), got {blocksize!r}")
     if not weight.is_floating_point():
         raise ValueError(f"quantize_4bit takes a floating-point tensor, got {weight.dtype}")
-    levels = LEVELS[kind]().to(weight.device)
+    levels = _table(kind).to(weight.device)
     codes, absmax = quantize_blockwise(weight.detach(), levels, blocksize)
     if codes.numel() % 2:  # an odd count: the last byte holds one code and the code of 0
         codes = F.pad(codes, (0, 1), value=int(levels.abs().argmin()))
@@ -165,7 +173,7 @@ def quantize_4bit(
     if double_quant:
         offset = absmax.mean()
         result.scale_codes, result.scale_absmax = quantize_blockwise(
-            absmax - offset, dynamic_levels().to(weight.device), BLOCKSIZE_SCALES
+            absmax - offset, _table("dynamic").to(weight.device), BLOCKSIZE_SCALES
         )
         result.absmax, result.scale_offset = None, offset.item()
     return result
@@ -174,7 +182,7 @@ def quantize_4bit(
 def dequantize_4bit(q: Quantized4bit) -> torch.Tensor:
     """The float32 tensor that ``q`` stands for (of ``q.shape``)."""
     codes = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1)
-    levels = LEVELS[q.kind]().to(q.packed.device)
+    levels = _table(q.kind).to(q.packed.device)
     n = math.prod(q.shape)
     return dequantize_blockwise(codes[:n], q.scales(), levels, q.blocksize).view(q.shape)
 
