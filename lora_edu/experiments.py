@@ -16,6 +16,7 @@ and differ only in the training budget that ``lora_edu.sweep`` picks.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -380,13 +381,19 @@ def _at_profile(name: str) -> Iterator[None]:
             os.environ["LORA_EDU_PROFILE"] = old
 
 
-def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate takes its
-    method's default rate for the task; the budget is the profile's)."""
+@functools.cache
+def _default_lrs(task: str) -> dict[str, float]:
+    """Each method's default learning rate on ``task`` (looked up once per task)."""
     from lora_edu.sweep import task_spec
     from lora_edu.train import DEFAULT_LR
 
-    defaults = task_spec(record["task"]).default_lr or DEFAULT_LR
+    return task_spec(task).default_lr or DEFAULT_LR
+
+
+def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate takes its
+    method's default rate for the task; the budget is the profile's)."""
+    defaults = _default_lrs(record["task"])
     for run in grid:
         lr = run.get("lr") if run.get("lr") is not None else defaults.get(run["method"])
         if all(_canonical(run.get(k)) == _canonical(record.get(k)) for k in _MATCH_FIELDS) and (

@@ -183,7 +183,8 @@ class LoRALinear(nn.Module):
             (A, B from W's top-r SVD and W replaced by the residual, see ``pissa_init``). All
             three leave the layer's output unchanged at step 0.
         use_rslora: rank-stabilised scaling ``alpha / √r``.
-        variant: a LoRA descendant (``"dora"``, ``"vera"``, ``"lora-fa"``, ``"lora-plus"``, see
+        variant: a LoRA descendant (``"dora"``, ``"vera"``, ``"adalora"``, ``"lora-fa"``,
+            ``"lora-plus"``, see
             ``lora_edu.variants``), kept as ``self.variant``; None for plain LoRA.
         shared: state every adapted layer of a model shares (VeRA's random matrices), built by
             ``apply_lora`` with the variant's ``shared_state``.
@@ -355,7 +356,8 @@ class LoRAConfig:
     variant: str | None = field(
         default=None,
         metadata={
-            "help": "a LoRA descendant: None (plain LoRA) | dora | vera | lora-fa | lora-plus"
+            "help": "a LoRA descendant: None (plain LoRA) | dora | vera | adalora | lora-fa | "
+            "lora-plus"
         },
     )
     quantize: str | None = field(
@@ -673,15 +675,15 @@ def apply_lora(
     shared: dict[str, Any] = {}
     if variant is not None:
         shared = VARIANTS[variant].shared_state([model.get_submodule(n) for n in names], r)
-    if quantize is not None:
-        # QLoRA: every linear layer of the frozen base in 4 bits, except the output head(s).
-        quantize_model(model, quantize, skip=tuple(_output_heads(model)))
     if shared and isinstance(previous, LoRAConfig):
         raise ValueError(
             f"variant {variant!r} shares one set of matrices across all its layers, sized for "
             "the layers adapted together; apply it in one apply_lora call with every target "
             "(unload_lora(model) first)"
         )
+    if quantize is not None:  # last of the checks: rounding to 4 bits cannot be undone
+        # QLoRA: every linear layer of the frozen base in 4 bits, except the output head(s).
+        quantize_model(model, quantize, skip=tuple(_output_heads(model)))
     # All or nothing: a layer that fails (e.g. PiSSA with r above what a small layer allows)
     # puts every layer wrapped so far back as it was, weights included.
     wrapped: list[tuple[str, nn.Linear, torch.Tensor | None]] = []

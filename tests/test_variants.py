@@ -257,6 +257,9 @@ def test_vera_refuses_what_it_cannot_do(tmp_path):
     apply_lora(model, ["query"], r=4, variant="vera")
     with pytest.raises(ValueError, match="shares one set of matrices"):
         apply_lora(model, ["value"], r=4, variant="vera")  # another draw would not fit the file
+    with pytest.raises(ValueError, match="shares one set of matrices"):
+        apply_lora(model, ["value"], r=4, variant="vera", quantize="nf4")
+    assert not any(type(m).__name__ == "QuantizedLinear" for m in model.modules())  # refused first
     with pytest.raises(ValueError, match="init='pissa' is for LoRA"):
         apply_lora(tiny_bert(), ["query"], r=4, init="pissa", variant="vera")
     theirs = peft.get_peft_model(
