@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -118,9 +119,24 @@ def _sweep(args: argparse.Namespace) -> int:
                 )
         grid = unique_runs(grid)  # non-LoRA runs appear once per alpha: keep one
     out = args.out or results_file(args.task, args.preset or ())
-    records = run_sweep(
-        args.task, grid, out, keep_adapters=args.keep_adapters, progress=not args.quiet
-    )
+    if args.workers is not None or args.address or os.environ.get("RAY_ADDRESS"):
+        from lora_edu.cluster import run_sweep_ray
+
+        records = run_sweep_ray(
+            args.task,
+            grid,
+            out,
+            workers=args.workers,
+            address=args.address,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            keep_adapters=args.keep_adapters,
+            progress=not args.quiet,
+        )
+    else:
+        records = run_sweep(
+            args.task, grid, out, keep_adapters=args.keep_adapters, progress=not args.quiet
+        )
     print(summary_table(records))
     print(f"\n{len(records)} runs in {out}")
     return 0
@@ -234,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--variant",
         default=None,
-        help="a LoRA variant for the LoRA runs: dora, vera, lora-fa, lora-plus (default: plain LoRA)",
+        help="a LoRA variant for the LoRA runs: dora, vera, adalora, lora-fa, lora-plus "
+        "(default: plain LoRA)",
     )
     sw.add_argument(
         "--rslora", action="store_true", help="scaling alpha/sqrt(r) instead of alpha/r"
@@ -256,6 +273,29 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-pilot; e2e: table3)",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray_opts = sw.add_argument_group(
+        'many cores, GPUs or machines (Ray: pip install "lora-edu[cluster]")'
+    )
+    ray_opts.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the grid as Ray tasks on a local Ray instance with this many CPUs",
+    )
+    ray_opts.add_argument(
+        "--address",
+        default=None,
+        help="attach to a running Ray cluster instead (default: $RAY_ADDRESS when set)",
+    )
+    ray_opts.add_argument(
+        "--cpus-per-run", type=float, default=1, help="CPUs (torch threads) per run (default 1)"
+    )
+    ray_opts.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="GPUs per run; 0.25 lets four runs share one GPU (default: 1 if there are GPUs)",
+    )
     sw.set_defaults(func=_sweep)
 
     rp = sub.add_parser(

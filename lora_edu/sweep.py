@@ -475,8 +475,6 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    from lora_edu import __version__
-
     spec = task_spec(task) if isinstance(task, str) else task
     out = Path(out)
     runs = list(runs)
@@ -494,43 +492,84 @@ def run_sweep(
             records.append(done[key])
             continue
         bar.set_postfix_str(_describe(config))
-        kwargs = {
-            "method": config["method"],
-            "epochs": config["epochs"],
-            "batch_size": budget["batch_size"],
-            "seed": config["seed"],
-            "lr": config["lr"],
-            "progress": False,
-            "device": device,
-            **spec.extra,
-        }
-        if config["method"] == "lora":
-            kwargs["lora"] = lora_config(config)
-        started = time.perf_counter()
-        result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
-        model = None
-        if keep_adapters:
-            result, model = result
-        record = {
-            **{k: v for k, v in result.items() if k != "history"},
-            # Learning curves (loss per step, metric per epoch) without the per-step lr schedule.
-            "history": {k: v for k, v in result.get("history", {}).items() if k != "lr"},
-            **config,
-            "metric_name": result.get("metric_name", spec.metric_name),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "profile": profile(),
-            "version": __version__,
-        }
-        if model is not None and config["method"] == "lora":
-            from lora_edu.lora import save_adapter
-
-            adapter_dir = out.parent / "adapters" / out.stem / _slug(config)
-            save_adapter(model, adapter_dir)
-            record["adapter_path"] = os.path.relpath(adapter_dir, out.parent)
-        append_record(out, record)
+        record, files = train_one(spec, config, train_ds, eval_ds, keep_adapters, device)
+        write_record(out, record, files)
         done[key] = record
         records.append(record)
     return records
+
+
+def train_one(
+    spec: TaskSpec,
+    config: dict[str, Any],
+    train_ds: Any,
+    eval_ds: Any,
+    keep_adapters: bool = False,
+    device: Any = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Train one run of a sweep (``config``: a grid entry completed by ``_full_config``) and
+    return its record and, with ``keep_adapters``, the files of its LoRA adapter (name → bytes;
+    ``write_record`` puts them next to the results file). Writes nothing itself, so it can run
+    on another machine: the serial runner and the Ray workers (``lora_edu.cluster``) share it."""
+    from lora_edu import __version__
+
+    budget = spec.budget()
+    kwargs = {
+        "method": config["method"],
+        "epochs": config["epochs"],
+        "batch_size": budget["batch_size"],
+        "seed": config["seed"],
+        "lr": config["lr"],
+        "progress": False,
+        "device": device,
+        **spec.extra,
+    }
+    if config["method"] == "lora":
+        kwargs["lora"] = lora_config(config)
+    started = time.perf_counter()
+    result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
+    model = None
+    if keep_adapters:
+        result, model = result
+    record = {
+        **{k: v for k, v in result.items() if k != "history"},
+        # Learning curves (loss per step, metric per epoch) without the per-step lr schedule.
+        "history": {k: v for k, v in result.get("history", {}).items() if k != "lr"},
+        **config,
+        "metric_name": result.get("metric_name", spec.metric_name),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "profile": profile(),
+        "version": __version__,
+    }
+    files: dict[str, bytes] = {}
+    if model is not None and config["method"] == "lora":
+        import tempfile
+
+        from lora_edu.lora import save_adapter
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_adapter(model, tmp)
+            files = {
+                p.relative_to(tmp).as_posix(): p.read_bytes()
+                for p in sorted(Path(tmp).rglob("*"))
+                if p.is_file()
+            }
+    return record, files
+
+
+def write_record(out: str | os.PathLike, record: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Append ``record`` to the results file ``out``; with adapter ``files`` (from
+    ``train_one``), first write them to ``adapters/<file stem>/<run>/`` beside it and note that
+    folder in the record as ``adapter_path``."""
+    out = Path(out)
+    if files:
+        adapter_dir = out.parent / "adapters" / out.stem / _slug(record)
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (adapter_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (adapter_dir / name).write_bytes(data)
+        record["adapter_path"] = os.path.relpath(adapter_dir, out.parent)
+    append_record(out, record)
 
 
 def lora_config(run: dict[str, Any]) -> LoRAConfig:
