@@ -53,7 +53,7 @@ PAPER_ADAPTERS: tuple[tuple[int, int], ...] = ((4, 0), (8, 0), (8, 1), (64, 0), 
 
 
 def _seeds() -> list[int]:
-    return by_profile(smoke=[0], default=[0, 1])
+    return by_profile(smoke=[0], default=[0, 1], full=[0, 1, 2])
 
 
 def _lora(ranks, alphas=(16,), targets=(QV,), seeds=(0,)) -> list[dict[str, Any]]:
@@ -300,7 +300,7 @@ VARIANT_SEEDS = (0, 1)
 def _variants() -> list[dict[str, Any]]:
     """Every variant at its pilot learning rate, on the reported SST-2 validation set."""
     lrs = variants_chosen_lrs()
-    seeds = by_profile(smoke=[0], default=list(VARIANT_SEEDS))
+    seeds = by_profile(smoke=[0], default=list(VARIANT_SEEDS), full=[0, 1, 2])
     return [run for name in VARIANT_RUNS for run in _variant_runs(name, lrs[name], seeds)]
 
 

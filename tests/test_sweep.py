@@ -338,3 +338,49 @@ def test_a_variant_is_part_of_the_run_and_reaches_finetune(tmp_path):
     assert "| fake | dora | 2 |" in table and "| fake | lora | 2 |" in table
     with pytest.raises(ValueError, match="unknown variant 'dorra'; expected one of dora"):
         sweep.make_grid(variant="dorra")
+
+
+def test_full_profile_budgets_a_base_size_encoder_and_three_seeds(monkeypatch):
+    from lora_edu.experiments import preset_grid
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "full")
+    for task in ("sst2", "conll2003"):
+        budget = sweep.task_spec(task).budget()
+        assert budget["model"] == sweep.FULL_TEXT_MODEL and budget["n_train"] is None
+    assert sorted({run["seed"] for run in preset_grid("sst2", "headline")}) == [0, 1, 2]
+    # train_one hands the budget's model to the fine-tuning function; smoke has none.
+    seen = []
+    spec = sweep.TaskSpec(
+        "fake", "accuracy", lambda: ([0], [0]),
+        lambda train, eval, return_model=False, **kw: seen.append(kw.get("model")) or {"metric": 1},
+        lambda: {"n_train": 1, "epochs": 1, "batch_size": 1, "model": "some/base-model"},
+    )  # fmt: skip
+    config = sweep._full_config(spec, sweep.make_grid(["head"])[0], 1, spec.budget())
+    sweep.train_one(spec, config, [0], [0])
+    assert seen == ["some/base-model"]
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    assert "model" not in sweep.task_spec("sst2").budget()
+
+
+def test_a_base_width_bert_from_a_folder_fine_tunes_like_minilm(tmp_path):
+    """The full profile's encoder is a BERT of width 768: the same code path as MiniLM. Checked
+    offline with a randomly initialised BERT of that width (2 layers, to stay fast) saved with
+    MiniLM's tokenizer."""
+    import datasets
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from lora_edu.models import resolve_text_model
+    from lora_edu.train import finetune_text_classifier
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("minilm"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=2,
+                        num_attention_heads=12, intermediate_size=3072)  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad", "fine film", "awful"] * 2,
+                                     "label": [1, 0, 1, 0] * 2})  # fmt: skip
+    record = finetune_text_classifier(ds, ds, model=str(tmp_path), r=4, batch_size=4,
+                                      progress=False)  # fmt: skip
+    assert record["model"] == str(tmp_path)
+    # q and v of 2 layers: 2 × 2 × r × (768 + 768), plus the head (768 × 2 + 2).
+    assert record["trainable_params"] == 2 * 2 * 4 * (768 + 768) + 768 * 2 + 2
