@@ -89,6 +89,20 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(
         [
+            "active_adapter",
+            "adapter_names",
+            "add_adapter",
+            "combine_adapters",
+            "delete_adapter",
+            "load_named_adapter",
+            "mixed_batch",
+            "save_adapters",
+            "set_adapter",
+        ],
+        "lora_edu.adapters",
+    ),
+    **dict.fromkeys(
+        [
             "CONLL_LABELS",
             "download_datasets",
             "load_conll2003",

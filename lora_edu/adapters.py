@@ -1,0 +1,399 @@
+"""One frozen base, many named adapters: PEFT's multi-adapter API on ``LoRALinear``.
+
+    add_adapter(model, "sst2", LoRAConfig(["query", "value"], r=8))   # one more adapter
+    set_adapter(model, "sst2")                  # switch: the active adapter's layers plug in
+    with mixed_batch(model, ["sst2", "ner", "__base__"]):   # one adapter per example
+        out = model(**batch)
+    combine_adapters(model, ["sst2", "ner"], [0.5, 0.5], "both", method="cat")
+    save_adapters(model, "out/")                # PEFT's layout: default in out/, others in out/<name>/
+
+How it works: every adapter is its own set of ``LoRALinear`` layers wrapping the *same* base
+layers, so the base weights exist once. The active adapter's layers sit in the model; the others
+are kept aside (``model.lora_adapters``). Switching swaps a few module references and copies no
+weight. The names follow PEFT: the adapter of ``apply_lora`` or ``load_adapter`` is
+``"default"``, ``"__base__"`` routes an example around every adapter. Adapters here carry LoRA
+layers only (no ``bias`` training, no ``modules_to_save``): task heads live beside the encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_edu.lora import (
+    LoRAConfig,
+    LoRALinear,
+    _config_of,
+    _lora_layers,
+    _set_submodule,
+    apply_lora,
+    load_adapter,
+    save_adapter,
+)
+
+DEFAULT = "default"  # PEFT's name for the first adapter
+BASE = "__base__"  # PEFT's name, in adapter_names, for "no adapter"
+METHODS = ("cat", "linear", "svd")
+
+
+@dataclass
+class _Adapter:
+    config: LoRAConfig
+    layers: dict[str, LoRALinear] = field(default_factory=dict)
+
+
+@dataclass
+class _Registry:
+    adapters: dict[str, _Adapter] = field(default_factory=dict)
+    active: str | None = None
+
+
+def _registry(model: nn.Module) -> _Registry:
+    """The model's adapters; a model that only went through ``apply_lora`` has one, "default"."""
+    registry = model.__dict__.get("lora_adapters")
+    if registry is None:
+        registry = _Registry()
+        layers = dict(_lora_layers(model))
+        if layers:
+            registry.adapters[DEFAULT] = _Adapter(_config_of(model), layers)
+            registry.active = DEFAULT
+        model.__dict__["lora_adapters"] = registry  # a plain attribute: not a submodule
+    return registry
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """The model's adapters, in the order they were added."""
+    return list(_registry(model).adapters)
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    """The adapter whose layers are in the model (None when it has none)."""
+    return _registry(model).active
+
+
+def _require(model: nn.Module, name: str) -> _Adapter:
+    registry = _registry(model)
+    if name not in registry.adapters:
+        raise ValueError(
+            f"no adapter named {name!r}; this model has {adapter_names(model) or 'none'}"
+        )
+    return registry.adapters[name]
+
+
+def _unplug(model: nn.Module) -> None:
+    """Put the base layers back where the active adapter's layers are."""
+    registry = _registry(model)
+    if registry.active is None:
+        return
+    adapter = registry.adapters[registry.active]
+    merged = [n for n, layer in adapter.layers.items() if layer.merged]
+    if merged:
+        raise ValueError(
+            f"adapter {registry.active!r} is merged into the base weights (e.g. {merged[0]}); "
+            "call unmerge_lora(model) before switching, combining or deleting adapters"
+        )
+    for name, layer in adapter.layers.items():
+        _set_submodule(model, name, layer.base_layer)
+    model.__dict__.pop("lora_config", None)
+    registry.active = None
+
+
+def _plug(model: nn.Module, name: str | None) -> None:
+    registry = _registry(model)
+    if name is None or name not in registry.adapters:
+        return
+    adapter = registry.adapters[name]
+    for layer_name, layer in adapter.layers.items():
+        device = layer.base_layer.weight.device
+        if layer.lora_A.device != device:  # the model moved while this adapter was aside
+            layer.to(device)
+        layer.train(layer.base_layer.training)  # and may have switched train/eval meanwhile
+        _set_submodule(model, layer_name, layer)
+    model.lora_config = adapter.config
+    registry.active = name
+
+
+def _set_trainable(model: nn.Module) -> None:
+    # As PEFT: only the active adapter's A and B train (minus what its variant freezes).
+    registry = _registry(model)
+    for name, adapter in registry.adapters.items():
+        for layer in adapter.layers.values():
+            frozen = layer.variant.frozen if layer.variant is not None else ()
+            for pname in ("lora_A", "lora_B"):
+                getattr(layer, pname).requires_grad_(
+                    name == registry.active and pname not in frozen
+                )
+            if layer.variant is not None:
+                layer.variant.requires_grad_(name == registry.active)
+
+
+def _check_name(model: nn.Module, name: str) -> None:
+    if not isinstance(name, str) or not name or name == BASE or "." in name:
+        raise ValueError(
+            f"an adapter name is a non-empty string without dots, not {BASE!r}; got {name!r}"
+        )
+    if name in _registry(model).adapters:
+        raise ValueError(f"this model already has an adapter named {name!r}; pick another name")
+
+
+def add_adapter(model: nn.Module, name: str, config: LoRAConfig) -> list[str]:
+    """Add a new adapter ``name`` (fresh A and B, as ``apply_lora(model, config)`` makes them) to
+    the base layers the model already has. As in PEFT, the active adapter stays active (a model
+    without any adapter activates the new one); switch with ``set_adapter``. Returns the adapted
+    layer names."""
+    _check_name(model, name)
+    if config.quantize is not None:
+        raise ValueError(
+            "quantize applies to the base model, which every adapter shares: quantise it with the "
+            "first adapter (apply_lora) and add the others with quantize=None"
+        )
+    if config.bias != "none" or config.modules_to_save:
+        raise ValueError(
+            "adapters added by name hold LoRA layers only (bias='none', no modules_to_save); "
+            "keep each task's head beside the shared encoder"
+        )
+    registry = _registry(model)
+    previous = registry.active
+    _unplug(model)
+    try:
+        names = apply_lora(model, dataclasses.replace(config))
+        registry.adapters[name] = _Adapter(_config_of(model), dict(_lora_layers(model)))
+        registry.active = name
+        _unplug(model)
+    finally:
+        _plug(model, previous if previous is not None else name)  # a failed add plugs nothing new
+    _set_trainable(model)
+    return names
+
+
+def set_adapter(model: nn.Module, name: str) -> None:
+    """Make ``name`` the active adapter: its layers answer, and only its A and B train."""
+    _require(model, name)
+    if active_adapter(model) != name:
+        _unplug(model)
+        _plug(model, name)
+    _set_trainable(model)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name``. Deleting the active one activates the first that remains (as
+    PEFT does); deleting the last leaves the plain base model."""
+    _require(model, name)
+    registry = _registry(model)
+    if registry.active == name:
+        _unplug(model)
+    del registry.adapters[name]
+    if registry.active is None and registry.adapters:
+        _plug(model, next(iter(registry.adapters)))
+    _set_trainable(model)
+
+
+# ------------------------------------------------------------------ one adapter per example
+
+
+@contextlib.contextmanager
+def mixed_batch(model: nn.Module, names: Sequence[str]) -> Iterator[nn.Module]:
+    """Inside the block, example ``i`` of every batch goes through adapter ``names[i]``
+    (``"__base__"``: none), as PEFT's ``model(..., adapter_names=names)``. Each adapted layer
+    computes its base output once for the whole batch and adds each group's ``s · B A x`` to its
+    own rows. Plain LoRA adapters only (a variant's update is not a per-row addition)."""
+    names = list(names)
+    registry = _registry(model)
+    unknown = sorted({n for n in names if n != BASE and n not in registry.adapters})
+    if unknown:
+        raise ValueError(f"unknown adapter(s) {unknown}; this model has {adapter_names(model)}")
+    used = {n: registry.adapters[n] for n in dict.fromkeys(names) if n != BASE}
+    variants = [n for n, a in used.items() if a.config.variant is not None]
+    if variants:
+        raise ValueError(
+            f"adapter(s) {variants} use a LoRA variant; mixed batches take plain LoRA adapters"
+        )
+    rows = {n: torch.tensor([i for i, m in enumerate(names) if m == n]) for n in used}
+    previous = registry.active
+    _unplug(model)
+    by_layer: dict[str, list[tuple[str, LoRALinear]]] = {}
+    for adapter_name, adapter in used.items():
+        for layer_name, layer in adapter.layers.items():
+            by_layer.setdefault(layer_name, []).append((adapter_name, layer))
+
+    def hook(layers: list[tuple[str, LoRALinear]]):
+        def add_updates(module: nn.Module, inputs: tuple, y: torch.Tensor) -> torch.Tensor:
+            (x,) = inputs
+            if x.shape[0] != len(names):
+                raise ValueError(
+                    f"mixed_batch got {len(names)} adapter names for a batch of {x.shape[0]}"
+                )
+            y = y.clone()
+            for adapter_name, layer in layers:
+                idx = rows[adapter_name].to(x.device)
+                sub = x[idx].to(layer.lora_A.dtype)
+                # The base layer is in the model, so it knows whether this is training.
+                sub = F.dropout(sub, layer.dropout_p, training=module.training)
+                update = F.linear(F.linear(sub, layer.lora_A), layer.lora_B) * layer.scaling
+                y[idx] += update.to(y.dtype)
+            return y
+
+        return add_updates
+
+    handles = [
+        model.get_submodule(layer_name).register_forward_hook(hook(layers))
+        for layer_name, layers in by_layer.items()
+    ]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        _plug(model, previous)
+
+
+# ------------------------------------------------------------------ combining adapters
+
+
+@torch.no_grad()
+def combine_adapters(
+    model: nn.Module,
+    names: Sequence[str],
+    weights: Sequence[float],
+    new_name: str,
+    method: str = "svd",
+    svd_rank: int | None = None,
+) -> list[str]:
+    """Add adapter ``new_name`` combining ``names`` with ``weights``, as PEFT's
+    ``add_weighted_adapter`` does (its ``combination_type``):
+
+    - ``"cat"``: A = [w₁s₁A₁; w₂s₂A₂; …], B = [B₁ B₂ …], rank Σ rᵢ. Then B A = Σ wᵢ sᵢ Bᵢ Aᵢ
+      = Σ wᵢ ΔWᵢ exactly.
+    - ``"linear"``: A = Σ ±√|wᵢsᵢ| Aᵢ, B = Σ √|wᵢsᵢ| Bᵢ (equal ranks). B A then holds the cross
+      terms Bᵢ Aⱼ (i ≠ j) too: not Σ wᵢ ΔWᵢ in general.
+    - ``"svd"``: the best rank-``svd_rank`` approximation (Eckart–Young) of Σ wᵢ ΔWᵢ, from its SVD
+      U S Vᵀ: B = U_r S_r, A = V_rᵀ (``svd_rank``: default the largest rank combined).
+
+    The new adapter has ``alpha = r`` and standard scaling, so its scaling is exactly 1. (PEFT
+    copies ``use_rslora`` from the first adapter instead; when that one uses rsLoRA, PEFT's
+    combined adapter comes out scaled by √r.) A layer missing from some adapters combines the
+    ones that have it, zero-padded to the new rank as in PEFT. Returns the adapted layer names.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if len(names) != len(weights) or not names:
+        raise ValueError(
+            f"need one weight per adapter; got {len(names)} names, {len(weights)} weights"
+        )
+    adapters = [_require(model, n) for n in names]
+    _check_name(model, new_name)
+    variants = [n for n, a in zip(names, adapters, strict=True) if a.config.variant is not None]
+    if variants:
+        raise ValueError(f"adapter(s) {variants} use a LoRA variant; combine plain LoRA adapters")
+    ranks = [a.config.r for a in adapters]
+    if len(names) == 1:
+        method = "linear"  # PEFT's rule: one adapter is always combined linearly
+    if method == "linear" and len(set(ranks)) != 1:
+        raise ValueError(f"method='linear' needs equal ranks, got {ranks}; use 'cat' or 'svd'")
+    r = {"cat": sum(ranks), "linear": ranks[0], "svd": svd_rank or max(ranks)}[method]
+    layer_names = list(dict.fromkeys(n for a in adapters for n in a.layers))
+    first = adapters[0].config
+    config = LoRAConfig(layer_names, r=r, alpha=r, dropout=first.dropout)
+    added = add_adapter(model, new_name, config)
+    target = _require(model, new_name)
+    for layer_name in layer_names:
+        present = [
+            (w, a.layers[layer_name])
+            for w, a in zip(weights, adapters, strict=True)
+            if layer_name in a.layers
+        ]
+        A, B = _combined(method, present, r)
+        out = target.layers[layer_name]
+        out.lora_A.zero_()
+        out.lora_B.zero_()
+        out.lora_A[: A.shape[0]] = A
+        out.lora_B[:, : B.shape[1]] = B
+    return added
+
+
+def _combined(
+    method: str, present: list[tuple[float, LoRALinear]], r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of one layer, computed in the same order of operations as PEFT."""
+    if method == "cat":
+        A = torch.cat([layer.lora_A * w * layer.scaling for w, layer in present], dim=0)
+        B = torch.cat([layer.lora_B for _, layer in present], dim=1)
+        return A, B
+    if method == "linear":
+        signed, plain = [], []
+        for w, layer in present:
+            ws = w * layer.scaling
+            signed.append(math.sqrt(abs(ws)) * (1 if ws >= 0 else -1))
+            plain.append(math.sqrt(abs(ws)))
+        A = _weighted_sum([layer.lora_A for _, layer in present], signed)
+        B = _weighted_sum([layer.lora_B for _, layer in present], plain)
+        return A, B
+    delta = _weighted_sum(
+        [layer.lora_delta_weight() for _, layer in present], [w for w, _ in present]
+    )
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=True)
+    return Vh[:r, :], U[:, :r] @ torch.diag(S[:r])
+
+
+def _weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    stacked = torch.stack(tensors, dim=0)
+    w = torch.tensor(weights, device=stacked.device).to(stacked.dtype)
+    return (stacked * w.view(-1, *([1] * (stacked.dim() - 1)))).sum(dim=0)
+
+
+# ------------------------------------------------------------------ files
+
+
+def save_adapters(model: nn.Module, directory: str | os.PathLike, **kwargs) -> Path:
+    """Every adapter in PEFT's ``save_pretrained`` layout: ``default`` in ``directory``, each
+    other adapter in ``directory/<name>/`` (``kwargs`` as ``lora.save_adapter``)."""
+    registry = _registry(model)
+    if not registry.adapters:
+        raise ValueError("this model has no adapter to save")
+    directory = Path(directory)
+    previous = registry.active
+    try:
+        for name in registry.adapters:
+            set_adapter(model, name)
+            save_adapter(model, directory if name == DEFAULT else directory / name, **kwargs)
+    finally:
+        set_adapter(model, previous)
+    return directory
+
+
+def load_named_adapter(
+    model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT
+) -> list[str]:
+    """Load an adapter file (ours or PEFT's) as adapter ``adapter_name``, from ``directory`` or,
+    in the ``save_pretrained`` layout, from ``directory/<adapter_name>``. As PEFT's
+    ``load_adapter``, the active adapter stays active (a model without one activates it), and
+    the trainable flags of everything outside the adapters are left as they were."""
+    _check_name(model, adapter_name)
+    directory = Path(directory)
+    if (directory / adapter_name / "adapter_config.json").is_file():
+        directory = directory / adapter_name
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    registry = _registry(model)
+    previous = registry.active
+    _unplug(model)
+    try:
+        names = load_adapter(model, directory)
+        registry.adapters[adapter_name] = _Adapter(_config_of(model), dict(_lora_layers(model)))
+        registry.active = adapter_name
+        _unplug(model)
+    finally:
+        _plug(model, previous if previous is not None else adapter_name)
+        for n, p in model.named_parameters():
+            if n in flags:
+                p.requires_grad_(flags[n])
+    _set_trainable(model)
+    return names
