@@ -25,6 +25,8 @@ Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
 | ``n_train``, ``n_eval``, ``num_labels``, ``steps`` | sizes |
 | ``metric_name``, ``metric`` | ``"accuracy"`` or ``"entity_f1"`` on ``eval`` after the last epoch (None without ``eval``) |
 | ``eval_correct`` | accuracy tasks: ``"0110…"``, each ``eval`` example wrong (0) or right (1) after the last epoch, for paired tests |
+| ``predicted_share``, ``true_share`` | each class's share of the predictions and of the true labels on ``eval`` (NER: of the words' tags), after the last epoch and in each epoch of ``history`` |
+| ``collapsed`` | present when the predictions collapsed onto one class (``collapsed_class``): that class; ``fit`` also warns |
 | ``precision``, ``recall``, ``per_type`` | NER only: entity-level scores, ``per_type[type] = {precision, recall, f1, support}`` |
 | ``trainable_params``, ``total_params``, ``trainable_percent`` | from ``count_parameters`` after ``prepare_model`` |
 | ``train_seconds`` | wall time of the training steps only (data already tokenised; evaluation excluded) |
@@ -43,6 +45,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -76,6 +79,11 @@ from lora_edu.models import (
 #: (2-core CPU, SST-2 and CoNLL-2003 subsets): LoRA wants 1e-3 to 2e-3 (at 2e-3, r=8 came within
 #: 1 point of full fine-tuning); full fine-tuning 5e-5 to 2e-4 (CoNLL: 1e-4 to 2e-4); the linear
 #: probe 1e-3 to 5e-3; BitFit about 1e-3. Pass ``lr=`` to override; the record says which was used.
+#: A class that takes at least this share of the predictions while being at most
+#: ``COLLAPSE_TRUE_SHARE`` of the true labels means the model predicts one class for everything.
+COLLAPSE_SHARE = 0.99
+COLLAPSE_TRUE_SHARE = 0.95
+
 DEFAULT_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
 
 METHODS = tuple(DEFAULT_LR)
@@ -417,6 +425,14 @@ def fit(
             scores = evaluate(model)
             summary.update(scores)
             eval_seconds += time.perf_counter() - start
+            collapsed = collapsed_class(scores)
+            if collapsed is not None:
+                summary["collapsed"] = collapsed
+                warnings.warn(_collapse_message(epoch, collapsed, scores), stacklevel=2)
+            if "predicted_share" in scores:  # the most predicted class, beside the loss
+                top, share = max(scores["predicted_share"].items(), key=lambda kv: kv[1])
+                bar.set_postfix(epoch=epoch, loss=f"{summary['train_loss']:.4f}",
+                                top=f"{top} {share:.0%}")  # fmt: skip
             if periodic:
                 history["evals"].append({"step": len(history["loss"]), **scores})
                 if on_eval is not None:
@@ -433,6 +449,38 @@ def fit(
         "process_peak_rss_mb": _peak_rss_mb(),
         **({} if allocator is None else {"adalora_ranks": allocator.ranks()}),
     }
+
+
+def label_shares(labels: Iterable[Any]) -> dict[str, float]:
+    """The share of each label in ``labels`` (keys as strings, so records stay JSON), largest
+    first: ``label_shares([1, 1, 0, 1]) == {"1": 0.75, "0": 0.25}``."""
+    counts = Counter(str(y) for y in labels)
+    total = sum(counts.values())
+    return {label: n / total for label, n in counts.most_common()} if total else {}
+
+
+def collapsed_class(scores: dict[str, Any]) -> str | None:
+    """The class an evaluation's predictions collapsed onto, or None: a class that takes at least
+    ``COLLAPSE_SHARE`` of the predictions (``scores["predicted_share"]``) while it is at most
+    ``COLLAPSE_TRUE_SHARE`` of the true labels (``scores["true_share"]``)."""
+    predicted, true = scores.get("predicted_share"), scores.get("true_share")
+    if not predicted or true is None:
+        return None
+    top, share = max(predicted.items(), key=lambda kv: kv[1])
+    if share >= COLLAPSE_SHARE and true.get(top, 0.0) <= COLLAPSE_TRUE_SHARE:
+        return top
+    return None
+
+
+def _collapse_message(epoch: int, label: str, scores: dict[str, Any]) -> str:
+    return (
+        f"epoch {epoch}: {scores['predicted_share'][label]:.1%} of the predictions are "
+        f"{label!r}, which is {scores['true_share'].get(label, 0.0):.1%} of the true labels: the "
+        "model predicts one class for (nearly) everything, so the loss can fall to the majority "
+        "class's entropy while the metric says it learned nothing. Usual causes: a learning rate "
+        "too high (or, with a new head, the head's too low), too few steps after warm-up, or a "
+        "class that dominates the data. Try a lower lr, more epochs, or check the labels."
+    )
 
 
 def _evaluate_only(
@@ -517,7 +565,12 @@ def _accuracy_evaluator(n: int, collate: Collate, batch_size: int) -> Callable:
         batches = predict(model, n, collate, batch_size, device)
         preds, labels = (torch.cat(t).numpy() for t in zip(*batches, strict=True))
         correct = "".join("1" if ok else "0" for ok in preds == labels)
-        return {"metric": accuracy(preds, labels), "eval_correct": correct}
+        return {
+            "metric": accuracy(preds, labels),
+            "eval_correct": correct,
+            "predicted_share": label_shares(preds.tolist()),
+            "true_share": label_shares(labels.tolist()),
+        }
 
     return evaluate
 
@@ -849,11 +902,17 @@ def finetune_token_classifier(
         eval_collate, first_words = _encode_words(tokenizer, eval, max_length)
         true_tags = [[label_names[y] for y in t] for t in eval["ner_tags"]]
         n_words = [len(t) for t in true_tags]
+        true_share = label_shares(tag for tags in true_tags for tag in tags)
 
         def evaluate(m: nn.Module) -> dict[str, Any]:
             seqs = _word_tags(m, eval_collate, first_words, n_words, label_names, 2 * batch_size)
             scores = entity_f1(true_tags, seqs)
-            return {"metric": scores.pop("f1"), **scores}
+            return {
+                "metric": scores.pop("f1"),
+                **scores,
+                "predicted_share": label_shares(tag for tags in seqs for tag in tags),
+                "true_share": true_share,
+            }
 
     train_collate, _ = _encode_words(tokenizer, train, max_length)
     return _run(

@@ -489,3 +489,60 @@ def test_predict_tags_reproduces_the_training_evaluation(tiny_bert):
         predict_tags(model, words_only, model_name=tiny_bert)
     with pytest.raises(ValueError, match="predicts 9 labels but 3 tag names"):
         predict_tags(model, words_only, label_names=TAGS[:3], model_name=tiny_bert)
+
+
+# --------------------------------------------------------------------------- collapse onto one class
+
+
+def test_label_shares_and_the_collapse_rule():
+    from lora_edu.train import collapsed_class, label_shares
+
+    assert label_shares([1, 1, 0, 1]) == {"1": 0.75, "0": 0.25}
+    assert label_shares([]) == {}
+    balanced = {"0": 0.5, "1": 0.5}
+    assert collapsed_class({"predicted_share": {"0": 1.0}, "true_share": balanced}) == "0"
+    assert (
+        collapsed_class({"predicted_share": {"0": 0.9, "1": 0.1}, "true_share": balanced}) is None
+    )
+    # predicting the majority everywhere is no collapse when the data is (nearly) all that class
+    assert collapsed_class({"predicted_share": {"O": 1.0}, "true_share": {"O": 0.97}}) is None
+    assert collapsed_class({"metric": 0.5}) is None
+
+
+def test_fit_warns_and_records_when_every_prediction_is_one_class():
+    from lora_edu.train import _accuracy_evaluator, fit
+
+    class Constant(torch.nn.Module):  # always class 0: its only parameter, a bias, barely moves
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.tensor([10.0, 0.0]))
+
+        def forward(self, x):
+            return self.bias.expand(len(x), 2)
+
+    labels = torch.tensor([0, 1] * 8)
+
+    def collate(indices):
+        return {"x": indices.float()}, labels[indices]
+
+    evaluate = _accuracy_evaluator(16, collate, 8)
+    with pytest.warns(
+        UserWarning, match=r"epoch 1: 100\.0% of the predictions are '0', which is 50\.0%"
+    ):
+        result = fit(Constant(), 16, collate, evaluate, epochs=1, lr=1e-6, batch_size=8, seed=0,
+                     device=torch.device("cpu"), progress=False)  # fmt: skip
+    (epoch,) = result["history"]["epochs"]
+    assert epoch["collapsed"] == "0" and epoch["predicted_share"] == {"0": 1.0}
+    assert epoch["true_share"] == {"0": 0.5, "1": 0.5}
+
+
+def test_token_classifier_records_the_tag_distribution(tiny_bert):
+    record = finetune_token_classifier(
+        ner(32), ner(8, seed=1), model=tiny_bert, r=2, epochs=1, batch_size=16, progress=False
+    )
+    shares = record["history"]["epochs"][0]["predicted_share"]
+    assert set(shares) <= set(TAGS) and sum(shares.values()) == pytest.approx(1.0)
+    assert record["true_share"]["O"] == pytest.approx(
+        sum(t == 0 for tags in ner(8, seed=1)["ner_tags"] for t in tags)
+        / sum(len(tags) for tags in ner(8, seed=1)["ner_tags"])
+    )
