@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lora_edu import __version__
 from lora_edu.config import cache_dir, data_dir, device, profile
+from lora_edu.sweep import COMPRESSION_RANKS
 
 
 def _version(module: str) -> str:
@@ -230,8 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "profile's budget (LORA_EDU_PROFILE). Runs already in --out are skipped.",
     )
     sw.add_argument(
-        "--task", required=True, choices=["sst2", "sst2-dev", "conll2003", "vit", "e2e", "e2e-dev"]
-    )
+        "--task",
+        required=True,
+        choices=["sst2", "sst2-dev", "sst2-distill", *(f"sst2-ffn{r}" for r in COMPRESSION_RANKS),
+                 "conll2003", "vit", "e2e", "e2e-dev"],
+    )  # fmt: skip
     sw.add_argument(
         "--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit (e2e: none)"
     )
@@ -269,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="named grids of lora_edu.experiments instead of the options above, e.g. "
         "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters, "
-        "variants; sst2-dev: variants-pilot; conll2003 and vit: headline, ranks; e2e-dev: "
-        "lr-pilot; e2e: table3)",
+        "variants; sst2-dev: variants-pilot; sst2-distill: distillation; sst2-ffn<rank>: "
+        "compression; conll2003 and vit: headline, ranks; e2e-dev: lr-pilot; e2e: table3)",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     ray_opts = sw.add_argument_group(

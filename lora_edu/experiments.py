@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
-from lora_edu.sweep import _canonical, _slug, make_grid, run_sweep, unique_runs
+from lora_edu.sweep import (
+    COMPRESSION_RANKS,
+    _canonical,
+    _slug,
+    make_grid,
+    run_sweep,
+    unique_runs,
+)
 
 QV = ("query", "value")
 #: BERT's attention output projection (``output.dense`` alone would also match the MLP's).
@@ -304,6 +311,20 @@ def _variants() -> list[dict[str, Any]]:
     return [run for name in VARIANT_RUNS for run in _variant_runs(name, lrs[name], seeds)]
 
 
+#: Seeds of the distillation study: LoRA r=8 on q, v from soft labels, against the same runs of
+#: the SST-2 headline (hard labels, same budget, same learning rate).
+DISTILL_SEEDS = (0, 1)
+
+
+def _distillation() -> list[dict[str, Any]]:
+    return _lora([8], targets=[QV], seeds=by_profile(smoke=[0], default=list(DISTILL_SEEDS)))
+
+
+def _compression() -> list[dict[str, Any]]:
+    """The compressed teacher as it is, and healed by LoRA r=8 on q, v (one seed)."""
+    return make_grid(["none"]) + _lora([8], targets=[QV])
+
+
 #: task → preset name → the grid (at the active profile).
 PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     "sst2": {
@@ -316,6 +337,8 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
         "variants": _variants,
     },
     "sst2-dev": {"variants-pilot": _variants_pilot},
+    "sst2-distill": {"distillation": _distillation},
+    **{f"sst2-ffn{rank}": {"compression": _compression} for rank in COMPRESSION_RANKS},
     "conll2003": {"headline": _headline, "ranks": _ranks("conll2003")},
     "vit": {"headline": _vit_headline, "ranks": _vit_ranks},
     "e2e-dev": {"lr-pilot": _e2e_lr_pilot},
@@ -516,7 +539,12 @@ def _smoke_dir() -> Path:
 
 
 #: Presets whose results have a file of their own (task, preset) → its name, instead of the task's.
-PRESET_FILES = {("sst2", "variants"): "variants", ("sst2-dev", "variants-pilot"): "variants-dev"}
+PRESET_FILES = {
+    ("sst2", "variants"): "variants",
+    ("sst2-dev", "variants-pilot"): "variants-dev",
+    ("sst2-distill", "distillation"): "distillation",
+    **{(f"sst2-ffn{rank}", "compression"): "compression" for rank in COMPRESSION_RANKS},
+}
 
 
 def results_file(task: str, presets: str | Sequence[str] = ()) -> Path:

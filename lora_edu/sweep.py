@@ -405,9 +405,44 @@ def _e2e_finetune(train_ds, eval_pair, **kwargs):
     )
 
 
+#: The ranks of the feed-forward compression study (``sst2-ffn<rank>``); MiniLM's feed-forward
+#: layers are 384 × 1536, so a rank below 307 stores fewer numbers.
+COMPRESSION_RANKS = (256, 128, 64, 32)
+
+
+def _distill_finetune(train_ds, eval_ds, **kwargs):
+    """SST-2 learnt from the fully fine-tuned teacher's soft labels (``lora_edu.teacher``)."""
+    from lora_edu.teacher import sst2_teacher
+    from lora_edu.train import finetune_text_classifier
+
+    _, teacher, _ = sst2_teacher(progress=False)
+    return finetune_text_classifier(train_ds, eval_ds, teacher=teacher, **kwargs)
+
+
+def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
+    """The teacher with every feed-forward weight replaced by its rank-``rank`` SVD, evaluated
+    as it is (method ``none``) or healed with LoRA (its head trains too)."""
+
+    def finetune(train_ds, eval_ds, **kwargs):
+        import copy
+
+        from lora_edu.compression import compress_feed_forward
+        from lora_edu.teacher import sst2_teacher
+        from lora_edu.train import finetune_text_classifier
+
+        tokenizer, teacher, _ = sst2_teacher(progress=False)
+        base = copy.deepcopy(teacher).requires_grad_(True)
+        compress_feed_forward(base, rank)
+        return finetune_text_classifier(train_ds, eval_ds, base=base, tokenizer=tokenizer, **kwargs)
+
+    return finetune
+
+
 def task_spec(name: str) -> TaskSpec:
     """The ``TaskSpec`` of ``sst2``, ``sst2-dev`` (the same training, accuracy on held-out
-    training sentences: for choosing learning rates), ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
+    training sentences: for choosing learning rates), ``sst2-distill`` (the same, learnt from a
+    teacher's soft labels), ``sst2-ffn<rank>`` (the fully fine-tuned model with its feed-forward
+    weights truncated to that rank, ``COMPRESSION_RANKS``), ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
     to scikit-learn's digits), ``e2e`` (SmolLM2 on E2E NLG, BLEU on the test MRs) or
     ``e2e-dev`` (the same training, BLEU on held-out validation MRs: for choosing learning
     rates); imports the training code on demand."""
@@ -432,6 +467,23 @@ def task_spec(name: str) -> TaskSpec:
             "sst2-dev", "accuracy", _sst2_dev_data, train.finetune_text_classifier, _sst2_budget
         ),
         "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
+        "sst2-distill": TaskSpec(
+            "sst2-distill",
+            "accuracy",
+            _text_task_data(data.load_sst2, _sst2_budget),
+            _distill_finetune,
+            _sst2_budget,
+        ),
+        **{
+            f"sst2-ffn{rank}": TaskSpec(
+                f"sst2-ffn{rank}",
+                "accuracy",
+                _text_task_data(data.load_sst2, _sst2_budget),
+                _compressed_finetune(rank),
+                _sst2_budget,
+            )
+            for rank in COMPRESSION_RANKS
+        },
         **{
             name: TaskSpec(
                 name,

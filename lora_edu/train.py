@@ -340,9 +340,11 @@ def fit(
     desc: str = "train",
     eval_every: int | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (already on ``device``, trainable parameters already chosen) on examples
-    ``0..n_train-1``, reshuffled each epoch by a generator seeded with ``seed``; call
+    ``0..n_train-1``, reshuffled each epoch by a generator seeded with ``seed``, minimising
+    ``loss_fn(logits, targets)`` (default ``classification_loss``: cross-entropy); call
     ``evaluate(model)`` after each epoch and, with ``eval_every``, also before the first step and
     every ``eval_every`` steps (``history["evals"]``: one ``{step, ...scores}`` each, the data of
     a live learning curve; ``on_eval(history)`` is called after each). Returns ``history``,
@@ -394,7 +396,7 @@ def fit(
             inputs, labels = collate(indices)
             with _autocast(device):
                 logits = _logits(model(**_to(inputs, device)))
-            loss = classification_loss(logits, labels.to(device))
+            loss = (loss_fn or classification_loss)(logits, labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             (loss if allocator is None else loss + allocator.regularizer()).backward()
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -689,6 +691,7 @@ def _run(
             device=device,
             progress=args["progress"],
             desc=f"{task} · {method}",
+            loss_fn=args.get("loss_fn"),
             **loop,
         )
     final = dict(result["history"]["epochs"][-1])
@@ -761,14 +764,21 @@ def finetune_text_classifier(
     use_rslora: bool = False,
     base: nn.Module | None = None,
     tokenizer: Any = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 2.0,
     return_model: bool = False,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Fine-tune a mean-pooling text classifier (``load_text_model("sequence")``) on ``train``
     and report accuracy on ``eval`` (None to skip evaluation).
 
+    ``teacher``: a trained classifier of the same labels (and tokenizer); the model then learns
+    from the teacher's probabilities at ``temperature`` instead of the hard labels
+    (``lora_edu.distill``: knowledge distillation). Accuracy is still measured on the labels.
+
     ``base``/``tokenizer``: a classifier already loaded (``load_text_model``; it is trained in
-    place, e.g. to look at its weights while it trains) instead of loading ``model`` afresh.
+    place, e.g. to look at its weights while it trains) instead of loading ``model`` afresh;
+    with ``method="none"`` it is only evaluated.
 
     ``train``/``eval``: ``datasets.Dataset`` with columns ``text`` (str) and ``label`` (int); the
     number of labels comes from the ``ClassLabel`` feature, else the largest label + 1.
@@ -781,7 +791,13 @@ def finetune_text_classifier(
     """
     args = dict(locals())  # the call's arguments, recorded as given
     args["lora"] = _lora_settings(finetune_text_classifier, args)  # one LoRAConfig from either form
-    _check_method(method)
+    if method != "none" or base is None:  # "none": evaluate a trained model given as base=
+        if method == "none":
+            raise ValueError(
+                "method='none' evaluates a classifier as it is, without training; pass that "
+                "classifier as base= (a freshly loaded one has an untrained head)"
+            )
+        _check_method(method)
     splits = [d for d in (train, eval) if d is not None]
     for d in splits:
         _require_columns(d, ("text", "label"), "finetune_text_classifier")
@@ -806,22 +822,58 @@ def finetune_text_classifier(
     evaluate = (
         None if eval is None else _accuracy_evaluator(len(eval), encode(eval), 2 * batch_size)
     )
+    train_collate = encode(train)
+    if teacher is not None:
+        train_collate, args["loss_fn"] = _distillation(
+            teacher, train_collate, len(train), num_labels, temperature, 2 * batch_size
+        )
 
     return _run(
         "sequence-classification",
         model,
         net,
         len(train),
-        encode(train),
+        train_collate,
         evaluate,
         {
             "max_length": max_length,
             "metric_name": "accuracy",
             "num_labels": num_labels,
             "n_eval": None if eval is None else len(eval),
+            "distill_temperature": None if teacher is None else temperature,
         },
         args,
     )
+
+
+def _distillation(
+    teacher: nn.Module, collate: Collate, n: int, num_labels: int, temperature: float,
+    batch_size: int,
+) -> tuple[Collate, Callable]:  # fmt: skip
+    """A collate that yields the teacher's soft labels instead of the hard ones, and the loss."""
+    from lora_edu.distill import distillation_loss, soft_targets
+
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    logits = []
+    with torch.inference_mode():
+        for indices in torch.arange(n).split(batch_size):
+            inputs, _ = collate(indices)
+            logits.append(_logits(teacher(**_to(inputs, device))).float().cpu())
+    teacher.train(was_training)
+    teacher_logits = torch.cat(logits)
+    if teacher_logits.shape[-1] != num_labels:
+        raise ValueError(
+            f"the teacher predicts {teacher_logits.shape[-1]} classes, the data has {num_labels}"
+        )
+    soft = soft_targets(teacher_logits, temperature)
+
+    def soft_collate(indices: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        inputs, _ = collate(indices)
+        return inputs, soft[indices]
+
+    return soft_collate, distillation_loss(temperature)
 
 
 def text_classifier_accuracy(

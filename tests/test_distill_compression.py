@@ -1,0 +1,136 @@
+"""Knowledge distillation (soft labels) and compression by truncated SVD, plus their sweep tasks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import test_models
+import torch
+from test_train import sentiment
+from torch import nn
+
+from lora_edu.compression import FEED_FORWARD, LowRankLinear, compress_feed_forward
+from lora_edu.distill import distillation_loss, soft_targets
+from lora_edu.train import finetune_text_classifier
+
+tiny_bert = test_models.tiny_bert
+
+
+# ------------------------------------------------------------------ distillation
+
+
+def test_soft_targets_and_the_loss_against_their_definitions():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(5, 3), torch.randn(5, 3, requires_grad=True)
+    T = 2.0
+    p = soft_targets(teacher, T)
+    torch.testing.assert_close(p, torch.softmax(teacher / 2, dim=-1))
+    loss = distillation_loss(T)(student, p)
+    # T² (H(p) + KL(p ‖ q)), with q the student's softened probabilities
+    q = torch.softmax(student / T, dim=-1)
+    entropy = -(p * p.log()).sum(-1).mean()
+    kl = (p * (p.log() - q.log())).sum(-1).mean()
+    torch.testing.assert_close(loss, T**2 * (entropy + kl))
+    # With T = 1 and one-hot targets it is the ordinary cross-entropy.
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    torch.testing.assert_close(
+        distillation_loss(1.0)(student, nn.functional.one_hot(labels, 3).float()),
+        nn.functional.cross_entropy(student, labels),
+    )
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        soft_targets(teacher, 0)
+    with pytest.raises(ValueError, match="do not match the logits"):
+        distillation_loss()(student, p[:, :2])
+
+
+def test_a_student_learns_what_its_teacher_says_not_the_labels(tiny_bert):
+    """A teacher that answers the opposite of the labels: distilled from it, a student gets the
+    labels wrong, though the same training on the labels gets them right."""
+    train, eval_ = sentiment(96), sentiment(48, seed=1)
+    kwargs = dict(method="full", model=tiny_bert, lr=1e-2, epochs=6, batch_size=16, progress=False)
+    record, teacher = finetune_text_classifier(train, eval_, return_model=True, **kwargs)
+    assert record["metric"] >= 0.9 and record["distill_temperature"] is None
+    contrarian = copy.deepcopy(teacher)
+    with torch.no_grad():
+        contrarian.classifier.weight.neg_()
+        contrarian.classifier.bias.neg_()
+    distilled = finetune_text_classifier(train, eval_, teacher=contrarian, **kwargs)
+    assert distilled["metric"] <= 0.2 and distilled["distill_temperature"] == 2.0
+
+
+# ------------------------------------------------------------------ compression
+
+
+def test_low_rank_linear_is_the_truncated_svd():
+    torch.manual_seed(0)
+    layer = nn.Linear(12, 7)
+    x = torch.randn(4, 12)
+    full = LowRankLinear(layer, 7)
+    torch.testing.assert_close(full(x), layer(x), atol=1e-5, rtol=1e-5)
+    U, S, Vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
+    W3 = U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]
+    three = LowRankLinear(layer, 3)
+    torch.testing.assert_close(three(x), x @ W3.T + layer.bias.detach(), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in three.parameters()) == 3 * (12 + 7) + 7
+    with pytest.raises(ValueError, match=r"rank must be in 1\.\.7 for a 7×12 layer, got 8"):
+        LowRankLinear(layer, 8)
+
+
+def test_compress_feed_forward_takes_the_mlp_and_not_the_attention(tiny_bert):
+    from lora_edu.models import load_text_model
+
+    _, model = load_text_model("sequence", 2, tiny_bert)
+    W = model.get_submodule("encoder.encoder.layer.0.intermediate.dense").weight.detach().clone()
+    info = compress_feed_forward(model, 4)
+    assert info["layers"] and all(
+        n.endswith(("intermediate.dense", ".output.dense")) and "attention" not in n
+        for n in info["layers"]
+    )
+    assert isinstance(model.get_submodule("encoder.encoder.layer.0.output.dense"), LowRankLinear)
+    assert isinstance(
+        model.get_submodule("encoder.encoder.layer.0.attention.output.dense"), nn.Linear
+    )
+    S = torch.linalg.svdvals(W)
+    first = "encoder.encoder.layer.0.intermediate.dense"
+    assert info["relative_error"][first] == pytest.approx(float(S[4:].norm() / S.norm()), rel=1e-5)
+    d_out, d_in = W.shape
+    saved = len(info["layers"]) * (d_out * d_in - 4 * (d_in + d_out))  # each keeps 4 (d_in + d_out)
+    assert info["params_before"] - info["params_after"] == saved
+    with pytest.raises(ValueError, match="matches"):
+        compress_feed_forward(nn.Sequential(nn.ReLU()), 2, FEED_FORWARD)
+
+
+# ------------------------------------------------------------------ the sweep tasks (real SST-2)
+
+
+def test_teacher_is_cached_and_the_two_studies_run(tmp_path, monkeypatch):
+    from lora_edu.data import find_dataset
+
+    if find_dataset("sst2") is None:
+        pytest.skip("SST-2 files not found (LORA_EDU_DATA)")
+    from lora_edu.experiments import preset_grid
+    from lora_edu.sweep import run_sweep
+    from lora_edu.teacher import sst2_teacher
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    monkeypatch.setenv("LORA_EDU_CACHE", str(tmp_path / "cache"))
+    tokenizer, teacher, record = sst2_teacher(progress=False)
+    assert record["method"] == "full" and record["seed"] == 0
+    _, again, same = sst2_teacher(progress=False)  # read from the cache this time
+    assert same["metric"] == record["metric"]
+    ids = tokenizer(["a fine film"], return_tensors="pt")
+    torch.testing.assert_close(again(**ids).logits, teacher(**ids).logits)
+    distilled = run_sweep("sst2-distill", preset_grid("sst2-distill", "distillation"),
+                          tmp_path / "d.jsonl", progress=False)  # fmt: skip
+    assert [r["distill_temperature"] for r in distilled] == [2.0]
+    compressed = run_sweep("sst2-ffn32", preset_grid("sst2-ffn32", "compression"),
+                           tmp_path / "c.jsonl", progress=False)  # fmt: skip
+    none, lora = compressed
+    assert none["method"] == "none" and lora["method"] == "lora"
+    assert none["total_params"] < record["total_params"]  # the compressed teacher is smaller
+
+
+def test_method_none_needs_the_trained_classifier(tiny_bert):
+    with pytest.raises(ValueError, match="pass that classifier as base="):
+        finetune_text_classifier(sentiment(8), sentiment(8), method="none", model=tiny_bert)
