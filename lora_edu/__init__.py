@@ -98,6 +98,7 @@ _LAZY: dict[str, str] = {
             "mixed_batch",
             "save_adapters",
             "set_adapter",
+            "split_head",
         ],
         "lora_edu.adapters",
     ),

@@ -397,3 +397,35 @@ def load_named_adapter(
                 p.requires_grad_(flags[n])
     _set_trainable(model)
     return names
+
+
+def split_head(
+    directory: str | os.PathLike, dest: str | os.PathLike, head: str = "classifier"
+) -> dict[str, torch.Tensor]:
+    """Write the adapter in ``directory`` to ``dest`` without its trained head ``head`` (a
+    ``modules_to_save`` entry) and return the head's tensors (``{"weight": ..., "bias": ...}``).
+
+    Adapters of different tasks often carry heads of different shapes (2 sentiment classes, 9
+    entity tags) over one shared encoder: the encoder-only files then load as named adapters of
+    that encoder, and each head goes to its own task's module."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    directory, dest = Path(directory), Path(dest)
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    if head not in (config.get("modules_to_save") or []):
+        raise ValueError(
+            f"{directory} saves no {head!r} (modules_to_save: {config.get('modules_to_save')})"
+        )
+    tensors = load_file(directory / ADAPTER_WEIGHTS)
+    marker = f".{head}."
+    head_tensors = {k.split(marker, 1)[1]: v for k, v in tensors.items() if marker in k}
+    rest = {k: v for k, v in tensors.items() if marker not in k}
+    config["modules_to_save"] = [m for m in config["modules_to_save"] if m != head] or None
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(rest, dest / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (dest / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return head_tensors

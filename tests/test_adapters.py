@@ -301,3 +301,23 @@ def test_save_pretrained_layout_both_ways(tmp_path, ids):
     for name in ("default", "b"):
         set_adapter(fresh, name)
         torch.testing.assert_close(logits(fresh, ids), expected[name], atol=1e-5, rtol=1e-5)
+
+
+def test_split_head_leaves_an_encoder_adapter_and_the_head(tmp_path, ids):
+    from lora_edu.adapters import split_head
+    from lora_edu.lora import mark_only_lora_trainable, save_adapter
+
+    model = tiny_bert()
+    apply_lora(model, QV, r=4, alpha=8)
+    mark_only_lora_trainable(model, modules_to_save=["classifier"])
+    randomise(model, 3)
+    save_adapter(model, tmp_path / "full")
+    head = split_head(tmp_path / "full", tmp_path / "encoder")
+    assert set(head) == {"weight", "bias"}
+    torch.testing.assert_close(head["weight"], model.classifier.weight.detach())
+    fresh = tiny_bert()
+    load_named_adapter(fresh, tmp_path / "encoder", "task")
+    fresh.classifier.load_state_dict(head)
+    torch.testing.assert_close(logits(fresh, ids), logits(model, ids))
+    with pytest.raises(ValueError, match="saves no 'classifier'"):
+        split_head(tmp_path / "encoder", tmp_path / "again")
