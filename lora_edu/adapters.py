@@ -278,9 +278,9 @@ def combine_adapters(
     - ``"svd"``: the best rank-``svd_rank`` approximation (Eckart–Young) of Σ wᵢ ΔWᵢ, from its SVD
       U S Vᵀ: B = U_r S_r, A = V_rᵀ (``svd_rank``: default the largest rank combined).
 
-    The new adapter has ``alpha = r`` and standard scaling, so its scaling is exactly 1. (PEFT
-    copies ``use_rslora`` from the first adapter instead; when that one uses rsLoRA, PEFT's
-    combined adapter comes out scaled by √r.) A layer missing from some adapters combines the
+    The new adapter has ``alpha = r`` and standard scaling, so its scaling is exactly 1. (PEFT up
+    to 0.21 copies ``use_rslora`` from the first adapter instead; when that one uses rsLoRA,
+    PEFT's combined adapter comes out scaled by √r; fixed upstream in huggingface/peft#3449.) A layer missing from some adapters combines the
     ones that have it, zero-padded to the new rank as in PEFT. Returns the adapted layer names.
     """
     if method not in METHODS:
