@@ -86,12 +86,22 @@ def start_ray(workers: int | None = None, address: str | None = None) -> Any:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
     # A busy laptop can take longer than Ray's default 30 s to start the node's agents.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
-    ray.init(
-        num_cpus=workers or os.cpu_count(),
-        num_gpus=_visible_gpus(),
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    settings = {"num_cpus": workers or os.cpu_count(), "num_gpus": _visible_gpus(),
+                "include_dashboard": False, "log_to_driver": False}  # fmt: skip
+    try:
+        ray.init(**settings)
+    except Exception:  # noqa: BLE001 -- Ray reports a slow start as a bare Exception
+        # On a loaded machine the node's helper processes can start too slowly the first time;
+        # their imports are cached for the second try.
+        ray.shutdown()
+        try:
+            ray.init(**settings)
+        except Exception as err:  # noqa: BLE001
+            ray.shutdown()
+            raise RuntimeError(
+                f"the local Ray instance did not start ({err}); on a busy machine try again, "
+                "or run the sweep without --workers (the serial runner)"
+            ) from err
     return ray
 
 

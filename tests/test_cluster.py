@@ -132,3 +132,15 @@ def test_distributed_sweep_equals_the_serial_one(ray_two_workers, tmp_path, monk
     again = cluster.run_sweep_ray("sst2", grid, tmp_path / "ray.jsonl", progress=False)
     assert (tmp_path / "ray.jsonl").read_text().splitlines() == lines
     assert [r["metric"] for r in again] == [r["metric"] for r in distributed]
+
+
+@pytest.mark.skipif(find_dataset("sst2") is None, reason="SST-2 files not found (LORA_EDU_DATA)")
+def test_the_cli_sends_a_sweep_to_ray(ray_two_workers, tmp_path, monkeypatch, capsys):
+    from lora_edu.cli import main
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    out = tmp_path / "cli.jsonl"
+    assert main(["sweep", "--task", "sst2", "--methods", "head", "--seeds", "0,1", "--workers", "2",
+                 "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    assert "2 runs in" in capsys.readouterr().out
+    assert sorted(r["seed"] for r in sweep.read_results(out)) == [0, 1]
