@@ -474,6 +474,35 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _pilot_table(rows: list[dict[str, Any]]) -> str:
+    """A learning-rate pilot as one row per method and one column per rate (the metric of each
+    run; the rate each method goes on with, its best, tie → the lower rate, in bold)."""
+    rates = sorted({row["lr"] for row in rows})
+    by_name: dict[str, dict[float, dict[str, Any]]] = {}
+    for row in rows:
+        by_name.setdefault(variant_name(row), {})[row["lr"]] = row
+    metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
+    header = ["method", "r", *(f"lr {lr:g}" for lr in rates)]
+    lines = [
+        f"{metric_name} per learning rate; **bold**: the rate carried forward",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|---:|" + "---:|" * len(rates),
+    ]
+    for name, runs in sorted(by_name.items(), key=lambda kv: list(VARIANT_RUNS).index(kv[0])):
+        best = max(runs.values(), key=lambda r: (r["metric"], -r["lr"]))["lr"]
+        cells = []
+        for lr in rates:
+            if lr not in runs:
+                cells.append("")
+                continue
+            value = f"{100 * runs[lr]['metric']:.1f}"
+            cells.append(f"**{value}**" if lr == best else value)
+        r = next(iter(runs.values()))["r"]
+        lines.append("| " + " | ".join([name, str(r), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def study_report(records: Sequence[dict[str, Any]]) -> str:
     """The results as one small markdown table per study in ``STUDIES`` (the runs of its preset,
     at the records' profile), each headed by its title and training budget, once every run of
@@ -520,8 +549,9 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
         lrs = {row["lr"] for row in rows if row["lr"] is not None}
         if len(lrs) == 1:  # one learning rate for the whole table: say it once
             budget += f", learning rate {lrs.pop():g}"
-        # the learning-rate pilot chose by validation loss: show it
-        parts.append(f"**{title}** ({budget})\n\n{_study_table(rows, task == 'e2e-dev')}")
+        # the E2E learning-rate pilot chose by validation loss: show it
+        table = _pilot_table(rows) if task == "sst2-dev" else _study_table(rows, task == "e2e-dev")
+        parts.append(f"**{title}** ({budget})\n\n{table}")
     rest = [rec for i, rec in enumerate(records) if i not in placed]
     if rest:
         parts.append(f"**Other runs**\n\n{markdown_report(rest)}")

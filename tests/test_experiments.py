@@ -219,3 +219,19 @@ def test_study_report_one_small_table_per_study_baselines_first(monkeypatch):
     assert "| head |" not in ranks
     other = report.split("**Other runs**")[1]
     assert "| sst2 | lora | 3 |" in other and "| 8 |" not in other
+
+
+def test_a_pilot_is_one_row_per_method_with_the_chosen_rate_in_bold():
+    from lora_edu.experiments import _pilot_table
+
+    def row(variant, lr, metric):
+        return {"method": "lora", "variant": variant, "r": 8, "lr": lr, "metric": metric,
+                "metric_name": "accuracy", "init": "kaiming", "use_rslora": False,
+                "quantize": None}  # fmt: skip
+
+    table = _pilot_table([row(None, 1e-3, 0.8), row(None, 2e-3, 0.9), row(None, 5e-3, 0.9),
+                          row("dora", 1e-3, 0.7)])  # fmt: skip
+    lines = table.splitlines()
+    assert lines[2] == "| method | r | lr 0.001 | lr 0.002 | lr 0.005 |"
+    assert lines[4] == "| lora | 8 | 80.0 | **90.0** | 90.0 |"  # a tie goes to the lower rate
+    assert lines[5] == "| dora | 8 | **70.0** |  |  |"
