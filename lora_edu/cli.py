@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="named grids of lora_edu.experiments instead of the options above, e.g. "
         "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters, "
-        "variants; sst2-dev: variants-pilot; sst2-distill: distillation; sst2-ffn<rank>: "
+        "variants, distillation-labels; sst2-dev: variants-pilot; sst2-distill: distillation; sst2-ffn<rank>: "
         "compression; conll2003 and vit: headline, ranks; e2e-dev: lr-pilot; e2e: table3)",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")

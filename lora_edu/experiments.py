@@ -335,6 +335,8 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
         "query-ranks": _query_ranks,
         "paper-adapters": _paper_adapters,
         "variants": _variants,
+        # the distillation study's hard-label side, with per-sentence verdicts, in its own file
+        "distillation-labels": _distillation,
     },
     "sst2-dev": {"variants-pilot": _variants_pilot},
     "sst2-distill": {"distillation": _distillation},
@@ -374,6 +376,19 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
         "variants-pilot",
         "SST-2 variants: learning-rate pilot, on held-out training sentences",
     ),
+    (
+        "sst2-distill",
+        "distillation",
+        "SST-2: a LoRA student on the fully fine-tuned model's soft labels (T = 2)",
+    ),
+    *(
+        (
+            f"sst2-ffn{rank}",
+            "compression",
+            f"SST-2: the fully fine-tuned model, feed-forward weights cut to rank {rank}; as is, then with LoRA",
+        )
+        for rank in COMPRESSION_RANKS
+    ),  # fmt: skip
     ("conll2003", "headline", "CoNLL-2003 named entities (MiniLM-L6): every method"),
     ("conll2003", "ranks", "CoNLL-2003: LoRA's rank (q, v)"),
     ("vit", "headline", "Small ViT, MNIST → 8×8 digits: every method"),
@@ -573,6 +588,7 @@ PRESET_FILES = {
     ("sst2", "variants"): "variants",
     ("sst2-dev", "variants-pilot"): "variants-dev",
     ("sst2-distill", "distillation"): "distillation",
+    ("sst2", "distillation-labels"): "distillation",
     **{(f"sst2-ffn{rank}", "compression"): "compression" for rank in COMPRESSION_RANKS},
 }
 
