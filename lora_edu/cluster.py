@@ -39,9 +39,8 @@ from lora_edu.sweep import (
     _describe,
     _full_config,
     append_record,
-    read_results,
+    prepare_sweep,
     run_key,
-    task_spec,
     train_one,
     write_record,
 )
@@ -171,12 +170,7 @@ def run_sweep_ray(
     from tqdm.auto import tqdm
 
     ray = start_ray(workers, address)
-    spec = task_spec(task) if isinstance(task, str) else task
-    out = Path(out)
-    runs = list(runs)
-    done = {run_key(r): r for r in read_results(out, repair=True)}
-    budget = spec.budget()
-    train_ds, eval_ds = spec.load()
+    spec, out, done, budget, (train_ds, eval_ds) = prepare_sweep(task, out)
     configs = [_full_config(spec, run, len(train_ds), budget) for run in runs]
     todo = {}
     for config in configs:

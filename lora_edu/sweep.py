@@ -537,14 +537,8 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    spec = task_spec(task) if isinstance(task, str) else task
-    out = Path(out)
-    runs = list(runs)
-    done = {run_key(r): r for r in read_results(out, repair=True)}
-    budget = spec.budget()
-    # Every run of the grid sees the same data (only initialisation and order vary with the
-    # seed); even a finished sweep loads it, since the training-set size is part of each key.
-    train_ds, eval_ds = spec.load()
+    spec, out, done, budget, (train_ds, eval_ds) = prepare_sweep(task, out)
+    runs = list(runs)  # a sized list: the progress bar shows the total
     records: list[dict[str, Any]] = []
     bar = tqdm(runs, desc=f"sweep {spec.name}", unit="run", disable=not progress)
     for run in bar:
@@ -559,6 +553,19 @@ def run_sweep(
         done[key] = record
         records.append(record)
     return records
+
+
+def prepare_sweep(
+    task: str | TaskSpec, out: str | os.PathLike
+) -> tuple[TaskSpec, Path, dict[str, dict[str, Any]], dict[str, Any], tuple[Any, Any]]:
+    """What every sweep runner starts from: the task's spec, the results path, the runs already
+    in it (by ``run_key``), the profile's budget and the (train, eval) data. Every run of a grid
+    sees the same data (only initialisation and order vary with the seed); even a finished sweep
+    loads it, since the training-set size is part of each key."""
+    spec = task_spec(task) if isinstance(task, str) else task
+    out = Path(out)
+    done = {run_key(r): r for r in read_results(out, repair=True)}
+    return spec, out, done, spec.budget(), spec.load()
 
 
 def train_one(
