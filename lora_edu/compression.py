@@ -35,6 +35,8 @@ class LowRankLinear(nn.Module):
             )
         self.in_features, self.out_features, self.rank = d_in, d_out, rank
         U, S, Vh = torch.linalg.svd(layer.weight.detach().float(), full_matrices=False)
+        #: ‖W − W_r‖_F / ‖W‖_F: the share of the weight the truncation drops
+        self.relative_error = float(S[rank:].norm() / S.norm())
         like = {"device": layer.weight.device, "dtype": layer.weight.dtype}
         self.down = nn.Linear(d_in, rank, bias=False, **like)
         self.up = nn.Linear(rank, d_out, bias=layer.bias is not None, **like)
@@ -65,11 +67,10 @@ def compress_feed_forward(
     before = sum(p.numel() for p in model.parameters())
     errors = {}
     for name in names:
-        layer = model.get_submodule(name)
-        S = torch.linalg.svdvals(layer.weight.detach().float())
-        errors[name] = float(S[rank:].norm() / S.norm())
+        low_rank = LowRankLinear(model.get_submodule(name), rank)
+        errors[name] = low_rank.relative_error
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, LowRankLinear(layer, rank))
+        setattr(model.get_submodule(parent), child, low_rank)
     after = sum(p.numel() for p in model.parameters())
     return {
         "layers": names,
