@@ -791,12 +791,12 @@ def finetune_text_classifier(
     """
     args = dict(locals())  # the call's arguments, recorded as given
     args["lora"] = _lora_settings(finetune_text_classifier, args)  # one LoRAConfig from either form
-    if method != "none" or base is None:  # "none": evaluate a trained model given as base=
-        if method == "none":
-            raise ValueError(
-                "method='none' evaluates a classifier as it is, without training; pass that "
-                "classifier as base= (a freshly loaded one has an untrained head)"
-            )
+    if method == "none" and base is None:  # "none" evaluates a trained model given as base=
+        raise ValueError(
+            "method='none' evaluates a classifier as it is, without training; pass that "
+            "classifier as base= (a freshly loaded one has an untrained head)"
+        )
+    if method != "none":
         _check_method(method)
     splits = [d for d in (train, eval) if d is not None]
     for d in splits:
