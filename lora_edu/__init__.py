@@ -168,7 +168,13 @@ _LAZY: dict[str, str] = {
         "lora_edu.sweep",
     ),
     **dict.fromkeys(
-        ["learning_curves", "metric_vs_params", "rank_alpha_heatmap", "similarity_heatmap"],
+        [
+            "learning_curves",
+            "lora_bypass_diagram",
+            "metric_vs_params",
+            "rank_alpha_heatmap",
+            "similarity_heatmap",
+        ],
         "lora_edu.plots",
     ),
     **dict.fromkeys(

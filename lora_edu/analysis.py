@@ -313,3 +313,47 @@ def delta_w_report(delta_W: Any, W: Any, r: int, seed: int = 0) -> dict[str, flo
         "delta_W_norm": delta_norm,
         "amplification": _amplification(delta_norm, proj_on_delta),
     }
+
+
+def random_projection_null(W: Any, r: int, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``||Uᵀ W V||_F`` for ``samples`` independent random pairs of r-dim subspaces: the null
+    distribution against which an observed projection is "more aligned with W than chance" only
+    above its upper percentiles (one random draw, ``random_projection_norm``, is one sample)."""
+    W = _as_matrix(W, "W")
+    r = _check_count(r, "r", "W", min(W.shape), W.shape)
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples!r}")
+    rng = np.random.default_rng(seed)
+    return np.array([
+        projection_norm(
+            W, _random_orthonormal(W.shape[0], r, rng), _random_orthonormal(W.shape[1], r, rng)
+        )
+        for _ in range(samples)
+    ])  # fmt: skip
+
+
+def column_space_projection(W: Any, B: Any) -> float:
+    """``||Qᵀ W||_F`` with Q an orthonormal basis of the column space of ``B (d_out, r)``: how much
+    of W lives in the output directions that a LoRA update ``B A`` writes to. B starts at zero,
+    so (unlike A's row space, which starts random and may barely move) its column space is made
+    by training alone."""
+    W, B = _as_matrix(W, "W"), _as_matrix(B, "B")
+    if B.shape[0] != W.shape[0]:
+        raise ValueError(f"B has {B.shape[0]} rows but W has {W.shape[0]}: B must be (d_out, r)")
+    U, s, _ = np.linalg.svd(B, full_matrices=False)
+    Q = U[:, s > s[0] * 1e-10] if s.size and s[0] > 0 else U[:, :0]
+    return float(np.linalg.norm(Q.T @ W))
+
+
+def random_column_projection_null(W: Any, r: int, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``||Qᵀ W||_F`` for ``samples`` random r-dim subspaces Q of the output space: the null
+    distribution of ``column_space_projection``."""
+    W = _as_matrix(W, "W")
+    r = _check_count(r, "r", "W", W.shape[0], W.shape)
+    rng = np.random.default_rng(seed)
+    return np.array(
+        [
+            float(np.linalg.norm(_random_orthonormal(W.shape[0], r, rng).T @ W))
+            for _ in range(samples)
+        ]
+    )

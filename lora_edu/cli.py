@@ -205,6 +205,17 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_help() -> str:
+    """Each task's presets, for ``sweep --help`` (the compression tasks in one entry)."""
+    from lora_edu.experiments import PRESETS
+
+    seen: dict[str, str] = {}
+    for task, presets in PRESETS.items():
+        name = "sst2-ffn<rank>" if task.startswith("sst2-ffn") else task
+        seen[name] = ", ".join(presets)
+    return "; ".join(f"{task}: {names}" for task, names in seen.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-edu", description="lora_edu: learn LoRA by building it."
@@ -234,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         required=True,
         choices=["sst2", "sst2-dev", "sst2-distill", *(f"sst2-ffn{r}" for r in COMPRESSION_RANKS),
-                 "conll2003", "vit", "e2e", "e2e-dev"],
+                 "conll2003", "conll2003-dev", "vit", "vit-dev", "e2e", "e2e-dev"],
     )  # fmt: skip
     sw.add_argument(
         "--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit (e2e: none)"
@@ -272,9 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv(str),
         default=None,
         help="named grids of lora_edu.experiments instead of the options above, e.g. "
-        "headline,ranks (sst2: headline, ranks, alphas, targets, query-ranks, paper-adapters, "
-        "variants, distillation-labels; sst2-dev: variants-pilot; sst2-distill: distillation; sst2-ffn<rank>: "
-        "compression; conll2003 and vit: headline, ranks; e2e-dev: lr-pilot; e2e: table3)",
+        f"headline,ranks ({_preset_help()})",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     ray_opts = sw.add_argument_group(

@@ -1,4 +1,4 @@
-"""The named sweeps behind notebooks 05–08: one definition used by the notebooks, the
+"""The named sweeps behind notebooks 06–09: one definition used by the notebooks, the
 ``lora-edu sweep --preset`` command that produced the committed results, and ``lora-edu figures``.
 
     records = run_presets("sst2", ["headline", "ranks"])       # trains only what is missing
@@ -129,7 +129,109 @@ def _vit_ranks() -> list[dict[str, Any]]:
     return _lora(ranks, targets=[VIT_ATTENTION, VIT_ATTENTION_MLP])
 
 
-# ------------------------------------------------------------------ E2E NLG (notebook 10)
+# ------------------------------------------------------------------ the learning-rate pilot
+
+#: The learning-rate pilot of the headline comparisons, per task and method: three or more rates
+#: a factor 2–3 apart around the one rate every task used before the pilot
+#: (``FORMER_LR``), each scored on held-out *training* examples (the task's ``-dev`` twin, see
+#: ``sweep.DEV_SIZE``), never on the evaluation set the headline reports. LoRA is r = 8 on the
+#: headline's targets (``HEADLINE_LORA_TARGETS``); on CoNLL-2003 LoRA on every linear layer is
+#: tried too, at lower rates (many more weights move at once).
+LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
+    "sst2": {
+        "lora": (5e-4, 1e-3, 2e-3, 5e-3),
+        "full": (5e-5, 1e-4, 2e-4),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+        "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
+    },
+    "conll2003": {
+        "lora": (1e-3, 2e-3, 5e-3, 1e-2),
+        "full": (5e-5, 1e-4, 2e-4),
+        "head": (1e-3, 3e-3, 1e-2),
+        "bitfit": (3e-4, 1e-3, 3e-3),
+        "lora-all-linear": (5e-4, 1e-3, 2e-3),
+    },
+    "vit": {
+        "lora": (1e-3, 2e-3, 5e-3),
+        "full": (5e-5, 1e-4, 3e-4, 1e-3),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+    },
+}
+#: (A grid whose best rate sat at an end was extended beyond that end, as in the other pilots:
+#: SST-2's linear probe and BitFit and the ViT's linear probe upward, CoNLL-2003's LoRA upward.)
+#: The learning rates every task used before the pilot (then ``train.DEFAULT_LR``); the sweeps
+#: other than the headline (ranks, α, targets, …) were run, and are still defined, at these.
+FORMER_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
+#: LoRA's targets in each task's headline row (r = 8, α = 16).
+HEADLINE_LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "sst2": QV, "conll2003": QV, "vit": VIT_ATTENTION,
+}  # fmt: skip
+
+
+def _pilot_arm(task: str, arm: str, lr: float) -> list[dict[str, Any]]:
+    """One pilot run (seed 0): ``arm`` is a method, or ``lora-all-linear``."""
+    if arm == "lora-all-linear":
+        return make_grid(["lora"], [8], [16], [("all-linear",)], lr=lr)
+    if arm == "lora":
+        return make_grid(["lora"], [8], [16], [HEADLINE_LORA_TARGETS[task]], lr=lr)
+    return make_grid([arm], lr=lr)
+
+
+def _lr_pilot(task: str) -> Callable[[], list[dict[str, Any]]]:
+    def grid() -> list[dict[str, Any]]:
+        lrs = by_profile(
+            smoke={arm: rates[1:2] for arm, rates in LR_PILOT_LRS[task].items()},
+            default=LR_PILOT_LRS[task],
+        )
+        return [
+            run for arm, rates in lrs.items() for lr in rates for run in _pilot_arm(task, arm, lr)
+        ]
+
+    return grid
+
+
+def pilot_arm(record: dict[str, Any]) -> str:
+    """Which arm of the learning-rate pilot a run is: its method, or ``lora-all-linear``."""
+    if record["method"] == "lora" and list(record.get("target_modules") or []) == ["all-linear"]:
+        return "lora-all-linear"
+    return record["method"]
+
+
+def lr_pilot_chosen(task: str) -> dict[str, float]:
+    """Each pilot arm's learning rate on ``task`` (``sst2``, ``conll2003``, ``vit``): the one with
+    the best metric on the held-out training examples of the ``-dev`` task, a tie going to the
+    lower rate. Raises, naming the missing runs and the command, while the pilot is incomplete,
+    except in ``smoke``, where an arm without its pilot runs takes ``FORMER_LR`` (LoRA's for
+    ``lora-all-linear``)."""
+    from lora_edu.sweep import read_results
+
+    dev = f"{task}-dev"
+    wanted = {(pilot_arm(run), run["lr"]) for run in PRESETS[dev]["lr-pilot"]()}
+    records = [
+        rec for rec in read_results(results_file(dev, "lr-pilot"))
+        if (pilot_arm(rec), rec["lr"]) in wanted and rec.get("seed", 0) == 0
+        and (rec["method"] != "lora" or (rec["r"] == 8 and not rec.get("variant")
+             and not rec.get("use_rslora") and rec.get("init", "kaiming") == "kaiming"
+             and not rec.get("quantize")))
+    ]  # fmt: skip
+    missing = sorted(wanted - {(pilot_arm(rec), rec["lr"]) for rec in records})
+    if missing and profile() != "smoke":
+        raise ValueError(
+            f"the learning-rate pilot of {task} is incomplete in {results_file(dev, 'lr-pilot')} "
+            f"(missing {', '.join(f'{arm} at lr {lr:g}' for arm, lr in missing)}); run "
+            f"`{sweep_command(dev, 'lr-pilot')}` first"
+        )
+    chosen = {}
+    for arm in LR_PILOT_LRS[task]:
+        mine = [rec for rec in records if pilot_arm(rec) == arm]
+        if mine and arm not in {a for a, _ in missing}:
+            chosen[arm] = max(mine, key=lambda rec: (rec["metric"], -rec["lr"]))["lr"]
+        else:
+            chosen[arm] = FORMER_LR["lora" if arm.startswith("lora") else arm]
+    return chosen
+
+
+# ------------------------------------------------------------------ E2E NLG (notebook 11)
 
 LLAMA_QV = ("q_proj", "v_proj")
 #: The learning rates the E2E pilot tries per method, around the values that worked in a first
@@ -202,7 +304,7 @@ def _e2e_table3() -> list[dict[str, Any]]:
     return runs + lora(E2E_ALL_LINEAR_RANK, ("all-linear",), 0)
 
 
-# ------------------------------------------------------------------ LoRA's variants (notebook 11)
+# ------------------------------------------------------------------ LoRA's variants (notebook 12)
 
 #: The variant comparison on SST-2 at LoRA r=8 on q, v's budget (73,728 adapter parameters):
 #: name → (rank, ``make_grid`` keywords). LoRA-FA trains B only, so twice the rank gives the same
@@ -338,7 +440,9 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
         # the distillation study's hard-label side, with per-sentence verdicts, in its own file
         "distillation-labels": _distillation,
     },
-    "sst2-dev": {"variants-pilot": _variants_pilot},
+    "sst2-dev": {"variants-pilot": _variants_pilot, "lr-pilot": _lr_pilot("sst2")},
+    "conll2003-dev": {"lr-pilot": _lr_pilot("conll2003")},
+    "vit-dev": {"lr-pilot": _lr_pilot("vit")},
     "sst2-distill": {"distillation": _distillation},
     **{f"sst2-ffn{rank}": {"compression": _compression} for rank in COMPRESSION_RANKS},
     "conll2003": {"headline": _headline, "ranks": _ranks("conll2003")},
@@ -395,6 +499,9 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     ("vit", "ranks", "Small ViT: rank, attention only against attention + MLP"),
     ("e2e", "table3", "E2E NLG (SmolLM2-135M-Instruct), test MRs (paper Table 3)"),
     ("e2e-dev", "lr-pilot", "E2E learning-rate pilot, on held-out validation MRs"),
+    ("sst2-dev", "lr-pilot", "SST-2 learning-rate pilot, on held-out training sentences"),
+    ("conll2003-dev", "lr-pilot", "CoNLL-2003 learning-rate pilot, on held-out training sentences"),
+    ("vit-dev", "lr-pilot", "Small ViT learning-rate pilot, on held-out training images"),
 )
 
 #: Baselines first, LoRA last, in every study table.
@@ -489,13 +596,16 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _pilot_table(rows: list[dict[str, Any]]) -> str:
-    """A learning-rate pilot as one row per method and one column per rate (the metric of each
-    run; the rate each method goes on with, its best, tie → the lower rate, in bold)."""
+def _pilot_table(
+    rows: list[dict[str, Any]], name_of: Callable[[dict[str, Any]], str] = variant_name
+) -> str:
+    """A learning-rate pilot as one row per method (``name_of`` a record: the variant, or the
+    pilot arm) and one column per rate (the metric of each run; the rate each method goes on
+    with, its best, tie → the lower rate, in bold)."""
     rates = sorted({row["lr"] for row in rows})
     by_name: dict[str, dict[float, dict[str, Any]]] = {}
     for row in rows:
-        by_name.setdefault(variant_name(row), {})[row["lr"]] = row
+        by_name.setdefault(name_of(row), {})[row["lr"]] = row
     metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
     header = ["method", "r", *(f"lr {lr:g}" for lr in rates)]
     lines = [
@@ -504,7 +614,8 @@ def _pilot_table(rows: list[dict[str, Any]]) -> str:
         "| " + " | ".join(header) + " |",
         "|---|---:|" + "---:|" * len(rates),
     ]
-    for name, runs in sorted(by_name.items(), key=lambda kv: list(VARIANT_RUNS).index(kv[0])):
+    order = [*VARIANT_RUNS, *_STUDY_ORDER, "lora-all-linear"]
+    for name, runs in sorted(by_name.items(), key=lambda kv: order.index(kv[0])):
         best = max(runs.values(), key=lambda r: (r["metric"], -r["lr"]))["lr"]
         cells = []
         for lr in rates:
@@ -565,7 +676,10 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
         if len(lrs) == 1:  # one learning rate for the whole table: say it once
             budget += f", learning rate {lrs.pop():g}"
         # the E2E learning-rate pilot chose by validation loss: show it
-        table = _pilot_table(rows) if task == "sst2-dev" else _study_table(rows, task == "e2e-dev")
+        if preset == "variants-pilot" or (preset == "lr-pilot" and task != "e2e-dev"):
+            table = _pilot_table(rows, variant_name if preset == "variants-pilot" else pilot_arm)
+        else:
+            table = _study_table(rows, task == "e2e-dev")
         parts.append(f"**{title}** ({budget})\n\n{table}")
     rest = [rec for i, rec in enumerate(records) if i not in placed]
     if rest:
@@ -586,7 +700,6 @@ def _smoke_dir() -> Path:
 #: Presets whose results have a file of their own (task, preset) → its name, instead of the task's.
 PRESET_FILES = {
     ("sst2", "variants"): "variants",
-    ("sst2-dev", "variants-pilot"): "variants-dev",
     ("sst2-distill", "distillation"): "distillation",
     ("sst2", "distillation-labels"): "distillation",
     **{(f"sst2-ffn{rank}", "compression"): "compression" for rank in COMPRESSION_RANKS},

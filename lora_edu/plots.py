@@ -382,6 +382,66 @@ def loss_mask_strip(
     return ax
 
 
+def lora_bypass_diagram(
+    d_in: int = 384, d_out: int = 384, r: int = 8, alpha: float = 16, ax: Any = None
+) -> Any:
+    """The LoRA layer as a picture: the frozen ``W₀ (d_out × d_in)`` on the main path and the
+    trainable bypass ``x → A (r × d_in) → B (d_out × r) → × α/r`` beside it, joined by a sum.
+    Each factor is drawn as a trapezoid whose two edges are proportional to its input and output
+    widths, so the bottleneck of width ``r`` is visibly narrow."""
+    from matplotlib.patches import Circle, FancyArrowPatch, Polygon, Rectangle
+
+    for name, value in (("d_in", d_in), ("d_out", d_out), ("r", r)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if r > min(d_in, d_out):
+        raise ValueError(f"r={r} is larger than min(d_in, d_out)={min(d_in, d_out)}: not low rank")
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        apply_style()
+        ax = plt.subplots(figsize=(7.5, 4.2))[1]
+    width = max(d_in, d_out)
+
+    def size(d: int) -> float:  # a width of d features, drawn in [0.1, 1.6] (W₀'s height)
+        return 0.1 + 1.5 * d / width
+
+    lora, frozen = METHOD_COLORS["lora"], "#9a9a9a"
+    # main path: x → W₀ → +
+    ax.add_patch(Rectangle((1.2, 3.2), 2.2, 1.6, fc=frozen, alpha=0.35, ec="k", lw=1))
+    ax.text(2.3, 4.0, f"$W_0$\n{d_out} × {d_in}\nfrozen", ha="center", va="center", fontsize=9)
+    # bypass: A narrows d_in → r, B widens r → d_out
+    a_left, a_right = size(d_in), size(r)
+    ax.add_patch(Polygon([(1.2, 1.5 - a_left / 2), (1.2, 1.5 + a_left / 2),
+                          (2.4, 1.5 + a_right / 2), (2.4, 1.5 - a_right / 2)],
+                         fc=lora, alpha=0.45, ec="k", lw=1))  # fmt: skip
+    b_left, b_right = size(r), size(d_out)
+    ax.add_patch(Polygon([(2.6, 1.5 - b_left / 2), (2.6, 1.5 + b_left / 2),
+                          (3.8, 1.5 + b_right / 2), (3.8, 1.5 - b_right / 2)],
+                         fc=lora, alpha=0.45, ec="k", lw=1))  # fmt: skip
+    ax.text(1.75, 1.5, f"$A$\n{r} × {d_in}", ha="center", va="center", fontsize=9)
+    ax.text(3.25, 1.5, f"$B$\n{d_out} × {r}", ha="center", va="center", fontsize=9)
+    ax.text(2.5, 1.5 + a_right / 2 + 0.08, f"r = {r}", ha="center", va="bottom", fontsize=8,
+            color=lora)  # fmt: skip
+    ax.text(2.5, 1.5 - max(a_left, b_right) / 2 - 0.3, "trainable; B = 0 at the start",
+            ha="center", fontsize=8, color=lora)  # fmt: skip
+    ax.text(4.35, 1.5, f"× α/r\n= {alpha / r:g}", ha="center", va="center", fontsize=9)
+    # the sum and the arrows
+    ax.add_patch(Circle((5.4, 4.0), 0.28, fc="white", ec="k", lw=1))
+    ax.text(5.4, 4.0, "+", ha="center", va="center", fontsize=14)
+    arrows = [((0.3, 4.0), (1.2, 4.0)), ((3.4, 4.0), (5.12, 4.0)), ((0.7, 4.0), (1.2, 1.5)),
+              ((4.75, 1.5), (5.4, 3.72)), ((5.68, 4.0), (6.6, 4.0))]  # fmt: skip
+    for start, end in arrows:
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, lw=1.2))
+    ax.text(0.15, 4.0, "$x$", ha="right", va="center", fontsize=12)
+    ax.text(6.7, 4.0, "$h = W_0x + \\frac{\\alpha}{r}BAx$", ha="left", va="center", fontsize=11)
+    ax.set_xlim(-0.2, 9.6)
+    ax.set_ylim(0.2, 5.0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax
+
+
 def save_figure(fig: Any, name: str, out: str | os.PathLike = "figures") -> list[Path]:
     """Write ``fig`` as ``<out>/<name>.png`` and ``.pdf``; return both paths."""
     out = Path(out)

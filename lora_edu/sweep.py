@@ -287,21 +287,31 @@ def _text_task_data(loader: Callable[[], Any], budget: Callable[[], dict]):
     return load
 
 
-#: Training examples held out of SST-2's training set for choosing learning rates (``sst2-dev``).
-SST2_DEV_SIZE = {"smoke": 64, "default": 1000, "full": 1000}
+#: Training examples held out of each task's training set for choosing learning rates (the
+#: ``-dev`` tasks: ``sst2-dev``, ``conll2003-dev``, ``vit-dev``).
+DEV_SIZE = {
+    "sst2": {"smoke": 64, "default": 1000, "full": 1000},
+    "conll2003": {"smoke": 48, "default": 1000, "full": 1000},
+    "vit": {"smoke": 64, "default": 288, "full": 288},
+}
 
 
-def _sst2_dev_data():
-    """SST-2 for choosing learning rates: the same training subset as ``sst2`` (drawn with
-    seed 0), scored on ``SST2_DEV_SIZE`` other training sentences, never on the validation set
-    that the ``sst2`` results report. (In ``full``, which trains on the whole training set,
-    those sentences are taken out of it.)"""
-    from lora_edu.data import load_sst2
+def _dev_data(
+    loader: Callable[[], Any], budget: Callable[[], dict], dev_size: dict[str, int]
+) -> Callable[[], tuple[Any, Any]]:
+    """A task's data for choosing learning rates: the same training subset as the task itself
+    (the first ``n_train`` of the training set shuffled with seed 0), scored on the next
+    ``dev_size`` training examples, never on the evaluation set that the task's results report.
+    Where the task trains on the whole training set (``vit``; ``full``), those examples are
+    taken out of it, so the pilot trains on slightly fewer."""
 
-    b, n_dev = _sst2_budget(), SST2_DEV_SIZE[profile()]
-    shuffled = load_sst2()["train"].shuffle(seed=0)
-    n_train = b["n_train"] if b["n_train"] is not None else len(shuffled) - n_dev
-    return shuffled.select(range(n_train)), shuffled.select(range(n_train, n_train + n_dev))
+    def load():
+        b, n_dev = budget(), dev_size[profile()]
+        shuffled = loader()["train"].shuffle(seed=0)
+        n_train = b["n_train"] if b["n_train"] is not None else len(shuffled) - n_dev
+        return shuffled.select(range(n_train)), shuffled.select(range(n_train, n_train + n_dev))
+
+    return load
 
 
 #: The encoder of the text tasks at the ``full`` profile: base size (110 M parameters, 12 layers
@@ -440,7 +450,8 @@ def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
 
 def task_spec(name: str) -> TaskSpec:
     """The ``TaskSpec`` of ``sst2``, ``sst2-dev`` (the same training, accuracy on held-out
-    training sentences: for choosing learning rates), ``sst2-distill`` (the same, learnt from a
+    training sentences: for choosing learning rates; likewise ``conll2003-dev`` and
+    ``vit-dev``), ``sst2-distill`` (the same, learnt from a
     teacher's soft labels), ``sst2-ffn<rank>`` (the fully fine-tuned model with its feed-forward
     weights truncated to that rank, ``COMPRESSION_RANKS``), ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
     to scikit-learn's digits), ``e2e`` (SmolLM2 on E2E NLG, BLEU on the test MRs) or
@@ -464,9 +475,27 @@ def task_spec(name: str) -> TaskSpec:
             _conll_budget,
         ),
         "sst2-dev": TaskSpec(
-            "sst2-dev", "accuracy", _sst2_dev_data, train.finetune_text_classifier, _sst2_budget
+            "sst2-dev",
+            "accuracy",
+            _dev_data(data.load_sst2, _sst2_budget, DEV_SIZE["sst2"]),
+            train.finetune_text_classifier,
+            _sst2_budget,
+        ),
+        "conll2003-dev": TaskSpec(
+            "conll2003-dev",
+            "f1",
+            _dev_data(data.load_conll2003, _conll_budget, DEV_SIZE["conll2003"]),
+            train.finetune_token_classifier,
+            _conll_budget,
         ),
         "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
+        "vit-dev": TaskSpec(
+            "vit-dev",
+            "accuracy",
+            _dev_data(lambda: data.load_digits(seed=0), _vit_budget, DEV_SIZE["vit"]),
+            _vit_finetune,
+            _vit_budget,
+        ),
         "sst2-distill": TaskSpec(
             "sst2-distill",
             "accuracy",

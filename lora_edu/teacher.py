@@ -1,4 +1,4 @@
-"""The fully fine-tuned SST-2 classifier that notebook 13 distils and compresses, trained once.
+"""The fully fine-tuned SST-2 classifier that notebook 14 distils and compresses, trained once.
 
     tokenizer, model, record = sst2_teacher()
 

@@ -25,6 +25,7 @@ Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
 | ``n_train``, ``n_eval``, ``num_labels``, ``steps`` | sizes |
 | ``metric_name``, ``metric`` | ``"accuracy"`` or ``"entity_f1"`` on ``eval`` after the last epoch (None without ``eval``) |
 | ``eval_correct`` | accuracy tasks: ``"0110…"``, each ``eval`` example wrong (0) or right (1) after the last epoch, for paired tests |
+| ``eval_entity_counts`` | entity F1: ``[hits, predicted, true]`` entities per ``eval`` sentence after the last epoch, for paired tests |
 | ``predicted_share``, ``true_share`` | each class's share of the predictions and of the true labels on ``eval`` (NER: of the words' tags), after the last epoch and in each epoch of ``history`` |
 | ``collapsed`` | present when the predictions collapsed onto one class (``collapsed_class``): that class; ``fit`` also warns |
 | ``precision``, ``recall``, ``per_type`` | NER only: entity-level scores, ``per_type[type] = {precision, recall, f1, support}`` |
@@ -175,6 +176,20 @@ def entity_f1(
         for kind in sorted(true_count | pred_count)
     }
     return result
+
+
+def entity_counts(
+    true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str]]
+) -> list[list[int]]:
+    """Per sentence ``[hits, predicted, true]`` entity counts, the sums of which give
+    ``entity_f1``'s micro scores: what a paired bootstrap over sentences resamples."""
+    if len(true_seqs) != len(pred_seqs):
+        raise ValueError(f"{len(true_seqs)} true sequences but {len(pred_seqs)} predicted ones")
+    counts = []
+    for true_tags, pred_tags in zip(true_seqs, pred_seqs, strict=True):
+        true, pred = extract_entities(true_tags), extract_entities(pred_tags)
+        counts.append([len(true & pred), len(pred), len(true)])
+    return counts
 
 
 def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
@@ -698,6 +713,7 @@ def _run(
     # Per-example verdicts are kept once, for the final model, not in every epoch's history.
     for entry in (*result["history"]["epochs"], *result["history"].get("evals", [])):
         entry.pop("eval_correct", None)
+        entry.pop("eval_entity_counts", None)
     if args.get("final") is not None:  # measured once after training (e.g. BLEU of generations)
         start = time.perf_counter()
         final = {**final, **args["final"](model)}
@@ -962,6 +978,7 @@ def finetune_token_classifier(
             return {
                 "metric": scores.pop("f1"),
                 **scores,
+                "eval_entity_counts": entity_counts(true_tags, seqs),
                 "predicted_share": label_shares(tag for tags in seqs for tag in tags),
                 "true_share": true_share,
             }

@@ -347,3 +347,29 @@ def test_zero_matrices_have_no_subspace_for_any_measure():
         with pytest.raises(ValueError, match="undefined for the all-zero"):
             call()
     assert subspace_similarity(a, a, 1, 1) == pytest.approx(1.0)
+
+
+def test_random_projection_null_and_column_space_projection():
+    from lora_edu.analysis import (
+        column_space_projection,
+        random_column_projection_null,
+        random_projection_norm,
+        random_projection_null,
+    )
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((40, 30))
+    null = random_projection_null(W, 3, samples=400, seed=1)
+    assert null.shape == (400,) and np.all(null > 0)
+    # E||Uᵀ W V||² = r² ||W||² / (d_out d_in) for independent uniform subspaces
+    assert np.mean(null**2) == pytest.approx(9 * np.sum(W**2) / (40 * 30), rel=0.15)
+    assert random_projection_norm(W, 3, seed=0) > 0
+    U = np.linalg.svd(W)[0]
+    assert column_space_projection(W, U[:, :3] * 7) == pytest.approx(
+        np.sqrt(np.sum(np.linalg.svd(W, compute_uv=False)[:3] ** 2))
+    )  # B along W's top output directions picks up W's top singular values
+    col_null = random_column_projection_null(W, 3, samples=300, seed=2)
+    assert np.mean(col_null**2) == pytest.approx(3 * np.sum(W**2) / 40, rel=0.15)
+    assert column_space_projection(W, np.zeros((40, 3))) == 0.0
+    with pytest.raises(ValueError, match="rows"):
+        column_space_projection(W, np.ones((30, 2)))

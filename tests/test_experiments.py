@@ -64,7 +64,7 @@ def test_the_variant_comparison_has_its_own_files_and_takes_each_pilot_winner(de
     variants = experiments.results_file("sst2", "variants")
     assert variants == default_profile / "results" / "variants-default.jsonl"
     pilot_file = experiments.results_file("sst2-dev", "variants-pilot")
-    assert pilot_file.name == "variants-dev-default.jsonl"
+    assert pilot_file.name == "sst2-dev-default.jsonl"  # with the learning-rate pilot
     with pytest.raises(ValueError, match="different files"):
         experiments.results_file("sst2", ["headline", "variants"])
     pilot = experiments.preset_grid("sst2-dev", "variants-pilot")
@@ -235,3 +235,57 @@ def test_a_pilot_is_one_row_per_method_with_the_chosen_rate_in_bold():
     assert lines[2] == "| method | r | lr 0.001 | lr 0.002 | lr 0.005 |"
     assert lines[4] == "| lora | 8 | 80.0 | **90.0** | 90.0 |"  # a tie goes to the lower rate
     assert lines[5] == "| dora | 8 | **70.0** |  |  |"
+
+
+def test_the_learning_rate_pilot_spans_every_method_and_task(default_profile):
+    for task, arms in experiments.LR_PILOT_LRS.items():
+        grid = experiments.preset_grid(f"{task}-dev", "lr-pilot")
+        assert len(grid) == sum(map(len, arms.values()))
+        assert {experiments.pilot_arm(run) for run in grid} == set(arms)
+        for arm, rates in arms.items():  # three or more rates spanning the former choice
+            former = experiments.FORMER_LR["lora" if arm.startswith("lora") else arm]
+            assert (
+                len(rates) >= 3 and min(rates) <= former <= max(rates) or arm == "lora-all-linear"
+            )
+        assert (
+            experiments.results_file(f"{task}-dev", "lr-pilot").name == f"{task}-dev-default.jsonl"
+        )
+    conll = experiments.preset_grid("conll2003-dev", "lr-pilot")
+    assert any(run["target_modules"] == ["all-linear"] for run in conll)
+
+
+def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_profile):
+    with pytest.raises(ValueError, match="pilot of vit is incomplete.*--task vit-dev"):
+        experiments.lr_pilot_chosen("vit")
+    grid = experiments.preset_grid("vit-dev", "lr-pilot")
+    rates = experiments.LR_PILOT_LRS["vit"]
+    records = []
+    for run in grid:
+        arm = experiments.pilot_arm(run)
+        metric = 0.9 if run["lr"] == rates[arm][-1] else 0.8  # the top rate wins ...
+        if arm == "head" and run["lr"] == rates["head"][0]:
+            metric = 0.9  # ... except a tie for the head, which goes to the lower rate
+        records.append({**run, "task": "vit-dev", "metric": metric})
+    path = experiments.results_file("vit-dev", "lr-pilot")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert experiments.lr_pilot_chosen("vit") == {
+        "lora": rates["lora"][-1], "full": rates["full"][-1], "head": rates["head"][0],
+    }  # fmt: skip
+
+
+def test_lr_pilot_falls_back_to_the_former_rates_in_smoke(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    chosen = experiments.lr_pilot_chosen("conll2003")
+    assert chosen["lora-all-linear"] == experiments.FORMER_LR["lora"]
+    assert chosen["head"] == experiments.FORMER_LR["head"]
+
+
+def test_dev_tasks_hold_out_training_examples(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    train, dev = sweep.task_spec("vit-dev").load()
+    assert len(dev) == sweep.DEV_SIZE["vit"]["default"] and len(train) + len(dev) == 1438
+    _, reported = sweep.task_spec("vit").load()
+    as_bytes = lambda ds: {bytes(memoryview(__import__("numpy").asarray(x))) for x in ds["image"]}  # noqa: E731
+    assert not as_bytes(dev) & as_bytes(reported)  # the pilot never sees the reported images
+    assert not as_bytes(dev) & as_bytes(train)

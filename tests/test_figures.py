@@ -115,11 +115,55 @@ def test_table7_and_layer_update():
     adapters = _adapters(shared=0)
     u = adapters[(4, 0)][("query", 3)]
     assert np.allclose(u.delta_W, u.scaling * u.B @ u.A)
-    t7 = figures.table7(adapters)
+    start = {r: {k: v.A.copy() for k, v in adapters[(r, 0)].items()} for r in (4, 64)}
+    t7 = figures.table7(adapters, initial=start)
     assert set(t7) == {4, 64}
     for row in t7.values():
         assert row["proj_W_on_W"] >= row["proj_W_on_delta"]
         assert row["amplification"] == pytest.approx(row["delta_W_norm"] / row["proj_W_on_delta"])
+        assert row["A_moved"] == 0.0  # A equals the start given
+        # random ΔW and B: inside the null distribution, not above its upper tail
+        assert row["null_mean"] < row["null_p95"] and 5 < row["null_percentile"] < 95
+        assert 0.8 < row["times_chance"] < 1.25 and row["B_percentile"] < 99
+
+
+def test_table7_finds_an_update_aligned_with_w_above_chance():
+    adapters = _adapters(shared=0)
+    u = adapters[(4, 0)][("query", figures.MIDDLE_LAYER)]
+    U, _, Vt = np.linalg.svd(u.W)
+    # an update along W's 5th-8th singular directions: well inside W's strong part
+    aligned = figures.LayerUpdate(u.name, u.layer, u.kind, u.W, Vt[4:8] * 2, U[:, 4:8], 1.0)
+    adapters[(4, 0)][("query", figures.MIDDLE_LAYER)] = aligned
+    start = {r: {k: v.A * 0.5 for k, v in adapters[(r, 0)].items()} for r in (4, 64)}
+    row = figures.table7(adapters, initial=start)[4]
+    assert row["null_percentile"] == 100.0 and row["B_percentile"] == 100.0
+    assert row["times_chance"] > 10 and row["A_moved"] == pytest.approx(1.0)
+
+
+def test_initial_lora_A_is_where_training_starts():
+    """Replaying the start without training gives the A a (nearly frozen) training run began at."""
+    import datasets
+
+    from lora_edu.train import finetune_text_classifier
+
+    data = datasets.Dataset.from_dict(
+        {"text": ["good film", "bad film", "great", "awful"] * 2, "label": [1, 0, 1, 0] * 2}
+    )
+    _, model = finetune_text_classifier(
+        data, None, r=4, alpha=16, epochs=1, lr=1e-12, batch_size=8, seed=3, progress=False,
+        return_model=True,
+    )  # fmt: skip
+    start = figures.initial_lora_A(4, seed=3)
+    trained = {
+        (name.rsplit(".", 1)[-1], int(name.split("layer.")[1].split(".")[0])): m.lora_A
+        for name, m in model.named_modules()
+        if hasattr(m, "lora_A")
+    }
+    assert trained.keys() == start.keys() and len(start) == 12
+    for key, A in trained.items():
+        assert np.allclose(A.detach().double().numpy(), start[key], rtol=0, atol=1e-8), key
+    other = figures.initial_lora_A(4, seed=4)
+    assert not np.allclose(other[("query", 0)], start[("query", 0)])
 
 
 def test_init_overlap_is_an_artefact_of_the_shared_random_stream():
@@ -145,7 +189,9 @@ def _verdict_inputs(good: bool):
 
     def row(delta, W, random, norm):
         return {"proj_W_on_delta": delta, "proj_W_on_W": W, "proj_W_on_random": random,
-                "delta_W_norm": norm, "W_norm": 60.0, "amplification": norm / delta}  # fmt: skip
+                "delta_W_norm": norm, "W_norm": 60.0, "amplification": norm / delta,
+                "null_mean": random, "null_p95": 1.5 * random, "times_chance": delta / random,
+                "proj_W_on_B": 10 * delta, "B_null_p95": 5 * random, "A_moved": 0.5}  # fmt: skip
 
     t7 = {4: row(0.3, 20, 0.02, 6.0), 64: row(1.9, 37, 0.3, 3.6)} if good else {
         4: row(0.01, 20, 0.02, 0.01), 64: row(1.9, 37, 0.3, 3.6)

@@ -171,3 +171,20 @@ def test_time_memory_bars_estimate_and_measured_peak():
     legend = {t.get_text() for t in ax_memory.get_legend().get_texts()}
     assert legend == {"estimate: weights + grads + Adam (fp32)", "measured peak (CUDA)"}
     plt.close("all")
+
+
+def test_lora_bypass_diagram_draws_the_layer_to_scale():
+    from lora_edu.plots import lora_bypass_diagram
+
+    ax = lora_bypass_diagram(d_in=384, d_out=384, r=8, alpha=16)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "8 × 384" in texts and "384 × 8" in texts and "r = 8" in texts and "= 2" in texts
+    polygons = [p for p in ax.patches if type(p).__name__ == "Polygon"]
+    heights = [np.ptp(p.get_xy()[:, 1]) for p in polygons]
+    assert len(polygons) == 2 and max(heights) > 5 * min(
+        np.ptp(p.get_xy()[[2, 3], 1]) for p in polygons
+    )  # the bottleneck edge of A is far narrower than its input edge
+    with pytest.raises(ValueError, match="not low rank"):
+        lora_bypass_diagram(d_in=8, d_out=4, r=6)
+    with pytest.raises(ValueError, match="positive integer"):
+        lora_bypass_diagram(r=0)

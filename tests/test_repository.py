@@ -100,3 +100,71 @@ def test_readme_order_and_small_results_tables():
     assert len(tables) >= 5, "one table per study"
     assert max(len(t.strip().splitlines()) - 2 for t in tables) <= 12, "a table a reader can scan"
     assert "train s" not in results and "seconds" not in results
+
+
+def _provenance() -> dict[str, list[tuple[str, str]]]:
+    """data/README.md's results table: file name → the (task, preset) pairs of its commands."""
+    from lora_edu.sweep import COMPRESSION_RANKS
+
+    rows = {}
+    for line in (ROOT / "data" / "README.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\| `([\w-]+-default\.jsonl)` \|.*\| (.*lora-edu sweep.*) \|$", line)
+        if not match:
+            continue
+        pairs = []
+        for task, presets in re.findall(r"--task (\S+) --preset ([\w,-]+)", match.group(2)):
+            tasks = [f"sst2-ffn{r}" for r in COMPRESSION_RANKS] if "$" in task else [task]
+            pairs += [(t, p) for t in tasks for p in presets.split(",")]
+        rows[match.group(1)] = pairs
+    return rows
+
+
+def test_every_committed_results_file_has_a_provenance_row():
+    files = {p.name for p in (ROOT / "data" / "results").glob("*-default.jsonl")}
+    assert files and files == set(_provenance())
+
+
+@pytest.mark.parametrize("name", sorted(_provenance()))
+def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
+    """Every line of a committed results file is a run of its documented command(s), and every
+    run of those commands is in the file: one configuration is one set of records everywhere."""
+    from lora_edu import experiments
+    from lora_edu.sweep import _full_config, read_results, task_spec
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
+    fields = ("task", "method", "r", "alpha", "seed", "lr", "init", "use_rslora", "variant",
+              "quantize")  # fmt: skip
+
+    def key(rec):
+        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()))
+
+    wanted = set()
+    for task, preset in _provenance()[name]:
+        assert experiments.results_file(task, preset).name == name, (task, preset)
+        spec, budget = task_spec(task), task_spec(task).budget()
+        for run in experiments.preset_grid(task, preset):
+            wanted.add(key(_full_config(spec, run, 0, budget)))
+    found = [key(rec) for rec in read_results(ROOT / "data" / "results" / name)]
+    assert len(found) == len(set(found)), "a run is in the file twice"
+    assert set(found) - wanted == set(), "lines no documented command produces"
+    assert wanted - set(found) == set(), "runs of the command missing from the file"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_in_the_chinese_readme(notebook):
+    assert f"(notebooks/{notebook.name})" in (ROOT / "README.zh-CN.md").read_text(encoding="utf-8")
+
+
+def test_guide_map_covers_the_outline_and_links_real_notebooks():
+    text = (ROOT / "docs" / "guide_map.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^\| (\d+(?:\.\d+)*) \| ", text, flags=re.M)
+    for wanted in ("1", "2", "3", "4.1", "4.2", "4.3", "5", "6.1.1", "6.1.2", "6.1.3", "6.2.1",
+                   "6.2.2", "6.2.3", "6.3.1", "7", "8", "9"):  # fmt: skip
+        assert wanted in sections, wanted
+    links = re.findall(r"\(\.\./notebooks/([\w.]+\.ipynb)\)", text)
+    assert links and all((ROOT / "notebooks" / name).is_file() for name in links)
+    glossary = text.split("## Glossary")[1]
+    for term in ("低秩分解", "秩", "缩放因子", "合并", "适配器", "全量微调"):
+        assert f"| {term} |" in glossary, term
+    assert "(docs/guide_map.md)" in README.read_text(encoding="utf-8")

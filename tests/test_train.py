@@ -546,3 +546,16 @@ def test_token_classifier_records_the_tag_distribution(tiny_bert):
         sum(t == 0 for tags in ner(8, seed=1)["ner_tags"] for t in tags)
         / sum(len(tags) for tags in ner(8, seed=1)["ner_tags"])
     )
+
+
+def test_entity_counts_sum_to_the_micro_scores():
+    from lora_edu.train import entity_counts, entity_f1
+
+    true = [["B-PER", "I-PER", "O"], ["B-LOC", "O", "B-ORG"], ["O"]]
+    pred = [["B-PER", "I-PER", "O"], ["B-LOC", "B-MISC", "O"], ["B-PER"]]
+    counts = np.array(entity_counts(true, pred))
+    assert counts.tolist() == [[1, 1, 1], [1, 2, 2], [0, 1, 0]]
+    hits, predicted, truth = counts.sum(axis=0)
+    assert entity_f1(true, pred)["f1"] == pytest.approx(2 * hits / (predicted + truth))
+    with pytest.raises(ValueError, match="true sequences"):
+        entity_counts(true, pred[:2])
