@@ -87,6 +87,7 @@ _LAZY: dict[str, str] = {
         ],
         "lora_edu.lora",
     ),
+    "LoRAConv2d": "lora_edu.lora_conv",
     **dict.fromkeys(
         [
             "active_adapter",

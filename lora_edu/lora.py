@@ -205,25 +205,27 @@ class LoRALinear(nn.Module):
         shared: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(base, (nn.Linear, QuantizedLinear)):
+        if not isinstance(base, self._BASE_TYPES):
             raise TypeError(
-                f"LoRALinear wraps an nn.Linear (or a 4-bit QuantizedLinear), got a "
-                f"{type(base).__name__}; for a whole model use apply_lora(model, target_modules=...)"
+                f"{type(self).__name__} wraps {self._WRAPS}, got a {type(base).__name__}; for a "
+                "whole model use apply_lora(model, target_modules=...)"
             )
         _check_hyperparameters(r, alpha, dropout, init)
+        self._check_base(base, init, variant)
         if init == "pissa" and isinstance(base, QuantizedLinear):
             raise ValueError(
                 "init='pissa' rewrites W as its residual, and this base layer is quantised to 4 "
                 "bits; PiSSA on a quantised base is not implemented: use init='kaiming'"
             )
         self.base_layer = base
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = self._features(base)
         self.r, self.alpha, self.dropout_p = r, alpha, float(dropout)
         self.init, self.use_rslora = init, use_rslora
         self.scaling = lora_scaling(r, alpha, use_rslora)
         like = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **like))
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **like))
+        shape_A, shape_B = self._factor_shapes()
+        self.lora_A = nn.Parameter(torch.empty(*shape_A, **like))
+        self.lora_B = nn.Parameter(torch.empty(*shape_B, **like))
         # Identity when p = 0, so the common case does no dropout bookkeeping at all.
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -235,6 +237,21 @@ class LoRALinear(nn.Module):
         self.variant = None
         if variant is not None:
             self.variant = VARIANTS[variant](self, **(shared or {}))
+
+    #: The layer types this class wraps, and how an error message names them.
+    _BASE_TYPES: tuple[type, ...] = (nn.Linear, QuantizedLinear)
+    _WRAPS = "an nn.Linear (or a 4-bit QuantizedLinear)"
+
+    def _check_base(self, base: nn.Module, init: str, variant: str | None) -> None:
+        """Refuse settings this layer type cannot honour (nothing to refuse for nn.Linear)."""
+
+    def _features(self, base: nn.Module) -> tuple[int, int]:
+        """(d_in, d_out) of the base layer."""
+        return base.in_features, base.out_features
+
+    def _factor_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The shapes of ``lora_A`` (r, d_in) and ``lora_B`` (d_out, r)."""
+        return (self.r, self.in_features), (self.out_features, self.r)
 
     @torch.no_grad()
     def _init_lora(self, init: str) -> None:
@@ -535,7 +552,7 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
                     "stack two adapters on one layer. Call unload_lora(model) first, or target "
                     "other layers."
                 )
-            if not isinstance(module, LINEAR_TYPES):
+            if not isinstance(module, (*LINEAR_TYPES, nn.Conv2d)):
                 inner = [n[len(name) + 1 :] for n in linear if n.startswith(name + ".")]
                 hint = (
                     f"Its nn.Linear layers: {', '.join(_readable(inner))}"
@@ -544,7 +561,7 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
                 )
                 raise ValueError(
                     f"target {target!r} matches {name!r}, a {type(module).__name__}, not an "
-                    f"nn.Linear; LoRALinear wraps nn.Linear layers only. {hint}"
+                    f"nn.Linear or nn.Conv2d; LoRA wraps those layers only. {hint}"
                 )
             if bypassed(name):
                 raise ValueError(
@@ -552,7 +569,7 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
                     "directly without calling it, so a LoRA wrapper would be silently skipped"
                 )
             chosen.add(name)
-    return [n for n in linear if n in chosen]
+    return [n for n, _ in candidates if n in chosen]
 
 
 def _resolve_modules_to_save(
@@ -691,7 +708,8 @@ def apply_lora(
         for name in names:
             layer = model.get_submodule(name)
             weight = layer.weight.detach().clone() if init == "pissa" else None
-            _set_submodule(model, name, LoRALinear(layer, *settings, shared=shared))
+            wrapper = _lora_class(layer)
+            _set_submodule(model, name, wrapper(layer, *settings, shared=shared))
             wrapped.append((name, layer, weight))
     except Exception:
         for name, layer, weight in reversed(wrapped):
@@ -710,6 +728,15 @@ def apply_lora(
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
         model.lora_config = LoRAConfig(targets, *settings, quantize=quantize)
     return names
+
+
+def _lora_class(layer: nn.Module) -> type[LoRALinear]:
+    """The LoRA wrapper for a layer: ``LoRAConv2d`` for an nn.Conv2d, else ``LoRALinear``."""
+    if isinstance(layer, nn.Conv2d):
+        from lora_edu.lora_conv import LoRAConv2d
+
+        return LoRAConv2d
+    return LoRALinear
 
 
 #: apply_lora's keyword defaults: what "not given" means when a LoRAConfig comes instead.
