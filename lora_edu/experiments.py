@@ -146,7 +146,7 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
     },
     "conll2003": {
         "lora": (1e-3, 2e-3, 5e-3, 1e-2),
-        "full": (5e-5, 1e-4, 2e-4),
+        "full": (5e-5, 1e-4, 2e-4, 5e-4),
         "head": (1e-3, 3e-3, 1e-2),
         "bitfit": (3e-4, 1e-3, 3e-3),
         "lora-all-linear": (5e-4, 1e-3, 2e-3),
@@ -158,7 +158,8 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
     },
 }
 #: (A grid whose best rate sat at an end was extended beyond that end, as in the other pilots:
-#: SST-2's linear probe and BitFit and the ViT's linear probe upward, CoNLL-2003's LoRA upward.)
+#: SST-2's linear probe and BitFit, the ViT's linear probe, CoNLL-2003's LoRA and full
+#: fine-tuning, each upward.)
 #: The learning rates every task used before the pilot (then ``train.DEFAULT_LR``); the sweeps
 #: other than the headline (ranks, α, targets, …) were run, and are still defined, at these.
 FORMER_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}

@@ -788,17 +788,31 @@ def adalora_allocator(model: nn.Module, total_steps: int, **schedule: Any) -> Ra
 
 
 def optimizer_param_groups(
-    model: nn.Module, lr: float, weight_decay: float = 0.0
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    *,
+    head_lr: float | None = None,
+    head: str = "classifier",
 ) -> list[dict[str, Any]]:
     """The trainable parameters as optimizer groups: one at ``lr``, and one per learning-rate
-    factor a variant asks for (LoRA+: every ``lora_B`` at 16 × lr). Without such a variant this
-    is one group, the same as passing the trainable parameters to the optimizer."""
+    factor a variant asks for (LoRA+: every ``lora_B`` at 16 × lr). With ``head_lr``, the
+    trainable parameters of the module named ``head`` (the new output layer that trains beside
+    an adapter) get that rate instead. Without either this is one group, the same as passing the
+    trainable parameters to the optimizer."""
     factors = {
         id(getattr(layer, param)): factor
         for _, layer in _lora_layers(model)
         if layer.variant is not None
         for param, factor in layer.variant.lr_factors.items()
     }
+    if head_lr is not None:
+        if not head_lr > 0:
+            raise ValueError(f"head_lr must be a positive number, got {head_lr!r}")
+        found = [p for n, p in model.named_parameters() if n.startswith(head + ".")]
+        if not any(p.requires_grad for p in found):
+            raise ValueError(f"head_lr is set but the model has no trainable module {head!r}")
+        factors.update({id(p): head_lr / lr for p in found})
     groups: dict[float, list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:

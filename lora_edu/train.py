@@ -21,7 +21,7 @@ Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
 | ``adalora_ranks`` | AdaLoRA only: the rank each adapted layer ends with |
 | ``lora_targets`` | names of the layers LoRA wrapped (``[]`` for other methods) |
 | ``lr``, ``lr_is_default`` | learning rate used; True when it came from ``DEFAULT_LR`` |
-| ``epochs``, ``batch_size``, ``max_length``, ``seed``, ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` | the rest of the configuration (``max_length`` is None for images) |
+| ``epochs``, ``batch_size``, ``max_length``, ``seed``, ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` (and ``head_lr`` when set) | the rest of the configuration (``max_length`` is None for images) |
 | ``n_train``, ``n_eval``, ``num_labels``, ``steps`` | sizes |
 | ``metric_name``, ``metric`` | ``"accuracy"`` or ``"entity_f1"`` on ``eval`` after the last epoch (None without ``eval``) |
 | ``eval_correct`` | accuracy tasks: ``"0110…"``, each ``eval`` example wrong (0) or right (1) after the last epoch, for paired tests |
@@ -356,14 +356,16 @@ def fit(
     eval_every: int | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    head_lr: float | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (already on ``device``, trainable parameters already chosen) on examples
     ``0..n_train-1``, reshuffled each epoch by a generator seeded with ``seed``, minimising
     ``loss_fn(logits, targets)`` (default ``classification_loss``: cross-entropy); call
     ``evaluate(model)`` after each epoch and, with ``eval_every``, also before the first step and
     every ``eval_every`` steps (``history["evals"]``: one ``{step, ...scores}`` each, the data of
-    a live learning curve; ``on_eval(history)`` is called after each). Returns ``history``,
-    timings, memory and ``steps``."""
+    a live learning curve; ``on_eval(history)`` is called after each). ``head_lr`` trains the
+    ``classifier`` at its own learning rate (default: ``lr``, like everything else). Returns
+    ``history``, timings, memory and ``steps``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter requires grad; call prepare_model(model, method) first")
@@ -378,7 +380,7 @@ def fit(
     total = epochs * steps_per_epoch
     warmup = int(warmup_ratio * total)
     # One group at lr, plus one per factor a LoRA variant asks for (LoRA+: B at 16 × lr).
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr, weight_decay))
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr, weight_decay, head_lr=head_lr))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_schedule(step, warmup, total)
     )
@@ -732,6 +734,7 @@ def _run(
         "warmup_ratio": loop.get("warmup_ratio", 0.06),
         "weight_decay": loop.get("weight_decay", 0.01),
         "max_grad_norm": loop.get("max_grad_norm", 1.0),
+        **({"head_lr": loop["head_lr"]} if loop.get("head_lr") is not None else {}),
         **extra,
         "n_train": n_train,
         "metric": final.get("metric"),
@@ -801,7 +804,7 @@ def finetune_text_classifier(
     The LoRA settings come as one ``lora=LoRAConfig(...)`` or, for convenience, as the keywords
     ``r``, ``alpha``, ``target_modules``, ``dropout``, ``init``, ``use_rslora`` (not both).
     ``lr=None`` → ``DEFAULT_LR[method]``. ``loop`` may set
-    ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` (see ``fit``). Texts are tokenised once
+    ``warmup_ratio``, ``weight_decay``, ``max_grad_norm``, ``head_lr`` (see ``fit``). Texts are tokenised once
     (truncated to ``max_length`` tokens). Returns the record (module docstring), and the trained
     model too when ``return_model=True``.
     """

@@ -186,3 +186,19 @@ def test_a_conv_cannot_be_wrapped_as_linear_and_vice_versa():
         LoRALinear(nn.Conv2d(3, 4, 3), 2, 4)
     with pytest.raises(TypeError, match="LoRAConv2d wraps an nn.Conv2d"):
         LoRAConv2d(nn.Linear(3, 4), 2, 4)
+
+
+def test_the_head_can_train_at_its_own_learning_rate():
+    from lora_edu.lora import optimizer_param_groups
+
+    model = SmallConvNet()
+    apply_lora(model, ["conv1", "conv2"], r=2, alpha=4)
+    mark_only_lora_trainable(model, modules_to_save=["head"])
+    groups = optimizer_param_groups(model, 2e-3, head_lr=5e-4, head="head")
+    assert [g["lr"] for g in groups] == [2e-3, 5e-4]  # the base rate first: schedulers read it
+    head_params = {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == head_params
+    assert not head_params & {id(p) for p in groups[0]["params"]}
+    assert len(optimizer_param_groups(model, 2e-3, head="head")) == 1  # no head_lr: one group
+    with pytest.raises(ValueError, match="no trainable module 'classifier'"):
+        optimizer_param_groups(model, 2e-3, head_lr=1e-3)
