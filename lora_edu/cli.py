@@ -164,6 +164,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _student_version(args: argparse.Namespace) -> int:
+    from lora_edu.lecture import student_version
+
+    written = student_version(args.out, args.notebooks or None)
+    print(f"{len(written)} student notebooks (solutions removed) written to {args.out}/")
+    return 0
+
+
 def _figures(args: argparse.Namespace) -> int:
     from lora_edu.figures import make_figures, verdicts_markdown
 
@@ -347,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     gen.add_argument("--seed", type=int, default=0, help="for sampling")
     gen.set_defaults(func=_generate)
+
+    sv = sub.add_parser(
+        "student-version",
+        help="write the notebooks without their solutions, for handing out",
+        description="Copies every notebook of notebooks/ (or the ones given) into OUT without "
+        "the cells tagged 'solution'; the exercises stay. The instructor version is the "
+        "notebooks as they are.",
+    )
+    sv.add_argument("out", help="output folder")
+    sv.add_argument("notebooks", nargs="*", help="notebooks to convert (default: all)")
+    sv.set_defaults(func=_student_version)
 
     from lora_edu.bench import add_bench_parser
 
