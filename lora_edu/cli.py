@@ -164,6 +164,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slides(args: argparse.Namespace) -> int:
+    from lora_edu.lecture import slides
+
+    path = slides(args.notebook, args.out, execute=args.execute)
+    print(f"slides written to {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+    return 0
+
+
 def _student_version(args: argparse.Namespace) -> int:
     from lora_edu.lecture import student_version
 
@@ -366,6 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("out", help="output folder")
     sv.add_argument("notebooks", nargs="*", help="notebooks to convert (default: all)")
     sv.set_defaults(func=_student_version)
+
+    sl = sub.add_parser(
+        "slides",
+        help="a notebook as one self-contained reveal.js slide deck that works offline",
+        description="Sections become slides and the cells under them sub-slides (the cells' "
+        "slideshow metadata, as jupyterlab-rise presents them live); solutions are skipped. "
+        "reveal.js and MathJax are inlined, so the HTML file opens without a network.",
+    )
+    sl.add_argument("notebook", help="a notebook, e.g. notebooks/01_lora_math_numpy.ipynb")
+    sl.add_argument("--out", default=None, help="output file (default: NAME.slides.html here)")
+    sl.add_argument(
+        "--execute", action="store_true", help="run the notebook first (active profile) for figures"
+    )
+    sl.set_defaults(func=_slides)
 
     from lora_edu.bench import add_bench_parser
 

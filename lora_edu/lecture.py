@@ -53,3 +53,77 @@ def student_version(
         nbformat.write(nb, target)
         written.append(target)
     return written
+
+
+#: Where the slide template and the vendored reveal.js live.
+PACKAGE_DIR = Path(__file__).resolve().parent
+REVEAL_DIR = PACKAGE_DIR / "static" / "reveal"
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+_PLACEHOLDER = "lora-edu-reveal"
+
+
+def _mathjax_svg() -> str:
+    """MathJax 3's TeX-to-SVG bundle from the ``sphinx-mathjax-offline`` package (no fonts to
+    fetch: SVG output draws the glyphs itself)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("sphinx-mathjax-offline")
+    except metadata.PackageNotFoundError:
+        raise ImportError(
+            "slides render equations with MathJax from the sphinx-mathjax-offline package; "
+            'install it with: pip install "lora-edu[lecture]"'
+        ) from None
+    path = next(f for f in dist.files or [] if str(f).endswith("mathjax/tex-svg-full.js"))
+    return Path(dist.locate_file(path)).read_text(encoding="utf-8")
+
+
+def slides(
+    notebook: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    execute: bool = False,
+    timeout: int = 1800,
+) -> Path:
+    """A self-contained reveal.js slide deck of ``notebook`` (one HTML file, every script and
+    style inlined, so it opens offline): its cells' slide metadata (``slideshow.slide_type``:
+    sections are slides, other cells sub-slides, solutions skipped) decide the layout. With
+    ``execute``, the notebook is run first in the active profile so its figures are on the
+    slides. Written to ``out`` (default: the notebook's name with ``.slides.html`` in the current
+    folder); returns the path."""
+    import re
+
+    import nbformat
+    from nbconvert import SlidesExporter
+
+    notebook = Path(notebook)
+    nb = nbformat.read(notebook, as_version=4)
+    if execute:
+        from nbclient import NotebookClient
+
+        NotebookClient(
+            nb, timeout=timeout, resources={"metadata": {"path": str(notebook.parent)}}
+        ).execute()
+    exporter = SlidesExporter(
+        template_name="lora_slides",
+        extra_template_basedirs=[str(TEMPLATES_DIR)],
+        reveal_url_prefix=_PLACEHOLDER,
+        reveal_theme="white",
+    )
+    inline = {
+        "reveal": (REVEAL_DIR / "reveal.js").read_text(encoding="utf-8"),
+        "notes": (REVEAL_DIR / "notes.js").read_text(encoding="utf-8"),
+        "mathjax": _mathjax_svg(),
+    }
+    html, _ = exporter.from_notebook_node(nb, resources={"lora_inline": inline})
+    for name, css in (("dist/reveal.css", "reveal.css"), ("dist/theme/[a-z]+.css", "white.css")):
+        style = (REVEAL_DIR / css).read_text(encoding="utf-8")
+        link = re.compile(rf'<link[^>]*href="{_PLACEHOLDER}/{name}"[^>]*>')
+        html, found = link.subn(lambda _, style=style: f"<style>\n{style}\n</style>", html)
+        if found != 1:
+            raise RuntimeError(
+                f"the slide template no longer links {name}; update lora_edu.lecture"
+            )
+    out = Path(out) if out is not None else Path(notebook.stem + ".slides.html")
+    out.write_text(html, encoding="utf-8")
+    return out

@@ -68,3 +68,63 @@ def test_a_student_notebook_runs_to_its_exercises(tmp_path, monkeypatch):
     ]
     assert errors == []
     assert nb.cells[-1].cell_type == "markdown" and "exercise" in nb.cells[-1].source.lower()
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_slide_metadata(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    kinds = [c["metadata"].get("slideshow", {}).get("slide_type") for c in cells]
+    assert kinds[0] == "slide" and None not in kinds
+    for cell, kind in zip(cells, kinds, strict=True):
+        assert (kind == "skip") == _tagged(cell)  # solutions are skipped, nothing else
+        if (
+            cell["cell_type"] == "markdown"
+            and "".join(cell["source"]).startswith("## ")
+            and not _tagged(cell)
+        ):
+            assert kind == "slide"
+
+
+def test_slides_are_one_self_contained_file(tmp_path, capsys):
+    import re
+
+    out = tmp_path / "deck.html"
+    assert cli.main(["slides", str(NOTEBOOKS[0]), "--out", str(out)]) == 0
+    assert "self-contained" in capsys.readouterr().out
+    html = out.read_text(encoding="utf-8")
+    assert not re.findall(r"<script[^>]*\bsrc=", html)  # every script inlined
+    assert not re.findall(r"<link[^>]*\bhref=", html)  # every style inlined
+    assert "Reveal.initialize" in html and "window.MathJax" in html
+    cells = json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))["cells"]
+    slides = sum(c["metadata"]["slideshow"]["slide_type"] == "slide" for c in cells)
+    assert html.count("<section") >= slides
+
+
+@pytest.mark.skipif(
+    _chromium() is None, reason="no chromium installed (Debian: apt install chromium)"
+)
+def test_slides_typeset_their_equations_in_a_browser_offline(tmp_path):
+    """Headless chromium, no network: MathJax (inlined) turns the TeX into SVG."""
+    import subprocess
+
+    from lora_edu.lecture import slides
+
+    deck = slides(NOTEBOOKS[0], tmp_path / "deck.html")
+    dom = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+         "--virtual-time-budget=20000", "--dump-dom", deck.as_uri()],
+        capture_output=True, text=True, timeout=180, check=True,
+    ).stdout  # fmt: skip
+    assert dom.count("<mjx-container") > 20  # equations typeset
+    assert "\\frac{\\alpha}{r}" not in dom  # and no raw TeX left behind
+    assert 'class="reveal' in dom and "present" in dom  # reveal.js initialised
