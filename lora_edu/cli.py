@@ -164,6 +164,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _book(args: argparse.Namespace) -> int:
+    import time
+
+    from lora_edu.book import build_book
+
+    start = time.perf_counter()
+    index = build_book(
+        args.out, profile=args.profile, notebooks=args.notebooks, execute=not args.no_execute
+    )
+    print(
+        f"book written to {index} in {time.perf_counter() - start:.0f} s (profile {args.profile})"
+    )
+    return 0
+
+
 def _slides(args: argparse.Namespace) -> int:
     from lora_edu.lecture import slides
 
@@ -363,6 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     gen.add_argument("--seed", type=int, default=0, help="for sampling")
     gen.set_defaults(func=_generate)
+
+    bk = sub.add_parser(
+        "book",
+        help="an offline HTML book: the README, the guide map and every notebook, executed",
+        description="Sphinx + myst-nb + sphinx-book-theme, MathJax served locally: the book opens "
+        "without a network. Notebooks run in --profile; their results are cached, so a rebuild "
+        "re-executes only the notebooks that changed.",
+    )
+    bk.add_argument("--profile", default="smoke", choices=["smoke", "default", "full"])
+    bk.add_argument(
+        "--out", default="book", help="output folder (default: book/; HTML in book/html)"
+    )
+    bk.add_argument("--notebooks", nargs="*", default=None, help="only these (names or '01', '02')")
+    bk.add_argument(
+        "--no-execute", action="store_true", help="the notebooks as committed, no outputs"
+    )
+    bk.set_defaults(func=_book)
 
     sv = sub.add_parser(
         "student-version",
