@@ -191,6 +191,46 @@ def _lr_pilot(task: str) -> Callable[[], list[dict[str, Any]]]:
     return grid
 
 
+def _pilot_choice(
+    dev_task: str,
+    preset: str,
+    name_of: Callable[[dict[str, Any]], str],
+    fallback: Callable[[str], float],
+    *,
+    keep: Callable[[dict[str, Any]], bool] = lambda rec: True,
+    score: Callable[[dict[str, Any]], float] = lambda rec: rec["metric"],
+) -> dict[str, float]:
+    """What every learning-rate pilot decides: for each arm (``name_of`` a run) of the preset's
+    grid, the rate of its best run in the results (highest ``score``; a tie goes to the lower
+    rate), among the records ``keep`` accepts. While a run is missing it raises, naming the runs
+    and the command to run first, except in ``smoke``, where an incomplete arm takes
+    ``fallback(arm)``."""
+    from lora_edu.sweep import read_results
+
+    grid = PRESETS[dev_task][preset]()
+    path = results_file(dev_task, preset)
+    wanted = {(name_of(run), run["lr"]) for run in grid}
+    records = [
+        rec for rec in read_results(path) if (name_of(rec), rec["lr"]) in wanted and keep(rec)
+    ]
+    missing = sorted(wanted - {(name_of(rec), rec["lr"]) for rec in records})
+    if missing and profile() != "smoke":
+        raise ValueError(
+            f"the learning-rate pilot is incomplete in {path} (missing "
+            f"{', '.join(f'{arm} at lr {lr:g}' for arm, lr in missing)}); run "
+            f"`{sweep_command(dev_task, preset)}` first"
+        )
+    incomplete = {arm for arm, _ in missing}
+    chosen = {}
+    for arm in dict.fromkeys(name_of(run) for run in grid):
+        mine = [rec for rec in records if name_of(rec) == arm]
+        if mine and arm not in incomplete:
+            chosen[arm] = max(mine, key=lambda rec: (score(rec), -rec["lr"]))["lr"]
+        else:
+            chosen[arm] = fallback(arm)
+    return chosen
+
+
 def pilot_arm(record: dict[str, Any]) -> str:
     """Which arm of the learning-rate pilot a run is: its method, or ``lora-all-linear``."""
     if record["method"] == "lora" and list(record.get("target_modules") or []) == ["all-linear"]:
@@ -204,32 +244,21 @@ def lr_pilot_chosen(task: str) -> dict[str, float]:
     lower rate. Raises, naming the missing runs and the command, while the pilot is incomplete,
     except in ``smoke``, where an arm without its pilot runs takes ``FORMER_LR`` (LoRA's for
     ``lora-all-linear``)."""
-    from lora_edu.sweep import read_results
+    return _pilot_choice(
+        f"{task}-dev",
+        "lr-pilot",
+        pilot_arm,
+        lambda arm: FORMER_LR["lora" if arm.startswith("lora") else arm],
+        keep=_plain_lora_or_baseline,
+    )
 
-    dev = f"{task}-dev"
-    wanted = {(pilot_arm(run), run["lr"]) for run in PRESETS[dev]["lr-pilot"]()}
-    records = [
-        rec for rec in read_results(results_file(dev, "lr-pilot"))
-        if (pilot_arm(rec), rec["lr"]) in wanted and rec.get("seed", 0) == 0
-        and (rec["method"] != "lora" or (rec["r"] == 8 and not rec.get("variant")
-             and not rec.get("use_rslora") and rec.get("init", "kaiming") == "kaiming"
-             and not rec.get("quantize")))
-    ]  # fmt: skip
-    missing = sorted(wanted - {(pilot_arm(rec), rec["lr"]) for rec in records})
-    if missing and profile() != "smoke":
-        raise ValueError(
-            f"the learning-rate pilot of {task} is incomplete in {results_file(dev, 'lr-pilot')} "
-            f"(missing {', '.join(f'{arm} at lr {lr:g}' for arm, lr in missing)}); run "
-            f"`{sweep_command(dev, 'lr-pilot')}` first"
-        )
-    chosen = {}
-    for arm in LR_PILOT_LRS[task]:
-        mine = [rec for rec in records if pilot_arm(rec) == arm]
-        if mine and arm not in {a for a, _ in missing}:
-            chosen[arm] = max(mine, key=lambda rec: (rec["metric"], -rec["lr"]))["lr"]
-        else:
-            chosen[arm] = FORMER_LR["lora" if arm.startswith("lora") else arm]
-    return chosen
+
+def _plain_lora_or_baseline(record: dict[str, Any]) -> bool:
+    """A headline method's run: a baseline, or plain LoRA at r = 8 (not one of the variants that
+    share the SST-2 pilot's file)."""
+    return record["method"] != "lora" or (
+        record["r"] == 8 and variant_name(record) == "lora" and record.get("seed", 0) == 0
+    )
 
 
 # ------------------------------------------------------------------ E2E NLG (notebook 11)
@@ -262,28 +291,15 @@ def e2e_chosen_lrs() -> dict[str, float]:
     must be there: otherwise it raises, naming the missing runs and the command to run first,
     except in ``smoke``, where a method whose pilot is incomplete falls back to
     ``train.CAUSAL_LM_LR``."""
-    from lora_edu.sweep import read_results
     from lora_edu.train import CAUSAL_LM_LR
 
-    wanted = {(run["method"], run["lr"]) for run in _e2e_lr_pilot()}
-    records = [
-        rec for rec in read_results(results_file("e2e-dev")) if (rec["method"], rec["lr"]) in wanted
-    ]
-    missing = sorted(wanted - {(rec["method"], rec["lr"]) for rec in records})
-    if missing and profile() != "smoke":
-        raise ValueError(
-            f"the learning-rate pilot is incomplete in {results_file('e2e-dev')} (missing "
-            f"{', '.join(f'{m} at lr {lr:g}' for m, lr in missing)}); run "
-            f"`{sweep_command('e2e-dev', 'lr-pilot')}` first"
-        )
-    chosen = {}
-    for method in E2E_PILOT_LRS:
-        mine = [rec for rec in records if rec["method"] == method]
-        if mine and method not in {m for m, _ in missing}:
-            chosen[method] = min(mine, key=lambda rec: rec["eval_loss"])["lr"]
-        else:
-            chosen[method] = CAUSAL_LM_LR[method]
-    return chosen
+    return _pilot_choice(
+        "e2e-dev",
+        "lr-pilot",
+        lambda rec: rec["method"],
+        CAUSAL_LM_LR.__getitem__,
+        score=lambda rec: -rec["eval_loss"],
+    )
 
 
 def _e2e_table3() -> list[dict[str, Any]]:
@@ -377,30 +393,14 @@ def variants_chosen_lrs() -> dict[str, float]:
     """Each variant's learning rate: the one with the best held-out accuracy in the pilot
     (``sst2-dev``; a tie goes to the lower rate). Raises, naming the command, while the pilot is
     incomplete, except in ``smoke``, where a variant without pilot runs takes its middle rate."""
-    from lora_edu.sweep import read_results
-
-    wanted = {(variant_name(run), run["lr"]) for run in _variants_pilot()}
-    records = [
-        rec
-        for rec in read_results(results_file("sst2-dev", "variants-pilot"))
-        if (variant_name(rec), rec["lr"]) in wanted and rec["method"] == "lora"
-    ]
-    missing = sorted(wanted - {(variant_name(rec), rec["lr"]) for rec in records})
-    if missing and profile() != "smoke":
-        raise ValueError(
-            f"the learning-rate pilot is incomplete in "
-            f"{results_file('sst2-dev', 'variants-pilot')} (missing "
-            f"{', '.join(f'{m} at lr {lr:g}' for m, lr in missing)}); run "
-            f"`{sweep_command('sst2-dev', 'variants-pilot')}` first"
-        )
-    chosen = {}
-    for name, rates in VARIANT_PILOT_LRS.items():
-        mine = [rec for rec in records if variant_name(rec) == name]
-        if mine and name not in {m for m, _ in missing}:
-            chosen[name] = max(mine, key=lambda rec: (rec["metric"], -rec["lr"]))["lr"]
-        else:
-            chosen[name] = rates[1]
-    return chosen
+    middle = {name: rates[1] for name, rates in VARIANT_PILOT_LRS.items()}
+    return _pilot_choice(
+        "sst2-dev",
+        "variants-pilot",
+        variant_name,
+        middle.__getitem__,
+        keep=lambda rec: rec["method"] == "lora",
+    )
 
 
 #: Seeds of the variant comparison (each variant at its pilot learning rate).

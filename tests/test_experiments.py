@@ -255,7 +255,7 @@ def test_the_learning_rate_pilot_spans_every_method_and_task(default_profile):
 
 
 def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_profile):
-    with pytest.raises(ValueError, match="pilot of vit is incomplete.*--task vit-dev"):
+    with pytest.raises(ValueError, match="pilot is incomplete.*--task vit-dev"):
         experiments.lr_pilot_chosen("vit")
     grid = experiments.preset_grid("vit-dev", "lr-pilot")
     rates = experiments.LR_PILOT_LRS["vit"]
