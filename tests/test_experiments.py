@@ -250,8 +250,6 @@ def test_the_learning_rate_pilot_spans_every_method_and_task(default_profile):
         assert (
             experiments.results_file(f"{task}-dev", "lr-pilot").name == f"{task}-dev-default.jsonl"
         )
-    conll = experiments.preset_grid("conll2003-dev", "lr-pilot")
-    assert any(run["target_modules"] == ["all-linear"] for run in conll)
 
 
 def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_profile):
@@ -277,7 +275,7 @@ def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_pro
 def test_lr_pilot_falls_back_to_the_former_rates_in_smoke(monkeypatch):
     monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
     chosen = experiments.lr_pilot_chosen("conll2003")
-    assert chosen["lora-all-linear"] == experiments.FORMER_LR["lora"]
+    assert chosen["lora"] == experiments.FORMER_LR["lora"]
     assert chosen["head"] == experiments.FORMER_LR["head"]
 
 
