@@ -140,24 +140,25 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
     "sst2": {
         "lora": (5e-4, 1e-3, 2e-3, 5e-3),
         "full": (5e-5, 1e-4, 2e-4),
-        "head": (1e-3, 3e-3, 1e-2),
-        "bitfit": (3e-4, 1e-3, 3e-3),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+        "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
     },
     "conll2003": {
-        "lora": (1e-3, 2e-3, 5e-3),
-        "full": (5e-5, 1e-4, 2e-4),
-        "head": (1e-3, 3e-3, 1e-2),
-        "bitfit": (3e-4, 1e-3, 3e-3),
+        "lora": (1e-3, 2e-3, 5e-3, 1e-2),
+        "full": (5e-5, 1e-4, 2e-4, 5e-4),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+        "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
     },
     "vit": {
         "lora": (1e-3, 2e-3, 5e-3),
         "full": (5e-5, 1e-4, 3e-4, 1e-3),
-        "head": (1e-3, 3e-3, 1e-2),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
     },
 }
-#: Where a grid's best rate still sits at its upper end (SST-2's linear probe and BitFit, the
-#: ViT's linear probe, every CoNLL-2003 arm), the pilot is not finished: the next rate up is
-#: run before any of these rates is used (``lr_pilot_chosen`` then reads the extended grid).
+#: A grid whose best rate sat at an end was extended beyond it, one rate at a time (SST-2's
+#: linear probe and BitFit; the ViT's linear probe, twice; CoNLL-2003's four arms). Where the
+#: best is still at the upper end (CoNLL-2003's full fine-tuning, linear probe and BitFit), the
+#: pilot is not finished: the next rate up is run before that rate is used.
 #: The learning rates every task used before the pilot (then ``train.DEFAULT_LR``); the sweeps
 #: other than the headline (ranks, α, targets, …) were run, and are still defined, at these.
 FORMER_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
