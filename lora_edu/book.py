@@ -51,7 +51,9 @@ suppress_warnings = ["myst.xref_missing", "myst.header"]
 
 
 def _notebooks(selected: Sequence[str] | None) -> list[Path]:
-    found = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    from lora_edu.lecture import notebooks
+
+    found = notebooks()
     if not selected:
         return found
     chosen = [p for p in found if any(p.name.startswith(s) or p.name == s for s in selected)]
