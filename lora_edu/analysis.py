@@ -350,6 +350,8 @@ def random_column_projection_null(W: Any, r: int, samples: int = 1000, seed: int
     distribution of ``column_space_projection``."""
     W = _as_matrix(W, "W")
     r = _check_count(r, "r", "W", W.shape[0], W.shape)
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples!r}")
     rng = np.random.default_rng(seed)
     return np.array(
         [

@@ -373,3 +373,6 @@ def test_random_projection_null_and_column_space_projection():
     assert column_space_projection(W, np.zeros((40, 3))) == 0.0
     with pytest.raises(ValueError, match="rows"):
         column_space_projection(W, np.ones((30, 2)))
+    for null in (random_projection_null, random_column_projection_null):
+        with pytest.raises(ValueError, match="samples must be at least 1"):
+            null(W, 3, samples=0)
