@@ -59,21 +59,47 @@ TABLE5_TARGETS: tuple[tuple[int, tuple[str, ...]], ...] = (
 PAPER_ADAPTERS: tuple[tuple[int, int], ...] = ((4, 0), (8, 0), (8, 1), (64, 0), (64, 1))
 
 
-def _seeds() -> list[int]:
-    return by_profile(smoke=[0], default=[0, 1], full=[0, 1, 2])
-
-
 def _lora(ranks, alphas=(16,), targets=(QV,), seeds=(0,)) -> list[dict[str, Any]]:
-    return make_grid(["lora"], ranks, alphas, targets, seeds)
+    # the studies beyond the headline ran at LoRA's rate from before the pilot
+    return make_grid(["lora"], ranks, alphas, targets, seeds, lr=FORMER_LR["lora"])
 
 
-def _headline(lora_targets: Sequence[str] = QV) -> list[dict[str, Any]]:
-    seeds = _seeds()
-    return (
-        make_grid(["head", "bitfit"], seeds=seeds)
-        + _lora([8], targets=[lora_targets], seeds=seeds)
-        + make_grid(["full"], seeds=seeds)
-    )
+#: Seeds of each task's headline rows (every method at its pilot learning rate).
+HEADLINE_SEEDS = (0, 1, 2)
+
+
+def _headline(task: str) -> Callable[[], list[dict[str, Any]]]:
+    """Every arm of the task's learning-rate pilot at its chosen rate (``lr_pilot_chosen``) on
+    the reported evaluation set, ``HEADLINE_SEEDS`` each. Seed by seed, so that a sweep stopped
+    half-way leaves whole comparisons behind."""
+
+    def grid() -> list[dict[str, Any]]:
+        lrs = lr_pilot_chosen(task)
+        seeds = by_profile(smoke=[0], default=list(HEADLINE_SEEDS))
+        return [
+            run
+            for seed in seeds
+            for arm in LR_PILOT_LRS[task]
+            for run in _pilot_arm(task, arm, lrs[arm], seed)
+        ]
+
+    return grid
+
+
+def _former_lr(task: str) -> Callable[[], list[dict[str, Any]]]:
+    """The headline methods at the one learning rate per method that every task used before the
+    pilot (``FORMER_LR``), seeds 0 and 1: what the comparison looked like before it was fair."""
+
+    def grid() -> list[dict[str, Any]]:
+        seeds = by_profile(smoke=[0], default=[0, 1])
+        return [
+            run
+            for arm in LR_PILOT_LRS[task]
+            if arm != "lora-all-linear"
+            for run in _pilot_arm(task, arm, FORMER_LR[arm], seeds)
+        ]
+
+    return grid
 
 
 #: The ranks of each task's rank sweep in ``default``/``full``. CoNLL-2003 runs cost about 4× an
@@ -115,15 +141,6 @@ def _paper_adapters() -> list[dict[str, Any]]:
     return [run for r, seed in PAPER_ADAPTERS for run in _lora([r], seeds=[seed])]
 
 
-def _vit_headline() -> list[dict[str, Any]]:
-    seeds = _seeds()
-    return (
-        make_grid(["head"], seeds=seeds)
-        + _lora([8], targets=[VIT_ATTENTION], seeds=seeds)
-        + make_grid(["full"], seeds=seeds)
-    )
-
-
 def _vit_ranks() -> list[dict[str, Any]]:
     ranks = by_profile(smoke=[1, 8], default=[1, 2, 4, 8, 16])
     return _lora(ranks, targets=[VIT_ATTENTION, VIT_ATTENTION_MLP])
@@ -153,6 +170,7 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
         "lora": (1e-3, 2e-3, 5e-3),
         "full": (5e-5, 1e-4, 3e-4, 1e-3),
         "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+        "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
     },
 }
 #: A grid whose best rate sat at an end was extended beyond it, one rate at a time (SST-2's
@@ -168,13 +186,17 @@ HEADLINE_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def _pilot_arm(task: str, arm: str, lr: float) -> list[dict[str, Any]]:
-    """One pilot run (seed 0): ``arm`` is a method, or ``lora-all-linear``."""
+def _pilot_arm(
+    task: str, arm: str, lr: float, seeds: int | Sequence[int] = 0
+) -> list[dict[str, Any]]:
+    """The runs of one arm of the pilot or the headline at ``lr``: ``arm`` is a method, or
+    ``lora-all-linear`` (LoRA r = 8 on every linear layer); LoRA is r = 8, α = 16."""
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if arm == "lora-all-linear":
-        return make_grid(["lora"], [8], [16], [("all-linear",)], lr=lr)
+        return make_grid(["lora"], [8], [16], [("all-linear",)], seeds, lr=lr)
     if arm == "lora":
-        return make_grid(["lora"], [8], [16], [HEADLINE_LORA_TARGETS[task]], lr=lr)
-    return make_grid([arm], lr=lr)
+        return make_grid(["lora"], [8], [16], [HEADLINE_LORA_TARGETS[task]], seeds, lr=lr)
+    return make_grid([arm], seeds=seeds, lr=lr)
 
 
 def _lr_pilot(task: str) -> Callable[[], list[dict[str, Any]]]:
@@ -258,6 +280,31 @@ def _plain_lora_or_baseline(record: dict[str, Any]) -> bool:
     return record["method"] != "lora" or (
         record["r"] == 8 and variant_name(record) == "lora" and record.get("seed", 0) == 0
     )
+
+
+# ------------------------------------------------------------------ the defaults on sparse NER
+
+#: The sparse NER check (task ``conll2003-sparse``: 1,900 sentences, 92 % ``O`` tags, 3 epochs,
+#: seed 0): the token-classification defaults from before the pilot and the candidates after it.
+#: Each entry: (method, LoRA targets or None, lr, ``make_grid`` keywords: head_lr, warmup_ratio).
+SPARSE_CHECK_RUNS: tuple[tuple[str, tuple[str, ...] | None, float, dict[str, float]], ...] = (
+    ("head", None, 3e-3, {}),
+    ("full", None, 1e-4, {}),
+    ("lora", QV, 2e-3, {}),
+    ("lora", QV, 5e-3, {}),
+    ("lora", ("all-linear",), 2e-3, {}),
+    ("lora", QV, 5e-3, {"head_lr": 3e-2}),
+)
+
+
+def _sparse_check() -> list[dict[str, Any]]:
+    runs = []
+    for method, targets, lr, loop in SPARSE_CHECK_RUNS:
+        if method == "lora":
+            runs += make_grid(["lora"], [8], [16], [targets], lr=lr, **loop)
+        else:
+            runs += make_grid([method], lr=lr, **loop)
+    return runs
 
 
 # ------------------------------------------------------------------ E2E NLG (notebook 11)
@@ -430,7 +477,8 @@ def _compression() -> list[dict[str, Any]]:
 #: task → preset name → the grid (at the active profile).
 PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     "sst2": {
-        "headline": _headline,
+        "headline": _headline("sst2"),
+        "former-lr": _former_lr("sst2"),
         "ranks": _ranks("sst2"),
         "alphas": _alphas,
         "targets": _table5,
@@ -443,10 +491,15 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     "sst2-dev": {"variants-pilot": _variants_pilot, "lr-pilot": _lr_pilot("sst2")},
     "conll2003-dev": {"lr-pilot": _lr_pilot("conll2003")},
     "vit-dev": {"lr-pilot": _lr_pilot("vit")},
+    "conll2003-sparse": {"defaults-check": _sparse_check},
     "sst2-distill": {"distillation": _distillation},
     **{f"sst2-ffn{rank}": {"compression": _compression} for rank in COMPRESSION_RANKS},
-    "conll2003": {"headline": _headline, "ranks": _ranks("conll2003")},
-    "vit": {"headline": _vit_headline, "ranks": _vit_ranks},
+    "conll2003": {
+        "headline": _headline("conll2003"),
+        "former-lr": _former_lr("conll2003"),
+        "ranks": _ranks("conll2003"),
+    },
+    "vit": {"headline": _headline("vit"), "former-lr": _former_lr("vit"), "ranks": _vit_ranks},
     "e2e-dev": {"lr-pilot": _e2e_lr_pilot},
     "e2e": {"table3": _e2e_table3},
 }
@@ -469,7 +522,12 @@ def preset_grid(task: str, names: str | Sequence[str]) -> list[dict[str, Any]]:
 
 #: The studies the README reports, one small table each: (task, preset, title).
 STUDIES: tuple[tuple[str, str, str], ...] = (
-    ("sst2", "headline", "SST-2 sentiment (MiniLM-L6): every method at one budget"),
+    (
+        "sst2",
+        "headline",
+        "SST-2 sentiment (MiniLM-L6): every method at its pilot learning rate, one budget",
+    ),
+    ("sst2", "former-lr", "SST-2 before the pilot: one learning rate per method for every task"),
     ("sst2", "ranks", "SST-2: LoRA's rank (q, v)"),
     ("sst2", "alphas", "SST-2: the scale α at three ranks"),
     ("sst2", "targets", "SST-2: which weights, at q, v r=8's parameter budget (paper Table 5)"),
@@ -493,15 +551,26 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
         )
         for rank in COMPRESSION_RANKS
     ),  # fmt: skip
-    ("conll2003", "headline", "CoNLL-2003 named entities (MiniLM-L6): every method"),
+    (
+        "conll2003",
+        "headline",
+        "CoNLL-2003 named entities (MiniLM-L6): every method at its pilot learning rate",
+    ),
+    ("conll2003", "former-lr", "CoNLL-2003 before the pilot: the rates of every task"),
     ("conll2003", "ranks", "CoNLL-2003: LoRA's rank (q, v)"),
-    ("vit", "headline", "Small ViT, MNIST → 8×8 digits: every method"),
+    ("vit", "headline", "Small ViT, MNIST → 8×8 digits: every method at its pilot learning rate"),
+    ("vit", "former-lr", "Small ViT before the pilot: the rates of every task"),
     ("vit", "ranks", "Small ViT: rank, attention only against attention + MLP"),
     ("e2e", "table3", "E2E NLG (SmolLM2-135M-Instruct), test MRs (paper Table 3)"),
     ("e2e-dev", "lr-pilot", "E2E learning-rate pilot, on held-out validation MRs"),
     ("sst2-dev", "lr-pilot", "SST-2 learning-rate pilot, on held-out training sentences"),
     ("conll2003-dev", "lr-pilot", "CoNLL-2003 learning-rate pilot, on held-out training sentences"),
     ("vit-dev", "lr-pilot", "Small ViT learning-rate pilot, on held-out training images"),
+    (
+        "conll2003-sparse",
+        "defaults-check",
+        "A small, sparse NER set (92 % O tags): the token-classification defaults, before and after",
+    ),
 )
 
 #: Baselines first, LoRA last, in every study table.
@@ -509,6 +578,7 @@ _STUDY_ORDER = ("none", "head", "bitfit", "full", "lora")
 #: A study shows every seed of its configurations (not only the seeds its own preset names).
 _MATCH_FIELDS = (
     "method", "r", "alpha", "target_modules", "init", "use_rslora", "variant", "quantize",
+    "head_lr", "warmup_ratio",
 )  # fmt: skip
 _METRIC_LABELS = {"accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU"}
 
@@ -538,10 +608,16 @@ def _default_lrs(task: str) -> dict[str, float]:
 def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
     """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate takes its
     method's default rate for the task; the budget is the profile's)."""
+    from lora_edu.sweep import LOOP_DEFAULTS
+
+    def setting(rec: dict[str, Any], k: str) -> Any:
+        value = rec.get(k)
+        return _canonical(LOOP_DEFAULTS.get(k) if value is None else value)
+
     defaults = _default_lrs(record["task"])
     for run in grid:
         lr = run.get("lr") if run.get("lr") is not None else defaults.get(run["method"])
-        if all(_canonical(run.get(k)) == _canonical(record.get(k)) for k in _MATCH_FIELDS) and (
+        if all(setting(run, k) == setting(record, k) for k in _MATCH_FIELDS) and (
             run["method"] == "none" or _canonical(lr) == _canonical(record.get("lr"))
         ):
             return True
@@ -561,6 +637,7 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
             r["alpha"] or 0,
             ",".join(r["target_modules"] or []),
             r["lr"] or 0,
+            r.get("head_lr") or 0,
         ),
     )
     lora = [r for r in rows if r["method"] == "lora"]
@@ -569,14 +646,18 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         "α": len({r["alpha"] for r in lora}) > 1,
         "targets": len({tuple(r["target_modules"]) for r in lora}) > 1,
         "lr": len({r["lr"] for r in rows if r["lr"] is not None}) > 1,
+        "head lr": any(r.get("head_lr") is not None for r in rows),
+        "warm-up": len({r.get("warmup_ratio") or 0.06 for r in rows}) > 1,
     }
     cells = {
         "r": lambda r: str(r["r"] or ""),
         "α": lambda r: "" if r["alpha"] is None else format(r["alpha"], "g"),
         "targets": lambda r: ", ".join(r["target_modules"] or []),
         "lr": lambda r: "" if r["lr"] is None else format(r["lr"], "g"),
+        "head lr": lambda r: "" if r.get("head_lr") is None else format(r["head_lr"], "g"),
+        "warm-up": lambda r: format(r.get("warmup_ratio") or 0.06, "g"),
     }
-    columns = [c for c in ("r", "α", "targets", "lr") if shown[c]]
+    columns = [c for c in ("r", "α", "targets", "lr", "head lr", "warm-up") if shown[c]]
     metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
     loss_header = ["validation loss"] if show_loss else []
     header = ["method", *columns, "trainable %", metric_name, *loss_header, "seeds"]
@@ -630,6 +711,70 @@ def _pilot_table(
     return "\n".join(lines)
 
 
+def preset_records(task: str, preset: str) -> list[dict[str, Any]]:
+    """The runs of ``task``'s ``preset`` already in its results file at the active profile, in
+    the file's order; nothing is trained (``run_presets`` trains what is missing). Empty while
+    the preset's grid cannot be built yet (a learning-rate pilot still incomplete)."""
+    from lora_edu.sweep import read_results
+
+    try:
+        grid = preset_grid(task, preset)
+    except ValueError:
+        return []
+    return [
+        rec
+        for rec in read_results(results_file(task, preset))
+        if rec.get("task") == task and _in_grid(rec, grid)
+    ]
+
+
+#: How the notebooks and the README name each arm of the pilot and the headline.
+ARM_NAMES = {
+    "lora": "LoRA r=8",
+    "lora-all-linear": "LoRA r=8 (all linear)",
+    "full": "full fine-tuning",
+    "head": "the linear probe",
+    "bitfit": "BitFit",
+}
+
+
+def headline_comparisons(
+    records: Sequence[dict[str, Any]], task: str, *, samples: int = 2000
+) -> list[dict[str, Any]]:
+    """Each LoRA arm of ``task``'s headline against every other arm, by a paired bootstrap over
+    the same evaluation examples and all seeds of both (``stats.compare_records``): one dict per
+    pair with ``a``, ``b`` (arm names), the test's result and its plain ``verdict``. Only the
+    headline's own runs count; pairs whose runs are not all there yet are left out."""
+    from lora_edu.stats import compare_records, verdict
+
+    grid = preset_grid(task, "headline")
+    mine = [rec for rec in records if rec.get("task") == task and _in_grid(rec, grid)]
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for run in grid:
+        match = [rec for rec in mine if rec["seed"] == run["seed"] and _in_grid(rec, [run])]
+        by_arm.setdefault(pilot_arm(run), []).extend(match[:1])
+    arms = [arm for arm in by_arm if len(by_arm[arm]) == sum(pilot_arm(r) == arm for r in grid)]
+    rows = []
+    for a in (arm for arm in arms if arm.startswith("lora")):
+        for b in (arm for arm in arms if arm != a):
+            result = compare_records(by_arm[a], by_arm[b], samples=samples)
+            text = verdict(result, ARM_NAMES[a], ARM_NAMES[b])
+            rows.append({"a": a, "b": b, **result, "verdict": text})
+    return rows
+
+
+def _comparison_lines(rows: Sequence[dict[str, Any]]) -> str:
+    """The paired tests under a headline table, one sentence each."""
+    if not rows:
+        return ""
+    seeds = rows[0]["runs_a"]
+    head = (
+        f"Paired bootstrap over the {rows[0]['n']:,} evaluation examples and the seeds "
+        f"({seeds} per method), 2,000 resamples; a difference counts at p < 0.05:"
+    )
+    return "\n\n" + head + "\n\n" + "\n".join(f"- {row['verdict']}" for row in rows)
+
+
 def study_report(records: Sequence[dict[str, Any]]) -> str:
     """The results as one small markdown table per study in ``STUDIES`` (the runs of its preset,
     at the records' profile), each headed by its title and training budget, once every run of
@@ -681,6 +826,8 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
             table = _pilot_table(rows, variant_name if preset == "variants-pilot" else pilot_arm)
         else:
             table = _study_table(rows, task == "e2e-dev")
+        if preset == "headline":
+            table += _comparison_lines(headline_comparisons(records, task))
         parts.append(f"**{title}** ({budget})\n\n{table}")
     rest = [rec for i, rec in enumerate(records) if i not in placed]
     if rest:

@@ -92,6 +92,7 @@ def paired_bootstrap(
     metric: str = "accuracy",
     samples: int = 2000,
     seed: int = 0,
+    resample_runs: bool = True,
 ) -> dict[str, Any]:
     """Is method A better than method B, over several seeds each, on the same examples?
 
@@ -99,7 +100,10 @@ def paired_bootstrap(
     per-example verdicts (a record's ``eval_correct``); for ``metric="entity_f1"`` its
     per-sentence ``(hits, predicted, true)`` entity counts (``eval_entity_counts``). The examples
     are resampled with replacement ``samples`` times, the same resample for every run; each time
-    the mean metric of A's runs minus that of B's runs is recomputed. Returns ``delta`` (the
+    the mean metric of A's runs minus that of B's runs is recomputed. With ``resample_runs``
+    each resample also draws each side's runs with replacement (a two-level bootstrap), so that
+    the seed-to-seed spread widens the interval as well as the choice of examples does; with one
+    run per side it changes nothing. Returns ``delta`` (the
     observed difference of the means), its 95 % interval ``ci_low``, ``ci_high``, the runs per
     side, and the two-sided ``p_value``: twice the share of resamples whose difference has the
     other sign (or is zero), counted as ``(k + 1) / (samples + 1)`` so that it is never 0, capped
@@ -120,7 +124,11 @@ def paired_bootstrap(
     ones = np.ones((1, n))
 
     def mean_metric(runs: list[np.ndarray], w: np.ndarray) -> np.ndarray:
-        return np.mean([_score(d, w, metric) for d in runs], axis=0)
+        scores = np.stack([_score(d, w, metric) for d in runs], axis=1)  # (resamples, runs)
+        if not resample_runs or len(runs) == 1 or len(w) == 1:
+            return scores.mean(axis=1)
+        drawn = rng.integers(len(runs), size=scores.shape)
+        return np.take_along_axis(scores, drawn, axis=1).mean(axis=1)
 
     observed = float(mean_metric(data_a, ones)[0] - mean_metric(data_b, ones)[0])
     deltas = mean_metric(data_a, weights) - mean_metric(data_b, weights)
@@ -135,3 +143,94 @@ def paired_bootstrap(
         "n": n,
         "p_value": float(min(1.0, 2 * (other + 1) / (samples + 1))),
     }
+
+
+#: Where each metric keeps its per-example data in a run's record, for paired tests.
+PER_EXAMPLE_FIELDS = {"accuracy": "eval_correct", "entity_f1": "eval_entity_counts"}
+#: The significance level of every "A beats B" verdict in the notebooks and the README.
+SIGNIFICANCE = 0.05
+
+
+def compare_records(
+    records_a: Sequence[dict[str, Any]],
+    records_b: Sequence[dict[str, Any]],
+    *,
+    samples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``paired_bootstrap`` of two groups of sweep records (one per seed; the same evaluation
+    examples), reading each record's per-example data (``PER_EXAMPLE_FIELDS``) for its metric.
+    Raises, naming them, when records lack that data (runs from before it was recorded)."""
+    records = [*records_a, *records_b]
+    if not records_a or not records_b:
+        raise ValueError("compare_records needs at least one record on each side")
+    names = {rec.get("metric_name") for rec in records}
+    if len(names) != 1 or next(iter(names)) not in PER_EXAMPLE_FIELDS:
+        raise ValueError(
+            f"compare_records needs records of one metric among {sorted(PER_EXAMPLE_FIELDS)}, "
+            f"got {sorted(map(str, names))}"
+        )
+    metric = names.pop()
+    field = PER_EXAMPLE_FIELDS[metric]
+    lacking = [rec for rec in records if rec.get(field) is None]
+    if lacking:
+        described = ", ".join(f"{rec.get('method')} seed {rec.get('seed')}" for rec in lacking)
+        raise ValueError(
+            f"records without per-example data ({field}) cannot be paired: {described}; "
+            "rerun them with this version of lora_edu"
+        )
+    return paired_bootstrap(
+        [rec[field] for rec in records_a],
+        [rec[field] for rec in records_b],
+        metric=metric,
+        samples=samples,
+        seed=seed,
+    )
+
+
+def verdict(
+    result: dict[str, Any], name_a: str, name_b: str, *, level: float = SIGNIFICANCE
+) -> str:
+    """A paired test's result (``paired_bootstrap``, ``compare_records``) in one plain sentence:
+    which is better and by how many points, with the 95 % interval and the p-value, or that the
+    examples cannot tell them apart at ``level``."""
+    delta, low, high = (100 * result[k] for k in ("delta", "ci_low", "ci_high"))
+    evidence = (
+        f"{delta:+.1f} points, 95 % interval {low:+.1f} to {high:+.1f}, p = {result['p_value']:.2g}"
+    )
+    if result["p_value"] >= level:
+        return f"{name_a} and {name_b}: no difference the examples can detect ({evidence})"
+    better, worse = (name_a, name_b) if delta > 0 else (name_b, name_a)
+    return f"{better} is better than {worse} ({name_a} − {name_b}: {evidence})"
+
+
+def within_margin(result: dict[str, Any], margin: float, name_a: str, name_b: str) -> str:
+    """Is A at most ``margin`` points below B? Read off a paired test's 95 % interval of A − B
+    (``paired_bootstrap``, ``compare_records``): "yes" when the whole interval lies above
+    −``margin``, "no" when it lies below, else "undecided" (the examples and seeds cannot tell);
+    one plain sentence with the interval."""
+    low, high = 100 * result["ci_low"], 100 * result["ci_high"]
+    interval = f"95 % interval of {name_a} − {name_b}: {low:+.1f} to {high:+.1f} points"
+    if low > -margin:
+        return f"yes: {name_a} is at most {margin:g} points below {name_b} ({interval})"
+    if high < -margin:
+        return f"no: {name_a} is more than {margin:g} points below {name_b} ({interval})"
+    return (
+        f"undecided: a gap of {margin:g} points is inside the interval ({interval}); more seeds or "
+        "examples would tell"
+    )
+
+
+def at_least(result: dict[str, Any], points: float, name_a: str, name_b: str) -> str:
+    """Is A at least ``points`` above B? "yes" when the paired test's whole 95 % interval of A − B
+    lies above ``points``, "no" when it lies below, else "undecided"; one plain sentence."""
+    low, high = 100 * result["ci_low"], 100 * result["ci_high"]
+    interval = f"95 % interval of {name_a} − {name_b}: {low:+.1f} to {high:+.1f} points"
+    if low > points:
+        return f"yes: {name_a} is more than {points:g} points above {name_b} ({interval})"
+    if high < points:
+        return f"no: {name_a} is less than {points:g} points above {name_b} ({interval})"
+    return (
+        f"undecided: {points:g} points is inside the interval ({interval}); more seeds or "
+        "examples would tell"
+    )

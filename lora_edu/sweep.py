@@ -44,7 +44,12 @@ KEY_FIELDS = (
     "n_train",
     "epochs",
     "lr",
+    "head_lr",  # absent unless the new head trained at its own rate beside the method
+    "warmup_ratio",  # absent from a grid: the loop's default (``LOOP_DEFAULTS``)
 )
+#: A key field missing from a run (or None) means the training loop's default, so a grid entry
+#: that leaves it out and a record that writes the default down are the same run.
+LOOP_DEFAULTS = {"warmup_ratio": 0.06}
 
 #: Methods that adapt no low-rank update: rank, alpha and targets do not apply to them
 #: (``none``: no training at all, the zero-shot baseline of a generative task).
@@ -67,6 +72,8 @@ def make_grid(
     lr: float | None = None,
     variant: str | None = None,
     quantize: str | None = None,
+    head_lr: float | None = None,
+    warmup_ratio: float | None = None,
 ) -> list[dict[str, Any]]:
     """All run configurations of methods × ranks × alphas × target sets × seeds.
 
@@ -74,7 +81,9 @@ def make_grid(
     targets, so they appear once per seed (with ``r``, ``alpha``, ``target_modules`` set to None).
     An alpha of None means ``alpha = r`` (scaling 1). ``lr=None`` lets each method use its
     default learning rate. ``variant`` (e.g. ``"dora"``) and ``quantize`` (``"nf4"``: QLoRA, the
-    frozen base in 4 bits) apply to the LoRA runs.
+    frozen base in 4 bits) apply to the LoRA runs. ``head_lr`` (the new head's own learning rate
+    beside LoRA, BitFit or full fine-tuning) and ``warmup_ratio`` are the loop's settings (see
+    ``train.fit``); left at None they are not written, and the loop's defaults apply.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -125,7 +134,10 @@ def make_grid(
                         "lr": lr,
                     }
                 )
-    return runs
+    loop = {
+        k: v for k, v in (("head_lr", head_lr), ("warmup_ratio", warmup_ratio)) if v is not None
+    }
+    return [{**run, **loop} for run in runs]
 
 
 def _canonical(value: Any) -> Any:
@@ -138,7 +150,12 @@ def _canonical(value: Any) -> Any:
 def run_key(record: dict[str, Any]) -> str:
     """A canonical string for the identifying fields of a run (``KEY_FIELDS``); numbers are
     compared by value, so ``alpha=16`` and ``alpha=16.0`` are the same run."""
-    return json.dumps({k: _canonical(record.get(k)) for k in KEY_FIELDS}, sort_keys=True)
+
+    def value(k: str) -> Any:
+        v = record.get(k)
+        return _canonical(LOOP_DEFAULTS.get(k) if v is None else v)
+
+    return json.dumps({k: value(k) for k in KEY_FIELDS}, sort_keys=True)
 
 
 def unique_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -314,6 +331,47 @@ def _dev_data(
     return load
 
 
+#: The sparse NER check (task ``conll2003-sparse``): a small named-entity set like one a user
+#: brings, on which the ``finetune_token_classifier`` defaults are checked. Sentences are drawn
+#: from CoNLL-2003's training set beyond the examples the other CoNLL tasks use, so that
+#: ``o_share`` of the tags are ``O`` (CoNLL-2003 itself: 83 %).
+SPARSE_NER = {"skip": 4000, "o_share": 0.92}
+
+
+def _sparse_ner_budget() -> dict[str, Any]:
+    return by_profile(
+        smoke={"n_train": 48, "n_eval": 48, "epochs": 1, "batch_size": 16},
+        default={"n_train": 1900, "n_eval": 1000, "epochs": 3, "batch_size": 32},
+    )
+
+
+def sparse_selection(tags: Sequence[Sequence[int]], n: int, o_share: float) -> list[int]:
+    """Indices of ``n`` sentences (``tags``: each sentence's tag ids, 0 = ``O``) taken in order,
+    skipping a sentence with entities whenever it would bring the share of ``O`` tags chosen so
+    far below ``o_share``; sentences without entities are always taken."""
+    chosen: list[int] = []
+    outside = total = 0
+    for i, sentence in enumerate(tags):
+        o = sum(t == 0 for t in sentence)
+        if o < len(sentence) and (outside + o) < o_share * (total + len(sentence)):
+            continue
+        chosen.append(i)
+        outside, total = outside + o, total + len(sentence)
+        if len(chosen) == n:
+            return chosen
+    raise ValueError(f"only {len(chosen)} sentences fit an O share of {o_share}; {n} wanted")
+
+
+def _sparse_ner_data() -> tuple[Any, Any]:
+    from lora_edu.data import load_conll2003
+
+    b = _sparse_ner_budget()
+    pool = load_conll2003()["train"].shuffle(seed=0)
+    pool = pool.select(range(SPARSE_NER["skip"], len(pool)))
+    picked = sparse_selection(pool["ner_tags"], b["n_train"] + b["n_eval"], SPARSE_NER["o_share"])
+    return pool.select(picked[: b["n_train"]]), pool.select(picked[b["n_train"] :])
+
+
 #: The encoder of the text tasks at the ``full`` profile: base size (110 M parameters, 12 layers
 #: of width 768), a BERT like MiniLM, so the same layer names (query, key, value, dense) and code
 #: path; read from the Hub (or its cache) on first use. Smoke and default use the offline MiniLM.
@@ -451,7 +509,8 @@ def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
 def task_spec(name: str) -> TaskSpec:
     """The ``TaskSpec`` of ``sst2``, ``sst2-dev`` (the same training, accuracy on held-out
     training sentences: for choosing learning rates; likewise ``conll2003-dev`` and
-    ``vit-dev``), ``sst2-distill`` (the same, learnt from a
+    ``vit-dev``), ``conll2003-sparse`` (a small NER set with 92 % ``O`` tags, ``SPARSE_NER``: the
+    check of the token-classification defaults), ``sst2-distill`` (the same, learnt from a
     teacher's soft labels), ``sst2-ffn<rank>`` (the fully fine-tuned model with its feed-forward
     weights truncated to that rank, ``COMPRESSION_RANKS``), ``conll2003``, ``vit`` (MNIST-pretrained TinyViT adapted
     to scikit-learn's digits), ``e2e`` (SmolLM2 on E2E NLG, BLEU on the test MRs) or
@@ -487,6 +546,13 @@ def task_spec(name: str) -> TaskSpec:
             _dev_data(data.load_conll2003, _conll_budget, DEV_SIZE["conll2003"]),
             train.finetune_token_classifier,
             _conll_budget,
+        ),
+        "conll2003-sparse": TaskSpec(
+            "conll2003-sparse",
+            "f1",
+            _sparse_ner_data,
+            train.finetune_token_classifier,
+            _sparse_ner_budget,
         ),
         "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
         "vit-dev": TaskSpec(
@@ -626,6 +692,7 @@ def train_one(
         kwargs["model"] = budget["model"]
     if config["method"] == "lora":
         kwargs["lora"] = lora_config(config)
+    kwargs.update({k: config[k] for k in ("head_lr", "warmup_ratio") if config.get(k) is not None})
     started = time.perf_counter()
     result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
     model = None

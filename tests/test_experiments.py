@@ -20,13 +20,14 @@ def default_profile(monkeypatch, tmp_path):
 
 
 def test_presets_are_deduplicated_and_named(default_profile):
-    headline = experiments.preset_grid("sst2", "headline")
-    assert [g["method"] for g in headline].count("full") == 2  # two seeds in default
-    both = experiments.preset_grid("sst2", ["headline", "ranks"])
+    former = experiments.preset_grid("sst2", "former-lr")
+    assert [g["method"] for g in former].count("full") == 2  # two seeds in default
+    assert {g["lr"] for g in former} == set(experiments.FORMER_LR.values())
+    both = experiments.preset_grid("sst2", ["former-lr", "ranks"])
     keys = [sweep.run_key(g) for g in both]
     assert len(keys) == len(set(keys))
     # r=8 q,v α16 seed 0 is in both presets and appears once
-    assert len(both) == len(headline) + 7 - 1
+    assert len(both) == len(former) + 7 - 1
     alphas = experiments.preset_grid("sst2", "alphas")
     assert {(g["r"], g["alpha"]) for g in alphas if g["r"] == 8} == {(8, 8.0), (8, 16.0)}
     assert {g["r"] for g in alphas} == set(experiments.ALPHA_RANKS)
@@ -48,7 +49,7 @@ def test_table5_budgets_are_equal_on_minilm_shapes():
 def test_unknown_presets_raise_with_the_choices():
     with pytest.raises(ValueError, match="expected one of"):
         experiments.preset_grid("mnist", "headline")
-    with pytest.raises(ValueError, match="headline, ranks"):
+    with pytest.raises(ValueError, match="headline, former-lr, ranks"):
         experiments.preset_grid("vit", ["headline", "alphas"])
 
 
@@ -103,7 +104,7 @@ def test_select_and_memory():
 
 
 def test_sweep_command_round_trips_through_the_cli(monkeypatch, default_profile):
-    command = experiments.sweep_command("conll2003", ["headline", "ranks"])
+    command = experiments.sweep_command("conll2003", ["former-lr", "ranks"])
     seen = {}
 
     def fake_run_sweep(task, grid, out, **kwargs):
@@ -113,7 +114,7 @@ def test_sweep_command_round_trips_through_the_cli(monkeypatch, default_profile)
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
     assert cli.main(command.split()[1:]) == 0
     assert seen["task"] == "conll2003"
-    assert seen["grid"] == experiments.preset_grid("conll2003", ["headline", "ranks"])
+    assert seen["grid"] == experiments.preset_grid("conll2003", ["former-lr", "ranks"])
     assert str(seen["out"]).endswith("conll2003-default.jsonl")
 
 
@@ -204,7 +205,8 @@ def test_study_report_one_small_table_per_study_baselines_first(monkeypatch):
     ]
     report = experiments.study_report(records)
     assert "the scale α" not in report and "| 1 | 1 |" not in report  # an unfinished study
-    headline = report.split("**SST-2 sentiment")[1].split("**SST-2: LoRA's rank")[0]
+    assert "**SST-2 sentiment" not in report  # the headline waits for its pilot
+    headline = report.split("**SST-2 before the pilot")[1].split("**SST-2: LoRA's rank")[0]
     rows = [
         line for line in headline.splitlines() if line.startswith("| ") and "method" not in line
     ]
@@ -287,3 +289,54 @@ def test_dev_tasks_hold_out_training_examples(monkeypatch):
     as_bytes = lambda ds: {bytes(memoryview(__import__("numpy").asarray(x))) for x in ds["image"]}  # noqa: E731
     assert not as_bytes(dev) & as_bytes(reported)  # the pilot never sees the reported images
     assert not as_bytes(dev) & as_bytes(train)
+
+
+def _fake_pilot(task: str, winner: int = 1) -> dict[str, float]:
+    """Pilot records of ``task`` in which each arm's rate number ``winner`` wins."""
+    rates = experiments.LR_PILOT_LRS[task]
+    records = [
+        {**run, "task": f"{task}-dev",
+         "metric": 0.9 if run["lr"] == rates[experiments.pilot_arm(run)][winner] else 0.8}
+        for run in experiments.preset_grid(f"{task}-dev", "lr-pilot")
+    ]  # fmt: skip
+    path = experiments.results_file(f"{task}-dev", "lr-pilot")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {arm: lrs[winner] for arm, lrs in rates.items()}
+
+
+def test_the_headline_runs_every_arm_at_its_pilot_rate_three_seeds_seed_by_seed(default_profile):
+    with pytest.raises(ValueError, match="pilot is incomplete.*--task sst2-dev"):
+        experiments.preset_grid("sst2", "headline")
+    chosen = _fake_pilot("sst2")
+    grid = experiments.preset_grid("sst2", "headline")
+    arms = list(experiments.LR_PILOT_LRS["sst2"])
+    assert len(grid) == len(arms) * len(experiments.HEADLINE_SEEDS)
+    assert [run["seed"] for run in grid] == sorted(run["seed"] for run in grid)  # seed-major
+    assert all(run["lr"] == chosen[experiments.pilot_arm(run)] for run in grid)
+    lora = [run for run in grid if run["method"] == "lora"]
+    assert {(r["r"], r["alpha"], tuple(r["target_modules"])) for r in lora} == {
+        (8, 16.0, experiments.QV)
+    }
+
+
+def test_headline_comparisons_pair_lora_with_every_other_arm(default_profile):
+    _fake_pilot("vit", winner=0)
+    grid = experiments.preset_grid("vit", "headline")
+    quality = {"lora": 0.9, "full": 0.9, "head": 0.6}
+    records = []
+    for i, run in enumerate(grid):
+        arm = experiments.pilot_arm(run)
+        correct = "".join(
+            "1" if (j * 7 + i) % 100 < 100 * quality[arm] else "0" for j in range(400)
+        )
+        records.append({**run, "task": "vit", "metric_name": "accuracy", "eval_correct": correct,
+                        "metric": correct.count("1") / 400})  # fmt: skip
+    rows = experiments.headline_comparisons(records, "vit", samples=300)
+    assert [(row["a"], row["b"]) for row in rows] == [("lora", "full"), ("lora", "head")]
+    assert rows[0]["verdict"].startswith("LoRA r=8 and full fine-tuning: no difference")
+    assert rows[1]["verdict"].startswith("LoRA r=8 is better than the linear probe")
+    assert rows[1]["runs_a"] == 3 and rows[1]["p_value"] < 0.05
+    # a missing seed leaves that arm out rather than comparing unequal groups
+    partial = experiments.headline_comparisons(records[:-1], "vit", samples=100)
+    assert {(row["a"], row["b"]) for row in partial} < {("lora", "full"), ("lora", "head")}

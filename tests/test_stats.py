@@ -80,3 +80,67 @@ def test_paired_bootstrap_entity_f1_is_the_micro_f1_difference():
         paired_bootstrap(["0101"], ["010"])
     with pytest.raises(ValueError, match="metric must be"):
         paired_bootstrap(["01"], ["01"], metric="bleu")
+
+
+def test_resampling_the_runs_widens_the_interval_by_the_seed_spread():
+    from lora_edu.stats import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    hard = rng.random(872)
+    # seeds of A disagree a lot with each other: one is far better than the other two
+    spread = [(hard < level) for level in (0.92, 0.82, 0.81)]
+    steady = [(hard < 0.83) ^ (rng.random(872) < 0.01) for _ in range(3)]
+    both = paired_bootstrap(spread, steady, samples=1000)
+    examples_only = paired_bootstrap(spread, steady, samples=1000, resample_runs=False)
+    assert both["delta"] == examples_only["delta"]
+    width = both["ci_high"] - both["ci_low"]
+    assert width > 2 * (examples_only["ci_high"] - examples_only["ci_low"])
+    assert examples_only["p_value"] < 0.01 < both["p_value"]  # one lucky seed is not evidence
+    # one run per side: nothing to resample, the same answer either way
+    one = paired_bootstrap(spread[:1], steady[:1], samples=300)
+    assert one == paired_bootstrap(spread[:1], steady[:1], samples=300, resample_runs=False)
+
+
+def test_compare_records_reads_each_metrics_per_example_data_and_says_what_is_missing():
+    from lora_edu.stats import compare_records, verdict
+
+    def rec(method, seed, correct):
+        return {"method": method, "seed": seed, "metric_name": "accuracy", "eval_correct": correct}
+
+    a = [rec("lora", s, "1" * 90 + "0" * 10) for s in range(3)]
+    b = [rec("head", s, "1" * 70 + "0" * 30) for s in range(3)]
+    result = compare_records(a, b, samples=500)
+    assert result["delta"] == pytest.approx(0.2) and result["runs_a"] == 3
+    text = verdict(result, "LoRA", "the probe")
+    assert text.startswith("LoRA is better than the probe (LoRA − the probe: +20.0 points")
+    assert "no difference" in verdict(compare_records(a, a, samples=100), "LoRA", "LoRA")
+    worse = verdict(compare_records(b, a, samples=500), "the probe", "LoRA")
+    assert worse.startswith("LoRA is better than the probe (the probe − LoRA: -20.0")
+    ner = [{"method": "full", "seed": 0, "metric_name": "entity_f1", "eval_entity_counts": None}]
+    with pytest.raises(ValueError, match="one metric"):
+        compare_records(a, ner)
+    with pytest.raises(ValueError, match=r"eval_entity_counts\).*full seed 0"):
+        compare_records(ner, ner)
+
+
+def test_within_margin_reads_the_whole_interval():
+    from lora_edu.stats import within_margin
+
+    def res(low, high):
+        return {"ci_low": low / 100, "ci_high": high / 100}
+
+    assert within_margin(res(-1.5, 0.4), 2, "LoRA", "full").startswith("yes: LoRA is at most 2")
+    assert within_margin(res(-4.0, -2.5), 2, "LoRA", "full").startswith("no: LoRA is more than 2")
+    text = within_margin(res(-3.0, -0.5), 2, "LoRA", "full")
+    assert text.startswith("undecided") and "-3.0 to -0.5 points" in text
+
+
+def test_at_least_reads_the_whole_interval():
+    from lora_edu.stats import at_least
+
+    def res(low, high):
+        return {"ci_low": low / 100, "ci_high": high / 100}
+
+    assert at_least(res(3.5, 6.0), 3, "LoRA", "the probe").startswith("yes: LoRA is more than 3")
+    assert at_least(res(0.5, 2.5), 3, "LoRA", "the probe").startswith("no: LoRA is less than 3")
+    assert at_least(res(2.0, 4.0), 3, "LoRA", "the probe").startswith("undecided")

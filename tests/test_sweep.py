@@ -347,6 +347,10 @@ def test_full_profile_budgets_a_base_size_encoder_and_three_seeds(monkeypatch):
     for task in ("sst2", "conll2003"):
         budget = sweep.task_spec(task).budget()
         assert budget["model"] == sweep.FULL_TEXT_MODEL and budget["n_train"] is None
+    monkeypatch.setattr(
+        "lora_edu.experiments.lr_pilot_chosen",
+        lambda task: {"lora": 1e-3, "full": 1e-4, "head": 1e-2, "bitfit": 3e-3},
+    )
     assert sorted({run["seed"] for run in preset_grid("sst2", "headline")}) == [0, 1, 2]
     # train_one hands the budget's model to the fine-tuning function; smoke has none.
     seen = []
@@ -384,3 +388,34 @@ def test_a_base_width_bert_from_a_folder_fine_tunes_like_minilm(tmp_path):
     assert record["model"] == str(tmp_path)
     # q and v of 2 layers: 2 × 2 × r × (768 + 768), plus the head (768 × 2 + 2).
     assert record["trainable_params"] == 2 * 2 * 4 * (768 + 768) + 768 * 2 + 2
+
+
+def test_loop_settings_travel_with_a_run_and_their_defaults_match_old_records():
+    plain = sweep.make_grid(["lora"])[0]
+    assert "head_lr" not in plain and "warmup_ratio" not in plain  # old grids are unchanged
+    own = sweep.make_grid(["lora"], head_lr=3e-2, warmup_ratio=0.2)[0]
+    assert own["head_lr"] == 3e-2 and own["warmup_ratio"] == 0.2
+    # a record writes the loop's default warm-up down; the grid entry leaves it out: one run
+    assert sweep.run_key({**plain, "warmup_ratio": 0.06}) == sweep.run_key(plain)
+    assert sweep.run_key(own) != sweep.run_key(plain)
+    assert sweep.run_key({**plain, "head_lr": 3e-2}) != sweep.run_key(plain)
+    seen = []
+    spec = sweep.TaskSpec(
+        "fake", "accuracy", lambda: ([0], [0]),
+        lambda train, eval, return_model=False, **kw: seen.append(kw) or {"metric": 1},
+        lambda: {"n_train": 1, "epochs": 1, "batch_size": 1},
+    )  # fmt: skip
+    sweep.train_one(spec, sweep._full_config(spec, own, 1, spec.budget()), [0], [0])
+    sweep.train_one(spec, sweep._full_config(spec, plain, 1, spec.budget()), [0], [0])
+    assert seen[0]["head_lr"] == 3e-2 and seen[0]["warmup_ratio"] == 0.2
+    assert "head_lr" not in seen[1] and "warmup_ratio" not in seen[1]
+
+
+def test_sparse_selection_keeps_the_share_of_o_tags():
+    tags = [[0, 1, 2], [0, 0, 0, 0], [3, 4], [0] * 10, [0, 5], [0] * 6]
+    picked = sweep.sparse_selection(tags, 4, 0.8)
+    flat = [t for i in picked for t in tags[i]]
+    assert picked == [1, 3, 4, 5]  # [0, 1, 2] and [3, 4] would drop the share below 0.8
+    assert sum(t == 0 for t in flat) / len(flat) >= 0.8
+    with pytest.raises(ValueError, match="only 4 sentences fit an O share of 0.8; 5 wanted"):
+        sweep.sparse_selection(tags, 5, 0.8)
