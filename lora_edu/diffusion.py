@@ -1,0 +1,289 @@
+"""A small denoising diffusion model of handwritten digits, built from ``diffusers`` parts, and
+LoRA "style" adapters for it: the use that made LoRA famous outside language models.
+
+    unet = pretrained_denoiser()                               # a UNet2DModel trained on MNIST
+    images = sample(unet, 16, seed=0)                          # (16, 28, 28) floats in [0, 1]
+    apply_lora(unet, LoRAConfig(DENOISER_TARGETS, r=4))        # attention and convolutions
+    train_denoiser(unet, thick_strokes(some_digits), epochs=…)  # only A and B train
+    with adapter_strength(unet, 0.5):                          # half the style
+        images = sample(unet, 16, seed=0)
+
+What is written by hand here is only what the lesson is about (the training objective, the loop,
+the LoRA strength); the network and the noise schedule are diffusers' (``UNet2DModel``,
+``DDPMScheduler`` for training, ``DDIMScheduler`` for fast sampling).
+
+**The objective** (Ho et al. 2020). A clean image ``x₀`` is mixed with Gaussian noise ``ε`` at a
+random step ``t`` of a fixed schedule: ``x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε``
+(``DDPMScheduler.add_noise``). The network sees ``x_t`` and ``t`` and predicts ``ε``; the loss is
+the mean squared error. Sampling starts from pure noise and removes the predicted noise step by
+step. A LoRA adapter trained with the same loss on other images (thicker strokes, one digit)
+shifts what the frozen model draws towards them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_edu.config import cache_dir
+
+#: The model's input size: MNIST's 28×28 padded by 2 pixels on every side, so that the UNet's
+#: two downsamplings give 16×16 and 8×8.
+IMAGE_SIZE = 32
+PAD = (IMAGE_SIZE - 28) // 2
+#: The UNet: three resolutions (32, 16, 8) with 16, 32 and 64 channels, self-attention at 8×8.
+DENOISER_CONFIG: dict[str, Any] = {
+    "sample_size": IMAGE_SIZE,
+    "in_channels": 1,
+    "out_channels": 1,
+    "layers_per_block": 1,
+    "block_out_channels": (16, 32, 64),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+    "attention_head_dim": 16,
+}
+#: Training steps of the noise schedule (the DDPM paper's 1,000).
+TRAIN_TIMESTEPS = 1000
+#: Where LoRA goes in a style adapter: the attention projections and every residual block's two
+#: 3×3 convolutions (``LoRAConv2d``), as Stable Diffusion LoRAs do.
+DENOISER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+
+
+def make_denoiser(seed: int = 0) -> nn.Module:
+    """A fresh ``diffusers.UNet2DModel(**DENOISER_CONFIG)``, its weights drawn with ``seed``."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(**DENOISER_CONFIG)
+
+
+def to_model_space(images: np.ndarray) -> torch.Tensor:
+    """Digits ``(N, 28, 28)`` (uint8 0–255, or floats in [0, 1]) → the model's input
+    ``(N, 1, 32, 32)`` float32 in [−1, 1], black background, padded with background."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"expected digits of shape (N, 28, 28), got {images.shape}")
+    x = torch.from_numpy(images.astype(np.float32))
+    if images.dtype == np.uint8:
+        x = x / 255.0
+    x = F.pad(x, (PAD, PAD, PAD, PAD))
+    return (2 * x - 1).unsqueeze(1)
+
+
+def from_model_space(x: torch.Tensor) -> np.ndarray:
+    """The inverse of ``to_model_space``: ``(N, 1, 32, 32)`` in [−1, 1] → ``(N, 28, 28)`` floats in
+    [0, 1] (clipped), the padding cut off."""
+    x = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    return x[:, 0, PAD : IMAGE_SIZE - PAD, PAD : IMAGE_SIZE - PAD].numpy()
+
+
+def denoising_loss(
+    unet: nn.Module, clean: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """The DDPM objective on a batch of clean images ``(B, 1, 32, 32)``: noise each at a random
+    step, predict the noise, mean squared error."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS)
+    noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+    steps = torch.randint(0, TRAIN_TIMESTEPS, (len(clean),), generator=generator)
+    noisy = scheduler.add_noise(clean, noise, steps.to(clean.device))
+    return F.mse_loss(unet(noisy, steps.to(clean.device)).sample, noise)
+
+
+def train_denoiser(
+    unet: nn.Module,
+    images: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    device: Any = None,
+) -> dict[str, Any]:
+    """Train ``unet``'s trainable parameters (all of them for pretraining; only A and B after
+    ``apply_lora`` + ``mark_only_lora_trainable``) on ``images (N, 28, 28)`` with the DDPM loss,
+    AdamW at ``lr`` with a cosine decay (``diffusers.optimization``). Returns the losses per
+    step, the steps and the seconds; the model is left in eval mode on ``device``."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from tqdm.auto import tqdm
+
+    from lora_edu import config
+
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    data = to_model_space(images)
+    if len(data) == 0:
+        raise ValueError("train_denoiser got no images")
+    device = config.device() if device is None else torch.device(device)
+    unet.to(device).train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    per_epoch = -(-len(data) // batch_size)
+    total = epochs * per_epoch
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    started = time.perf_counter()
+    bar = tqdm(total=total, desc="denoiser", disable=not progress, leave=False)
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            batch = data[order[start : start + batch_size]].to(device)
+            loss = denoising_loss(unet, batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    bar.close()
+    unet.eval()
+    return {"losses": losses, "steps": total, "seconds": time.perf_counter() - started}
+
+
+@torch.no_grad()
+def sample(unet: nn.Module, n: int, *, steps: int = 50, seed: int = 0) -> np.ndarray:
+    """``n`` digits ``(n, 28, 28)`` in [0, 1] drawn from ``unet`` with DDIM in ``steps`` steps,
+    starting from noise drawn with ``seed`` (the same seed gives the same starting noise, so two
+    models, or two adapter strengths, can be compared image by image)."""
+    from diffusers import DDIMScheduler
+
+    if n < 1 or steps < 1:
+        raise ValueError(f"n and steps must be >= 1, got {n} and {steps}")
+    scheduler = DDIMScheduler(num_train_timesteps=TRAIN_TIMESTEPS)
+    scheduler.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 1, IMAGE_SIZE, IMAGE_SIZE), generator=generator).to(device)
+    was_training = unet.training
+    unet.eval()
+    for t in scheduler.timesteps:
+        x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    unet.train(was_training)
+    return from_model_space(x)
+
+
+@contextlib.contextmanager
+def adapter_strength(model: nn.Module, strength: float) -> Iterator[nn.Module]:
+    """Scale every LoRA layer's update by ``strength`` inside the block (0: the base model, 1: the
+    adapter as trained, 2: twice the style), then restore it: ``scaling`` becomes
+    ``strength · α / r`` for a while, exactly what a LoRA "weight" slider in an image generator
+    does. Refuses a model with merged adapters (their update is inside W)."""
+    from lora_edu.lora import _require_lora_layers
+
+    layers = [layer for _, layer in _require_lora_layers(model)]
+    merged = [layer for layer in layers if layer.merged]
+    if merged:
+        raise ValueError("adapter_strength needs unmerged adapters; call unmerge_lora first")
+    kept = [layer.scaling for layer in layers]
+    try:
+        for layer, scaling in zip(layers, kept, strict=True):
+            layer.scaling = scaling * float(strength)
+        yield model
+    finally:
+        for layer, scaling in zip(layers, kept, strict=True):
+            layer.scaling = scaling
+
+
+# ---------------------------------------------------------------------------------- styles
+
+
+def thick_strokes(images: np.ndarray, width: int = 3) -> np.ndarray:
+    """The digits with every stroke dilated by a ``width × width`` maximum filter: the same shapes,
+    bolder ink (a style a frozen MNIST model does not draw)."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).unsqueeze(1)
+    out = F.max_pool2d(x, width, stride=1, padding=width // 2)
+    return out.squeeze(1).numpy().astype(np.asarray(images).dtype)
+
+
+def ink_share(images: np.ndarray, threshold: float = 0.5) -> float:
+    """The share of pixels darker than ``threshold`` (images in [0, 1], or uint8), over all
+    images: how much ink a batch of digits carries, a simple measure of stroke thickness."""
+    x = np.asarray(images, dtype=np.float32)
+    if np.asarray(images).dtype == np.uint8:
+        x = x / 255.0
+    return float((x > threshold).mean())
+
+
+# ---------------------------------------------------------------------------------- pretraining
+
+
+def pretrained_denoiser(
+    *,
+    epochs: int = 10,
+    max_train: int | None = None,
+    seed: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    cache: bool = True,
+    progress: bool = True,
+) -> nn.Module:
+    """A ``make_denoiser(seed)`` trained on MNIST's training split (``load_mnist``; the first
+    ``max_train`` images) for ``epochs``, cached as safetensors under ``cache_dir()`` (the name
+    holds a hash of the settings and the data), so later calls only read the file. The returned
+    model is on the CPU in eval mode; ``model.pretrain_record`` says how it was trained."""
+    import safetensors.torch
+
+    from lora_edu.data import load_mnist
+    from lora_edu.models import _fingerprint, image_arrays
+
+    images, labels = image_arrays(load_mnist(seed=seed)["train"])
+    if max_train is not None:
+        images, labels = images[:max_train], labels[:max_train]
+    key = {"config": DENOISER_CONFIG, "epochs": epochs, "seed": seed, "lr": lr,
+           "batch_size": batch_size, "data": _fingerprint(images, labels)}  # fmt: skip
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:10]
+    path = cache_dir() / f"denoiser-mnist-e{epochs}-s{seed}-{digest}.safetensors"
+    unet = make_denoiser(seed)
+    if cache and path.is_file():
+        state = safetensors.torch.load_file(path)
+        unet.load_state_dict(state)
+        with safetensors.safe_open(path, framework="pt") as f:
+            unet.pretrain_record = json.loads(f.metadata()["record"])
+        return unet.eval()
+    result = train_denoiser(
+        unet, images, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+    )
+    unet.cpu().eval()
+    record = {"n_train": len(images), "epochs": epochs, "steps": result["steps"],
+              "final_loss": float(np.mean(result["losses"][-50:])),
+              "train_seconds": round(result["seconds"], 1)}  # fmt: skip
+    unet.pretrain_record = record
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in unet.state_dict().items()}
+        safetensors.torch.save_file(state, path, metadata={"record": json.dumps(record)})
+    return unet
+
+
+__all__: Sequence[str] = (
+    "DENOISER_CONFIG",
+    "DENOISER_TARGETS",
+    "IMAGE_SIZE",
+    "adapter_strength",
+    "denoising_loss",
+    "from_model_space",
+    "ink_share",
+    "make_denoiser",
+    "pretrained_denoiser",
+    "sample",
+    "thick_strokes",
+    "to_model_space",
+    "train_denoiser",
+)

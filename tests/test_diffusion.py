@@ -1,0 +1,94 @@
+"""The small denoising diffusion model of digits and its LoRA style adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers", reason="the diffusion model needs diffusers")
+
+from lora_edu import diffusion  # noqa: E402
+from lora_edu.lora import (  # noqa: E402
+    LoRAConfig,
+    apply_lora,
+    mark_only_lora_trainable,
+    merge_lora,
+    unmerge_lora,
+)
+from lora_edu.lora_conv import LoRAConv2d  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = np.zeros((12, 28, 28), np.uint8)
+    for img in images:  # a bar of ink somewhere in the middle of each image
+        row = rng.integers(6, 20)
+        img[row : row + 3, 6:22] = 255
+    return images
+
+
+def test_model_space_round_trip_pads_with_background(digits):
+    x = diffusion.to_model_space(digits)
+    assert x.shape == (12, 1, 32, 32) and x.dtype == torch.float32
+    assert x.min() == -1 and x.max() == 1 and (x[:, :, :2] == -1).all()  # the padding is black
+    assert np.array_equal(diffusion.from_model_space(x), digits / 255.0)
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        diffusion.to_model_space(np.zeros((2, 8, 8)))
+
+
+def test_thick_strokes_add_ink_and_keep_the_shape(digits):
+    thick = diffusion.thick_strokes(digits)
+    assert thick.shape == digits.shape and thick.dtype == digits.dtype
+    assert (thick >= digits).all()  # dilation only adds ink
+    # a 3-row bar grows to 5 rows and 2 columns wider: (5 × 18) / (3 × 16) of the ink
+    assert diffusion.ink_share(thick) == pytest.approx(diffusion.ink_share(digits) * 90 / 48)
+
+
+def test_lora_on_the_unet_wraps_attention_and_convolutions_and_trains_only_them(digits):
+    unet = diffusion.make_denoiser(seed=0)
+    names = apply_lora(unet, LoRAConfig(diffusion.DENOISER_TARGETS, r=2, alpha=2))
+    convs = [n for n in names if isinstance(unet.get_submodule(n), LoRAConv2d)]
+    assert convs and len(convs) < len(names)  # both kinds of layer
+    assert any(n.endswith("to_q") for n in names)
+    mark_only_lora_trainable(unet)
+    before = {k: v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
+    result = diffusion.train_denoiser(unet, digits, epochs=1, batch_size=6, progress=False)
+    assert result["steps"] == 2 and len(result["losses"]) == 2
+    after = unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base did not move
+    assert any(after[k].abs().sum() > 0 for k in after if "lora_B" in k)  # B left zero
+
+
+def test_strength_zero_is_the_base_and_the_scaling_comes_back(digits):
+    unet = diffusion.make_denoiser(seed=1)
+    base = diffusion.sample(unet, 2, steps=3, seed=5)
+    apply_lora(unet, LoRAConfig(diffusion.DENOISER_TARGETS, r=2, alpha=2))
+    mark_only_lora_trainable(unet)
+    diffusion.train_denoiser(unet, digits, epochs=1, batch_size=6, lr=1e-2, progress=False)
+    with diffusion.adapter_strength(unet, 0.0):
+        assert np.array_equal(diffusion.sample(unet, 2, steps=3, seed=5), base)
+    styled = diffusion.sample(unet, 2, steps=3, seed=5)
+    assert not np.array_equal(styled, base)
+    assert np.array_equal(diffusion.sample(unet, 2, steps=3, seed=5), styled)  # seeded, restored
+    merge_lora(unet)
+    with pytest.raises(ValueError, match="unmerged"):
+        with diffusion.adapter_strength(unet, 0.5):
+            pass
+    unmerge_lora(unet)
+    with pytest.raises(ValueError, match="no LoRALinear"):
+        with diffusion.adapter_strength(diffusion.make_denoiser(), 0.5):
+            pass
+
+
+def test_the_denoiser_is_cached_with_its_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_EDU_CACHE", str(tmp_path))
+    first = diffusion.pretrained_denoiser(epochs=1, max_train=32, batch_size=16, progress=False)
+    assert first.pretrain_record["steps"] == 2 and first.pretrain_record["n_train"] == 32
+    (cached,) = tmp_path.glob("denoiser-mnist-e1-*.safetensors")
+    again = diffusion.pretrained_denoiser(epochs=1, max_train=32, batch_size=16, progress=False)
+    assert again.pretrain_record == first.pretrain_record
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert cached.stat().st_size < 5e6
