@@ -61,6 +61,11 @@ def binomial_se(accuracy: float, n: int) -> float:
 #: sentences, about 1.2. Different seeds add their own spread on top of it. Comparisons are not
 #: decided by it but by paired tests on the same sentences (``mcnemar``, ``paired_bootstrap``).
 SST2_NOISE_POINTS = 100 * binomial_se(0.85, 872)
+#: Two *single* runs scored on SST-2's 872 validation sentences, with no per-sentence verdicts to
+#: pair them, differ by chance with a standard deviation of about √2 · ``SST2_NOISE_POINTS``;
+#: closer than twice that, about 3.4 points, they are a tie. (Runs that kept per-sentence verdicts
+#: are compared by paired tests instead, which resolve much smaller differences.)
+SINGLE_RUN_TIE_POINTS = 2 * math.sqrt(2) * SST2_NOISE_POINTS
 
 
 def _per_example(run: Any, metric: str, name: str) -> np.ndarray:

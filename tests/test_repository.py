@@ -168,3 +168,19 @@ def test_guide_map_covers_the_outline_and_links_real_notebooks():
     for term in ("低秩分解", "秩", "缩放因子", "合并", "适配器", "全量微调"):
         assert f"| {term} |" in glossary, term
     assert "(docs/guide_map.md)" in README.read_text(encoding="utf-8")
+
+
+def test_the_performance_tables_are_the_committed_benchmark_results(tmp_path):
+    """README's ratio table and docs/performance.md's full tables are generated from the
+    committed `lora-edu bench --json` files: regenerating them changes nothing."""
+    import shutil
+
+    from lora_edu.bench import BENCH_RESULTS, write_committed_tables
+
+    for path in BENCH_RESULTS.values():
+        assert (ROOT / path).is_file(), path
+    root = tmp_path / "repo"
+    (root / "docs" / "bench").mkdir(parents=True)
+    for path in (*BENCH_RESULTS.values(), "docs/performance.md", "README.md"):
+        shutil.copy(ROOT / path, root / path)
+    assert write_committed_tables(root / "README.md", root) == []
