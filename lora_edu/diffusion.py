@@ -8,9 +8,10 @@ LoRA "style" adapters for it: the use that made LoRA famous outside language mod
     with adapter_strength(unet, 0.5):                          # half the style
         images = sample(unet, 16, seed=0)
 
-What is written by hand here is only what the lesson is about (the training objective, the loop,
-the LoRA strength); the network and the noise schedule are diffusers' (``UNet2DModel``,
-``DDPMScheduler`` for training, ``DDIMScheduler`` for fast sampling).
+What is written here is only what the lesson is about (the training objective and the LoRA
+strength); the network and the noise schedule are diffusers' (``UNet2DModel``, ``DDPMScheduler``
+for training, ``DDIMScheduler`` for fast sampling), and training goes through the package's one
+loop, ``train.fit``.
 
 **The objective** (Ho et al. 2020). A clean image ``x₀`` is mixed with Gaussian noise ``ε`` at a
 random step ``t`` of a fixed schedule: ``x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε``
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -87,18 +87,30 @@ def from_model_space(x: torch.Tensor) -> np.ndarray:
     return x[:, 0, PAD : IMAGE_SIZE - PAD, PAD : IMAGE_SIZE - PAD].numpy()
 
 
-def denoising_loss(
-    unet: nn.Module, clean: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """The DDPM objective on a batch of clean images ``(B, 1, 32, 32)``: noise each at a random
-    step, predict the noise, mean squared error."""
+def noisy_batches(images: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, Any]:
+    """The training data of the DDPM objective for ``train.fit``: the clean images in model space
+    ``(N, 1, 32, 32)`` and a collate function that turns a batch of indices into the noisy
+    images at random steps (the model's inputs) and the noise that was added (the target),
+    drawn from a generator seeded with ``seed``."""
     from diffusers import DDPMScheduler
 
+    data = to_model_space(images)
     scheduler = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS)
-    noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-    steps = torch.randint(0, TRAIN_TIMESTEPS, (len(clean),), generator=generator)
-    noisy = scheduler.add_noise(clean, noise, steps.to(clean.device))
-    return F.mse_loss(unet(noisy, steps.to(clean.device)).sample, noise)
+    generator = torch.Generator().manual_seed(seed)
+
+    def collate(indices: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        clean = data[indices]
+        noise = torch.randn(clean.shape, generator=generator)
+        steps = torch.randint(0, TRAIN_TIMESTEPS, (len(clean),), generator=generator)
+        return {"sample": scheduler.add_noise(clean, noise, steps), "timestep": steps}, noise
+
+    return data, collate
+
+
+def denoising_loss(output: Any, noise: torch.Tensor) -> torch.Tensor:
+    """The DDPM loss: mean squared error between the predicted noise (``UNet2DModel``'s
+    ``output.sample``) and the noise that was added."""
+    return F.mse_loss(output.sample, noise)
 
 
 def train_denoiser(
@@ -114,47 +126,24 @@ def train_denoiser(
 ) -> dict[str, Any]:
     """Train ``unet``'s trainable parameters (all of them for pretraining; only A and B after
     ``apply_lora`` + ``mark_only_lora_trainable``) on ``images (N, 28, 28)`` with the DDPM loss,
-    AdamW at ``lr`` with a cosine decay (``diffusers.optimization``). Returns the losses per
-    step, the steps and the seconds; the model is left in eval mode on ``device``."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from tqdm.auto import tqdm
-
+    through the package's one training loop (``train.fit``: AdamW, linear warm-up and decay,
+    gradient clipping, a progress bar). Returns ``fit``'s result (``history["loss"]`` per step,
+    ``steps``, ``train_seconds``); the model is left in eval mode on ``device``."""
     from lora_edu import config
+    from lora_edu.train import fit
 
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    data = to_model_space(images)
+    data, collate = noisy_batches(images, seed)
     if len(data) == 0:
         raise ValueError("train_denoiser got no images")
     device = config.device() if device is None else torch.device(device)
     unet.to(device).train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("no trainable parameters: nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    per_epoch = -(-len(data) // batch_size)
-    total = epochs * per_epoch
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    started = time.perf_counter()
-    bar = tqdm(total=total, desc="denoiser", disable=not progress, leave=False)
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            batch = data[order[start : start + batch_size]].to(device)
-            loss = denoising_loss(unet, batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    bar.close()
+    result = fit(
+        unet, len(data), collate, None, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        device=device, progress=progress, weight_decay=0.0, loss_fn=denoising_loss,
+        desc="denoiser",
+    )  # fmt: skip
     unet.eval()
-    return {"losses": losses, "steps": total, "seconds": time.perf_counter() - started}
+    return result
 
 
 @torch.no_grad()
@@ -262,8 +251,8 @@ def pretrained_denoiser(
     )
     unet.cpu().eval()
     record = {"n_train": len(images), "epochs": epochs, "steps": result["steps"],
-              "final_loss": float(np.mean(result["losses"][-50:])),
-              "train_seconds": round(result["seconds"], 1)}  # fmt: skip
+              "final_loss": float(np.mean(result["history"]["loss"][-50:])),
+              "train_seconds": round(result["train_seconds"], 1)}  # fmt: skip
     unet.pretrain_record = record
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +270,7 @@ __all__: Sequence[str] = (
     "from_model_space",
     "ink_share",
     "make_denoiser",
+    "noisy_batches",
     "pretrained_denoiser",
     "sample",
     "thick_strokes",

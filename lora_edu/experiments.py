@@ -127,6 +127,12 @@ def _alphas() -> list[dict[str, Any]]:
     return [run for r in ranks for run in _lora([r], alphas=[r, 2 * r])]
 
 
+def _conll_alphas() -> list[dict[str, Any]]:
+    """CoNLL-2003 at the rank sweep's top, r = 64, with α = 2r (scaling 2 instead of α = 16's
+    0.25): is the large rank held back by its small scaling? (smoke: r = 8.)"""
+    return [run for r in by_profile(smoke=[8], default=[64]) for run in _lora([r], alphas=[2 * r])]
+
+
 def _table5() -> list[dict[str, Any]]:
     sets = by_profile(smoke=TABLE5_TARGETS[-3::2], default=TABLE5_TARGETS)  # smoke: q,v; all-linear
     return [run for r, targets in sets for run in _lora([r], targets=[targets])]
@@ -509,6 +515,7 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
         "headline": _headline("conll2003"),
         "former-lr": _former_lr("conll2003"),
         "ranks": _ranks("conll2003"),
+        "alphas": _conll_alphas,
     },
     "vit": {"headline": _headline("vit"), "former-lr": _former_lr("vit"), "ranks": _vit_ranks},
     "e2e-dev": {"lr-pilot": _e2e_lr_pilot},
@@ -569,6 +576,7 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     ),
     ("conll2003", "former-lr", "CoNLL-2003 before the pilot: the rates of every task"),
     ("conll2003", "ranks", "CoNLL-2003: LoRA's rank (q, v)"),
+    ("conll2003", "alphas", "CoNLL-2003: α = 2r at r = 64 (scaling 2 instead of 0.25)"),
     ("vit", "headline", "Small ViT, MNIST → 8×8 digits: every method at its pilot learning rate"),
     ("vit", "former-lr", "Small ViT before the pilot: the rates of every task"),
     ("vit", "ranks", "Small ViT: rank, attention only against attention + MLP"),

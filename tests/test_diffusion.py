@@ -55,7 +55,7 @@ def test_lora_on_the_unet_wraps_attention_and_convolutions_and_trains_only_them(
     mark_only_lora_trainable(unet)
     before = {k: v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
     result = diffusion.train_denoiser(unet, digits, epochs=1, batch_size=6, progress=False)
-    assert result["steps"] == 2 and len(result["losses"]) == 2
+    assert result["steps"] == 2 and len(result["history"]["loss"]) == 2
     after = unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the base did not move
     assert any(after[k].abs().sum() > 0 for k in after if "lora_B" in k)  # B left zero

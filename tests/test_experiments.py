@@ -271,6 +271,7 @@ def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_pro
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert experiments.lr_pilot_chosen("vit") == {
         "lora": rates["lora"][-1], "full": rates["full"][-1], "head": rates["head"][0],
+        "bitfit": rates["bitfit"][-1],
     }  # fmt: skip
 
 
@@ -323,7 +324,7 @@ def test_the_headline_runs_every_arm_at_its_pilot_rate_three_seeds_seed_by_seed(
 def test_headline_comparisons_pair_lora_with_every_other_arm(default_profile):
     _fake_pilot("vit", winner=0)
     grid = experiments.preset_grid("vit", "headline")
-    quality = {"lora": 0.9, "full": 0.9, "head": 0.6}
+    quality = {"lora": 0.9, "full": 0.9, "head": 0.6, "bitfit": 0.88}
     records = []
     for i, run in enumerate(grid):
         arm = experiments.pilot_arm(run)
@@ -333,10 +334,12 @@ def test_headline_comparisons_pair_lora_with_every_other_arm(default_profile):
         records.append({**run, "task": "vit", "metric_name": "accuracy", "eval_correct": correct,
                         "metric": correct.count("1") / 400})  # fmt: skip
     rows = experiments.headline_comparisons(records, "vit", samples=300)
-    assert [(row["a"], row["b"]) for row in rows] == [("lora", "full"), ("lora", "head")]
+    assert [(row["a"], row["b"]) for row in rows] == [
+        ("lora", "full"), ("lora", "head"), ("lora", "bitfit")
+    ]  # fmt: skip
     assert rows[0]["verdict"].startswith("LoRA r=8 and full fine-tuning: no difference")
     assert rows[1]["verdict"].startswith("LoRA r=8 is better than the linear probe")
     assert rows[1]["runs_a"] == 3 and rows[1]["p_value"] < 0.05
     # a missing seed leaves that arm out rather than comparing unequal groups
     partial = experiments.headline_comparisons(records[:-1], "vit", samples=100)
-    assert {(row["a"], row["b"]) for row in partial} < {("lora", "full"), ("lora", "head")}
+    assert {(row["a"], row["b"]) for row in partial} < {(row["a"], row["b"]) for row in rows}
