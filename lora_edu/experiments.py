@@ -179,6 +179,17 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
         "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         "bitfit": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
     },
+    # notebook 17: the new head has to learn boxes (detection) or a shared space (matching)
+    "detection": {
+        "lora": (1e-3, 2e-3, 5e-3),
+        "full": (1e-4, 3e-4, 1e-3),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+    },
+    "matching": {
+        "lora": (5e-4, 1e-3, 2e-3, 5e-3),
+        "full": (3e-5, 1e-4, 3e-4),
+        "head": (1e-3, 3e-3, 1e-2),
+    },
 }
 #: A grid whose best rate sat at an end was extended beyond it, one rate at a time, until it did
 #: not (SST-2's linear probe and BitFit; the ViT's linear probe, twice, and BitFit; CoNLL-2003's four arms,
@@ -189,7 +200,8 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
 FORMER_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
 #: LoRA's targets in each task's headline row (r = 8, α = 16).
 HEADLINE_LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "sst2": QV, "conll2003": QV, "vit": VIT_ATTENTION,
+    "sst2": QV, "conll2003": QV, "vit": VIT_ATTENTION, "detection": VIT_ATTENTION,
+    "matching": QV,  # query and value in both towers
 }  # fmt: skip
 
 
@@ -509,6 +521,8 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     "conll2003-dev": {"lr-pilot": _lr_pilot("conll2003")},
     "vit-dev": {"lr-pilot": _lr_pilot("vit")},
     "conll2003-sparse": {"defaults-check": _sparse_check},
+    **{name: {"headline": _headline(name)} for name in ("detection", "matching")},
+    **{f"{name}-dev": {"lr-pilot": _lr_pilot(name)} for name in ("detection", "matching")},
     "sst2-distill": {"distillation": _distillation},
     **{f"sst2-ffn{rank}": {"compression": _compression} for rank in COMPRESSION_RANKS},
     "conll2003": {

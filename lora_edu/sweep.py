@@ -506,6 +506,79 @@ def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
     return finetune
 
 
+# ------------------------------------------------------------- detection and matching (notebook 17)
+
+
+def _vision_language_budget() -> dict[str, Any]:
+    """Detection and matching: canvases / images for training, held out of training (the ``-dev``
+    tasks' evaluation, for choosing learning rates) and for evaluation (from MNIST's test part);
+    the image tower is the ViT task's MNIST-pretrained TinyViT."""
+    vit = _vit_budget()
+    return by_profile(
+        smoke={"n_train": 64, "n_dev": 32, "n_eval": 32, "epochs": 1, "batch_size": 32},
+        default={"n_train": 4000, "n_dev": 1000, "n_eval": 1000, "epochs": 10,
+                 "batch_size": 64},
+    ) | {k: vit[k] for k in ("pretrain_epochs", "pretrain_max_train")}  # fmt: skip
+
+
+def _mnist_parts(dev: bool) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """(training images, labels) and the evaluation pair: for ``dev`` the next ``n_dev`` training
+    images, else the first ``n_eval`` of MNIST's test part."""
+    from lora_edu.data import load_mnist
+    from lora_edu.models import image_arrays
+
+    b = _vision_language_budget()
+    ds = load_mnist(seed=0)
+    train_images, train_labels = image_arrays(ds["train"])
+    if dev:
+        n, k = b["n_train"], b["n_dev"]
+        return (train_images[:n], train_labels[:n]), (
+            train_images[n : n + k],
+            train_labels[n : n + k],
+        )
+    test_images, test_labels = image_arrays(ds["test"])
+    return (train_images[: b["n_train"]], train_labels[: b["n_train"]]), (
+        test_images[: b["n_eval"]],
+        test_labels[: b["n_eval"]],
+    )
+
+
+def _detection_data(dev: bool) -> Callable[[], tuple[Any, Any]]:
+    def load():
+        from lora_edu.detection import place_digits
+
+        (train_x, train_y), (eval_x, eval_y) = _mnist_parts(dev)
+        b = _vision_language_budget()
+        n_eval = b["n_dev"] if dev else b["n_eval"]
+        return (
+            place_digits(train_x, train_y, b["n_train"], seed=0),
+            place_digits(eval_x, eval_y, n_eval, seed=1),
+        )
+
+    return load
+
+
+def _pretrained_image_tower() -> Any:
+    from lora_edu.models import pretrained_vit
+
+    b = _vision_language_budget()
+    return pretrained_vit(
+        epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=False
+    )
+
+
+def _detection_finetune(train_ds, eval_ds, **kwargs):
+    from lora_edu.detection import finetune_detector
+
+    return finetune_detector(train_ds, eval_ds, base=_pretrained_image_tower(), **kwargs)
+
+
+def _matching_finetune(train_ds, eval_ds, **kwargs):
+    from lora_edu.matching import finetune_matcher
+
+    return finetune_matcher(train_ds, eval_ds, image_base=_pretrained_image_tower(), **kwargs)
+
+
 def task_spec(name: str) -> TaskSpec:
     """The ``TaskSpec`` of ``sst2``, ``sst2-dev`` (the same training, accuracy on held-out
     training sentences: for choosing learning rates; likewise ``conll2003-dev`` and
@@ -589,6 +662,26 @@ def task_spec(name: str) -> TaskSpec:
                 default_lr=train.CAUSAL_LM_LR,
             )  # fmt: skip
             for name, split in (("e2e", "test"), ("e2e-dev", "validation"))
+        },
+        **{
+            name: TaskSpec(
+                name,
+                "accuracy_at_iou",
+                _detection_data(dev),
+                _detection_finetune,
+                _vision_language_budget,
+            )  # fmt: skip
+            for name, dev in (("detection", False), ("detection-dev", True))
+        },
+        **{
+            name: TaskSpec(
+                name,
+                "zero_shot_accuracy",
+                lambda dev=dev: _mnist_parts(dev),
+                _matching_finetune,
+                _vision_language_budget,
+            )  # fmt: skip
+            for name, dev in (("matching", False), ("matching-dev", True))
         },
     }
     if name not in specs:
