@@ -167,10 +167,12 @@ def detection_scores(
     logits, predicted = torch.cat(logits), torch.cat(predicted)
     iou = box_iou(predicted, torch.from_numpy(boxes))
     right = logits.argmax(-1).numpy() == labels
+    found = right & (iou.numpy() >= IOU_THRESHOLD)
     return {
         "mean_iou": float(iou.mean()),
         "class_accuracy": float(right.mean()),
-        "accuracy_at_iou": float((right & (iou.numpy() >= IOU_THRESHOLD)).mean()),
+        "accuracy_at_iou": float(found.mean()),
+        "found": found,
         "boxes": predicted.numpy(),
         "iou": iou.numpy(),
     }
@@ -195,6 +197,7 @@ def finetune_detector(
     device: Any = None,
     progress: bool = True,
     return_model: bool = False,
+    loss_fn: Any = None,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Fine-tune ``vit_detector(base)`` on canvases (``place_digits``'s dicts) with ``method``
@@ -202,7 +205,8 @@ def finetune_detector(
     attention projections) and the head; ``"full"``: everything), through the package's
     training loop, and score it on ``eval`` after each epoch: ``metric`` is the accuracy at
     IoU ≥ 0.5, beside ``mean_iou`` and ``class_accuracy``. ``lr=None`` takes the image task's
-    rate of the method (``train.DEFAULT_LR``). Returns the record, and the model with
+    rate of the method (``train.DEFAULT_LR``). ``loss_fn(outputs, targets)`` replaces the loss
+    (targets: ``(B, 5)``, the label then the box). Returns the record, and the model with
     ``return_model``."""
     from lora_edu import config
     from lora_edu.lora import LoRAConfig
@@ -236,9 +240,11 @@ def finetune_detector(
                 "metric": scores["accuracy_at_iou"],
                 "mean_iou": scores["mean_iou"],
                 "class_accuracy": scores["class_accuracy"],
+                # each canvas right (class and IoU ≥ 0.5) or not, for paired tests
+                "eval_correct": "".join("1" if ok else "0" for ok in scores["found"]),
             }
 
-    args["loss_fn"] = _packed_loss
+    args["loss_fn"] = loss_fn or _packed_loss
     return _run(
         "detection",
         "tinyvit",

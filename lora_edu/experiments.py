@@ -771,6 +771,15 @@ ARM_NAMES = {
 }
 
 
+def arm_name(task: str, arm: str) -> str:
+    """``ARM_NAMES[arm]``, except that on the tasks whose head is more than a linear layer on
+    frozen features (detection's box-and-class head, matching's projections) ``head`` is "the
+    head alone"."""
+    if arm == "head" and task.split("-")[0] in ("detection", "matching"):
+        return "the head alone"
+    return ARM_NAMES[arm]
+
+
 def headline_comparisons(
     records: Sequence[dict[str, Any]], task: str, *, samples: int = 2000
 ) -> list[dict[str, Any]]:
@@ -791,7 +800,7 @@ def headline_comparisons(
     for a in (arm for arm in arms if arm.startswith("lora")):
         for b in (arm for arm in arms if arm != a):
             result = compare_records(by_arm[a], by_arm[b], samples=samples)
-            text = verdict(result, ARM_NAMES[a], ARM_NAMES[b])
+            text = verdict(result, arm_name(task, a), arm_name(task, b))
             rows.append({"a": a, "b": b, **result, "verdict": text})
     return rows
 

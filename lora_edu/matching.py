@@ -174,6 +174,7 @@ def finetune_matcher(
     device: Any = None,
     progress: bool = True,
     return_model: bool = False,
+    loss_fn: Any = None,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train a ``dual_encoder(image_base)`` contrastively on digit images ``(images, labels)``,
@@ -181,7 +182,8 @@ def finetune_matcher(
     ``method``: ``"head"`` (the two projections and the temperature only), ``"lora"`` (``lora``,
     default r = 8 on query and value in both towers, plus the head) or ``"full"``. After each
     epoch, ``metric`` is the zero-shot accuracy on ``eval`` with the held-out phrasings
-    ``EVAL_TEMPLATES``. Returns the record (and the model with ``return_model``)."""
+    ``EVAL_TEMPLATES``. ``loss_fn(logits, labels)`` replaces ``contrastive_loss``. Returns the
+    record (and the model with ``return_model``)."""
     from lora_edu import config
     from lora_edu.lora import LoRAConfig
     from lora_edu.train import _check_method, _run, seed_everything
@@ -214,9 +216,14 @@ def finetune_matcher(
     if eval is not None:
 
         def evaluate(net: nn.Module) -> dict[str, Any]:
-            return {"metric": zero_shot_accuracy(net, tokenizer, *eval)["accuracy"]}
+            scores = zero_shot_accuracy(net, tokenizer, *eval)
+            right = scores["predictions"] == eval[1]
+            return {
+                "metric": scores["accuracy"],
+                "eval_correct": "".join("1" if ok else "0" for ok in right),  # for paired tests
+            }
 
-    args["loss_fn"] = contrastive_loss
+    args["loss_fn"] = loss_fn or contrastive_loss
     return _run(
         "image-text-matching",
         "tinyvit+minilm",

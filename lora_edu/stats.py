@@ -151,7 +151,12 @@ def paired_bootstrap(
 
 
 #: Where each metric keeps its per-example data in a run's record, for paired tests.
-PER_EXAMPLE_FIELDS = {"accuracy": "eval_correct", "entity_f1": "eval_entity_counts"}
+PER_EXAMPLE_FIELDS = {
+    "accuracy": "eval_correct",
+    "accuracy_at_iou": "eval_correct",  # detection: class right and box overlap ≥ 0.5
+    "zero_shot_accuracy": "eval_correct",  # image–text matching
+    "entity_f1": "eval_entity_counts",
+}
 #: The significance level of every "A beats B" verdict in the notebooks and the README.
 SIGNIFICANCE = 0.05
 
@@ -187,7 +192,7 @@ def compare_records(
     return paired_bootstrap(
         [rec[field] for rec in records_a],
         [rec[field] for rec in records_b],
-        metric=metric,
+        metric="entity_f1" if metric == "entity_f1" else "accuracy",  # a share of examples right
         samples=samples,
         seed=seed,
     )
