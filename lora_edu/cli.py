@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         choices=["sst2", "sst2-dev", "sst2-distill", *(f"sst2-ffn{r}" for r in COMPRESSION_RANKS),
                  "conll2003", "conll2003-dev", "conll2003-sparse", "vit", "vit-dev", "e2e", "e2e-dev",
-                 "detection", "detection-dev", "matching", "matching-dev"],
+                 "detection", "detection-dev", "matching", "matching-dev", "style-thick",
+                 "style-thick-dev", "style-sevens", "style-sevens-dev"],
     )  # fmt: skip
     sw.add_argument(
         "--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit (e2e: none)"

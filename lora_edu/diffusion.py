@@ -277,3 +277,110 @@ __all__: Sequence[str] = (
     "to_model_space",
     "train_denoiser",
 )
+
+
+# ---------------------------------------------------------------------------------- styles as tasks
+
+#: The style tasks: name → what the adapter learns and how its samples are scored.
+STYLES = {
+    "thick": "MNIST digits with every stroke dilated (``thick_strokes``); scored by the ink share "
+    "of the samples (``ink_share``)",
+    "sevens": "only sevens; scored by the share of samples a frozen MNIST classifier calls a 7",
+}
+
+
+def style_images(style: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The training images of ``style`` made from digits ``images``/``labels``."""
+    if style == "thick":
+        return thick_strokes(images)
+    if style == "sevens":
+        return images[labels == 7]
+    raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+
+
+def style_scores(
+    samples: np.ndarray, classifier: nn.Module | None = None, digit: int = 7
+) -> dict[str, Any]:
+    """How a batch of samples ``(n, 28, 28)`` in [0, 1] looks: its ``ink_share``, and with a
+    frozen digit ``classifier`` (a ``TinyViT``) the share of each predicted class and
+    ``digit_share``, the share called ``digit``."""
+    scores: dict[str, Any] = {"ink_share": ink_share(samples)}
+    if classifier is not None:
+        with torch.no_grad():
+            predicted = classifier.eval()(torch.from_numpy(samples.astype(np.float32)))
+        counts = np.bincount(predicted.argmax(-1).numpy(), minlength=10)
+        scores["class_shares"] = (counts / len(samples)).tolist()
+        scores["digit_share"] = float(counts[digit] / len(samples))
+    return scores
+
+
+def finetune_denoiser(
+    train: np.ndarray,
+    eval: dict[str, Any],
+    *,
+    base: nn.Module,
+    style: str,
+    classifier: nn.Module | None = None,
+    method: str = "lora",
+    lora: Any = None,
+    epochs: int = 20,
+    lr: float | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: Any = None,
+    progress: bool = True,
+    return_model: bool = False,
+    **loop: Any,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
+    """Adapt a copy of the pretrained denoiser ``base`` to the style images ``train`` with
+    ``method`` (``"lora"``: ``lora``, default r = 4 on ``DENOISER_TARGETS``; ``"full"``; ``"none"``:
+    the base as it is), through the package's training loop, then draw ``eval["n_samples"]``
+    samples (``eval["steps"]`` DDIM steps from the noise of ``eval["seed"]``, default 0) and
+    score them: ``metric`` is the
+    style's score (``thick``: the ink share; ``sevens``: the share a frozen ``classifier`` calls
+    7), beside every other score. Returns the record (and the model with ``return_model``)."""
+    import copy
+
+    from lora_edu.lora import LoRAConfig
+    from lora_edu.train import _check_method, _run, seed_everything
+
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+    if method in ("head", "bitfit"):
+        raise ValueError("a denoiser has no new head: use 'lora', 'full' or 'none'")
+    if method != "none":
+        _check_method(method)
+    args = dict(locals())
+    args["lora"] = lora if lora is not None else LoRAConfig(list(DENOISER_TARGETS), r=4, alpha=4)
+    args["loop"] = {"weight_decay": 0.0, **loop}
+    args["head"] = None  # the UNet keeps its own output layer
+    args["loss_fn"] = denoising_loss
+    args["default_lr"] = {"lora": 1e-3, "full": 2e-4}
+    seed_everything(seed)
+    unet = copy.deepcopy(base)
+    data, collate = noisy_batches(train, seed)
+
+    def final(model: nn.Module) -> dict[str, Any]:
+        samples = sample(model, eval["n_samples"], steps=eval["steps"], seed=eval.get("seed", 0))
+        scores = style_scores(samples, classifier)
+        metric = scores["ink_share"] if style == "thick" else scores.get("digit_share")
+        return {"metric": metric, **scores}
+
+    args["final"] = final
+    return _run(
+        f"style-{style}",
+        "unet2d",
+        unet,
+        len(data),
+        collate,
+        None,
+        {
+            "max_length": None,
+            "metric_name": "ink_share" if style == "thick" else "digit_share",
+            "n_eval": eval["n_samples"],
+            "sample_steps": eval["steps"],
+            "style": style,
+            "base": getattr(base, "pretrain_record", None),
+        },
+        args,
+    )

@@ -579,6 +579,53 @@ def _matching_finetune(train_ds, eval_ds, **kwargs):
     return finetune_matcher(train_ds, eval_ds, image_base=_pretrained_image_tower(), **kwargs)
 
 
+# ------------------------------------------------------------- style adapters (notebook 16)
+
+
+def _style_budget() -> dict[str, Any]:
+    """The style adapters of the digit denoiser: style images made from MNIST's held-out part,
+    the samples scored, and the denoiser's own pretraining (``diffusion.pretrained_denoiser``)."""
+    return by_profile(
+        smoke={"n_train": 64, "epochs": 1, "batch_size": 32, "n_samples": 8, "sample_steps": 5,
+               "pretrain_epochs": 1, "pretrain_max_train": 256},
+        default={"n_train": 1000, "epochs": 20, "batch_size": 64, "n_samples": 256,
+                 "sample_steps": 50, "pretrain_epochs": 30, "pretrain_max_train": None},
+    )  # fmt: skip
+
+
+def _style_data(style: str, dev: bool) -> Callable[[], tuple[Any, Any]]:
+    """A style task's training images and its sampling plan: the reported task samples from the
+    noise of seed 0, its ``-dev`` twin (for choosing learning rates) from seed 1."""
+
+    def load():
+        from lora_edu.data import load_mnist
+        from lora_edu.diffusion import style_images
+        from lora_edu.models import image_arrays
+
+        b = _style_budget()
+        images, labels = image_arrays(load_mnist(seed=0)["test"])
+        train = style_images(style, images, labels)[: b["n_train"]]
+        return train, {"n_samples": b["n_samples"], "steps": b["sample_steps"], "seed": int(dev)}
+
+    return load
+
+
+def _style_finetune(style: str) -> Callable[..., dict[str, Any]]:
+    def finetune(train_ds, eval_spec, **kwargs):
+        from lora_edu.diffusion import finetune_denoiser, pretrained_denoiser
+
+        b = _style_budget()
+        base = pretrained_denoiser(
+            epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=False
+        )
+        classifier = _pretrained_image_tower() if style == "sevens" else None
+        return finetune_denoiser(
+            train_ds, eval_spec, base=base, style=style, classifier=classifier, **kwargs
+        )
+
+    return finetune
+
+
 def task_spec(name: str) -> TaskSpec:
     """The ``TaskSpec`` of ``sst2``, ``sst2-dev`` (the same training, accuracy on held-out
     training sentences: for choosing learning rates; likewise ``conll2003-dev`` and
@@ -682,6 +729,18 @@ def task_spec(name: str) -> TaskSpec:
                 _vision_language_budget,
             )  # fmt: skip
             for name, dev in (("matching", False), ("matching-dev", True))
+        },
+        **{
+            f"style-{style}{'-dev' * dev}": TaskSpec(
+                f"style-{style}{'-dev' * dev}",
+                "ink_share" if style == "thick" else "digit_share",
+                _style_data(style, dev),
+                _style_finetune(style),
+                _style_budget,
+                default_lr={"lora": 1e-3, "full": 2e-4},
+            )
+            for style in ("thick", "sevens")
+            for dev in (False, True)
         },
     }
     if name not in specs:

@@ -92,3 +92,26 @@ def test_the_denoiser_is_cached_with_its_record(tmp_path, monkeypatch):
     for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert cached.stat().st_size < 5e6
+
+
+def test_a_style_task_scores_its_samples(digits):
+    torch.manual_seed(0)
+    base = diffusion.make_denoiser(seed=2)
+    assert diffusion.style_images("sevens", digits, np.arange(12) % 10).shape == (1, 28, 28)
+    thick = diffusion.style_images("thick", digits, np.zeros(12))
+    assert np.array_equal(thick, diffusion.thick_strokes(digits))
+    plan = {"n_samples": 4, "steps": 2}
+    none = diffusion.finetune_denoiser(thick, plan, base=base, style="thick", method="none")
+    assert none["trainable_params"] == 0 and none["metric_name"] == "ink_share"
+    assert none["metric"] == diffusion.ink_share(diffusion.sample(base, 4, steps=2, seed=0))
+    lora = diffusion.finetune_denoiser(
+        thick, plan, base=base, style="thick", epochs=1, batch_size=6, progress=False
+    )
+    assert 0 < lora["trainable_params"] < lora["total_params"] / 5 and lora["steps"] == 2
+    assert (
+        lora["lora_targets"] and all(p.requires_grad is False for p in base.parameters()) is False
+    )
+    with pytest.raises(ValueError, match="no new head"):
+        diffusion.finetune_denoiser(thick, plan, base=base, style="thick", method="head")
+    with pytest.raises(ValueError, match="unknown style"):
+        diffusion.style_images("bold", digits, np.zeros(12))
