@@ -286,3 +286,13 @@ def test_cli_figures_writes_the_verdicts_into_a_readme(monkeypatch, tmp_path, ca
     assert "old" not in text and "kept" in text and text.endswith("after\n")
     assert figures.verdicts_markdown(rows) in text
     assert seen["out"] == str(tmp_path / "f") and "Table 7" in capsys.readouterr().out
+
+
+def test_figure2_verdict_keeps_undecided_apart():
+    assert figures._figure2_verdict([True, True]) == "reproduced"
+    assert figures._figure2_verdict([True, None]) == "reproduced where decided"
+    assert figures._figure2_verdict([None, None]) == "undecided"
+    assert figures._figure2_verdict([True, False]) == "partially"
+    assert figures._figure2_verdict([False, None]) == "not reproduced where decided"
+    assert figures._figure2_verdict([False]) == "not reproduced"
+    assert figures._figure2_verdict([]) == "not measured"
