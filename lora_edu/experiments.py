@@ -68,9 +68,22 @@ def _lora(ranks, alphas=(16,), targets=(QV,), seeds=(0,)) -> list[dict[str, Any]
 HEADLINE_SEEDS = (0, 1, 2)
 
 
+#: The arms of a task's headline where they are not every arm of its pilot: on CoNLL-2003 the
+#: pilot tried LoRA on query, value and on every linear layer, and the headline reports the
+#: better one on the held-out training sentences (all-linear, 84.1 against 80.9 entity F1).
+HEADLINE_ARMS: dict[str, tuple[str, ...]] = {
+    "conll2003": ("lora-all-linear", "full", "head", "bitfit"),
+}
+
+
+def headline_arms(task: str) -> tuple[str, ...]:
+    """The pilot arms ``task``'s headline runs (``HEADLINE_ARMS``, else every pilot arm)."""
+    return HEADLINE_ARMS.get(task, tuple(LR_PILOT_LRS[task]))
+
+
 def _headline(task: str) -> Callable[[], list[dict[str, Any]]]:
-    """Every arm of the task's learning-rate pilot at its chosen rate (``lr_pilot_chosen``) on
-    the reported evaluation set, ``HEADLINE_SEEDS`` each. Seed by seed, so that a sweep stopped
+    """Every headline arm (``headline_arms``) at its pilot rate (``lr_pilot_chosen``) on the
+    reported evaluation set, ``HEADLINE_SEEDS`` each. Seed by seed, so that a sweep stopped
     half-way leaves whole comparisons behind."""
 
     def grid() -> list[dict[str, Any]]:
@@ -79,7 +92,7 @@ def _headline(task: str) -> Callable[[], list[dict[str, Any]]]:
         return [
             run
             for seed in seeds
-            for arm in LR_PILOT_LRS[task]
+            for arm in headline_arms(task)
             for run in _pilot_arm(task, arm, lrs[arm], seed)
         ]
 

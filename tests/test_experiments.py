@@ -343,3 +343,10 @@ def test_headline_comparisons_pair_lora_with_every_other_arm(default_profile):
     # a missing seed leaves that arm out rather than comparing unequal groups
     partial = experiments.headline_comparisons(records[:-1], "vit", samples=100)
     assert {(row["a"], row["b"]) for row in partial} < {(row["a"], row["b"]) for row in rows}
+
+
+def test_conll_reports_the_better_lora_arm_of_its_pilot(default_profile):
+    assert experiments.headline_arms("sst2") == tuple(experiments.LR_PILOT_LRS["sst2"])
+    arms = experiments.headline_arms("conll2003")
+    assert "lora-all-linear" in arms and "lora" not in arms
+    assert set(arms) < set(experiments.LR_PILOT_LRS["conll2003"])
