@@ -336,9 +336,9 @@ def finetune_denoiser(
     ``method`` (``"lora"``: ``lora``, default r = 4 on ``DENOISER_TARGETS``; ``"full"``; ``"none"``:
     the base as it is), through the package's training loop, then draw ``eval["n_samples"]``
     samples (``eval["steps"]`` DDIM steps from the noise of ``eval["seed"]``, default 0) and
-    score them: ``metric`` is the
-    style's score (``thick``: the ink share; ``sevens``: the share a frozen ``classifier`` calls
-    7), beside every other score. Returns the record (and the model with ``return_model``)."""
+    score them: ``metric`` is the style's score (``thick``: the ink share; ``sevens``: the share
+    a frozen ``classifier`` calls 7), beside every other score. Returns the record (and the
+    model with ``return_model``)."""
     import copy
 
     from lora_edu.lora import LoRAConfig
