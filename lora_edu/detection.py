@@ -108,13 +108,11 @@ class BoxAndClassHead(nn.Module):
         return self.classes(features), boxes
 
 
-def vit_detector(base: nn.Module, canvas: int = CANVAS) -> nn.Module:
+def vit_detector(base: nn.Module, canvas: int = CANVAS, seed: int = 0) -> nn.Module:
     """A copy of the pretrained ``TinyViT`` ``base`` that reads ``canvas × canvas`` images: the
     same patch size and weights, its position embedding resized (bicubic) from the pretrained
-    grid to the new one, and ``classifier`` replaced by a fresh ``BoxAndClassHead``; calling it
-    returns ``(logits, boxes)``."""
-    import copy
-
+    grid to the new one, and ``classifier`` replaced by a fresh ``BoxAndClassHead`` (drawn with
+    ``seed``); calling it returns ``(logits, boxes)``."""
     from lora_edu.models import TinyViT
 
     config = {**base.config, "image_size": canvas}
@@ -130,8 +128,9 @@ def vit_detector(base: nn.Module, canvas: int = CANVAS) -> nn.Module:
         [cls, grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1)], dim=1
     )
     model.load_state_dict(state, strict=False)
+    torch.manual_seed(seed)
     model.classifier = BoxAndClassHead(config["dim"], config["num_classes"])
-    return copy.deepcopy(model).eval()
+    return model.eval()
 
 
 def detection_loss(
@@ -219,9 +218,7 @@ def finetune_detector(
     args["lora"] = lora if lora is not None else LoRAConfig(["query", "key", "value", "output"])
     args["loop"] = loop
     seed_everything(seed)
-    net = vit_detector(base)
-    torch.manual_seed(seed)
-    net.classifier = BoxAndClassHead(base.config["dim"], base.config["num_classes"])
+    net = vit_detector(base, seed=seed)
     device = torch.device(device) if device is not None else config.device()
 
     def collate_for(data: dict[str, np.ndarray]):
