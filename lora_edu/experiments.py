@@ -654,16 +654,12 @@ def _default_lrs(task: str) -> dict[str, float]:
 def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
     """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate takes its
     method's default rate for the task; the budget is the profile's)."""
-    from lora_edu.sweep import LOOP_DEFAULTS
-
-    def setting(rec: dict[str, Any], k: str) -> Any:
-        value = rec.get(k)
-        return _canonical(LOOP_DEFAULTS.get(k) if value is None else value)
+    from lora_edu.sweep import key_value
 
     defaults = _default_lrs(record["task"])
     for run in grid:
         lr = run.get("lr") if run.get("lr") is not None else defaults.get(run["method"])
-        if all(setting(run, k) == setting(record, k) for k in _MATCH_FIELDS) and (
+        if all(key_value(run, k) == key_value(record, k) for k in _MATCH_FIELDS) and (
             run["method"] == "none" or _canonical(lr) == _canonical(record.get("lr"))
         ):
             return True
@@ -1018,6 +1014,18 @@ def select(records: Sequence[dict[str, Any]], **fields: Any) -> list[dict[str, A
         return list(value) if isinstance(value, tuple) else value
 
     return [rec for rec in records if all(norm(rec.get(k)) == norm(v) for k, v in fields.items())]
+
+
+def every_seed(
+    chosen: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One configuration, one number: ``sweep.aggregate`` of every record in ``records`` whose
+    configuration (all but the seed) is one of ``chosen``'s, so a view that picked some seeds of
+    a configuration still shows all of them."""
+    from lora_edu.sweep import aggregate, run_key
+
+    keys = {run_key({**rec, "seed": None}) for rec in chosen}
+    return aggregate([rec for rec in records if run_key({**rec, "seed": None}) in keys])
 
 
 def training_memory_mb(record: dict[str, Any], bytes_per_value: int = 4) -> float:

@@ -151,11 +151,14 @@ def run_key(record: dict[str, Any]) -> str:
     """A canonical string for the identifying fields of a run (``KEY_FIELDS``); numbers are
     compared by value, so ``alpha=16`` and ``alpha=16.0`` are the same run."""
 
-    def value(k: str) -> Any:
-        v = record.get(k)
-        return _canonical(LOOP_DEFAULTS.get(k) if v is None else v)
+    return json.dumps({k: key_value(record, k) for k in KEY_FIELDS}, sort_keys=True)
 
-    return json.dumps({k: value(k) for k in KEY_FIELDS}, sort_keys=True)
+
+def key_value(record: dict[str, Any], field_name: str) -> Any:
+    """One identifying field of a run as runs are compared: a number by value, and a loop
+    setting left out (or None) as the loop's default (``LOOP_DEFAULTS``)."""
+    value = record.get(field_name)
+    return _canonical(LOOP_DEFAULTS.get(field_name) if value is None else value)
 
 
 def unique_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
