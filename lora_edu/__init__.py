@@ -88,6 +88,7 @@ _LAZY: dict[str, str] = {
         "lora_edu.lora",
     ),
     "LoRAConv2d": "lora_edu.lora_conv",
+    **dict.fromkeys(["FORMER_LR", "TASK_DEFAULTS", "TaskDefaults"], "lora_edu.defaults"),
     **dict.fromkeys(
         [
             "active_adapter",
@@ -130,7 +131,6 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(
         [
-            "DEFAULT_LR",
             "entity_f1",
             "causal_lm_loss",
             "finetune_causal_lm",

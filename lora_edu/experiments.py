@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
+from lora_edu.defaults import FORMER_LR
 from lora_edu.sweep import (
     COMPRESSION_RANKS,
     _canonical,
@@ -208,9 +209,6 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
 #: not (SST-2's linear probe and BitFit; the ViT's linear probe, twice, and BitFit; CoNLL-2003's four arms,
 #: its probe and BitFit three times: on a token task the new head wants a rate of 0.03-0.1).
 #: CoNLL-2003 also has LoRA on every linear layer as a second LoRA arm.
-#: The learning rates every task used before the pilot (then ``train.DEFAULT_LR``); the sweeps
-#: other than the headline (ranks, α, targets, …) were run, and are still defined, at these.
-FORMER_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
 #: LoRA's targets in each task's headline row (r = 8, α = 16).
 HEADLINE_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "sst2": QV, "conll2003": QV, "vit": VIT_ATTENTION, "detection": VIT_ATTENTION,
@@ -336,6 +334,8 @@ SPARSE_CHECK_RUNS: tuple[tuple[str, tuple[str, ...] | None, float, dict[str, flo
     ("lora", ("all-linear",), 2e-3, {"head_lr": 1e-1}),
     ("lora", ("all-linear",), 2e-3, {"head_lr": 3e-2}),
     ("lora", ("all-linear",), 2e-3, {"warmup_ratio": 0.2}),
+    # BitFit at its pilot rate collapsed onto O here: the grid's next rate down
+    ("bitfit", None, 1e-2, {}),
 )
 
 
@@ -646,9 +646,8 @@ def _at_profile(name: str) -> Iterator[None]:
 def _default_lrs(task: str) -> dict[str, float]:
     """Each method's default learning rate on ``task`` (looked up once per task)."""
     from lora_edu.sweep import task_spec
-    from lora_edu.train import DEFAULT_LR
 
-    return task_spec(task).default_lr or DEFAULT_LR
+    return task_spec(task).default_lr
 
 
 def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:

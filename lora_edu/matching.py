@@ -185,6 +185,7 @@ def finetune_matcher(
     ``EVAL_TEMPLATES``. ``loss_fn(logits, labels)`` replaces ``contrastive_loss``. Returns the
     record (and the model with ``return_model``)."""
     from lora_edu import config
+    from lora_edu.defaults import FORMER_LR
     from lora_edu.lora import LoRAConfig
     from lora_edu.train import _check_method, _run, seed_everything
 
@@ -194,6 +195,7 @@ def finetune_matcher(
     args = dict(locals())
     args["lora"] = lora if lora is not None else LoRAConfig(["query", "value"])
     args["loop"] = loop
+    args["default_lr"] = FORMER_LR
     seed_everything(seed)
     tokenizer, model = dual_encoder(image_base, seed=seed)
     device = torch.device(device) if device is not None else config.device()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_edu.config import by_profile, profile
+from lora_edu.defaults import FORMER_LR
 
 if TYPE_CHECKING:  # torch is imported only when a sweep runs
     from lora_edu.lora import LoRAConfig
@@ -287,7 +288,8 @@ class TaskSpec:
     finetune: Callable[..., dict[str, Any]]
     budget: Callable[[], dict[str, Any]]  # the profile's n_train, n_eval, epochs, batch_size
     extra: dict[str, Any] = field(default_factory=dict)
-    default_lr: dict[str, float] | None = None  # None: train.DEFAULT_LR
+    # a run without a learning rate: the rate every sweep used before the pilot
+    default_lr: dict[str, float] = field(default_factory=lambda: dict(FORMER_LR))
 
 
 def _subset(dataset, n: int | None, seed: int):
@@ -757,10 +759,8 @@ def task_spec(name: str) -> TaskSpec:
 def _full_config(
     task: TaskSpec, run: dict[str, Any], n_train: int, budget: dict[str, Any]
 ) -> dict[str, Any]:
-    from lora_edu.train import DEFAULT_LR
-
     # The learning rate actually used is part of the run's identity: resolve the default here.
-    defaults = task.default_lr or DEFAULT_LR
+    defaults = task.default_lr
     if run["method"] == "none":
         lr = None  # nothing trains
     else:
@@ -847,7 +847,11 @@ def train_one(
         kwargs["model"] = budget["model"]
     if config["method"] == "lora":
         kwargs["lora"] = lora_config(config)
-    kwargs.update({k: config[k] for k in ("head_lr", "warmup_ratio") if config.get(k) is not None})
+    # A run's head trains at its method's rate unless the run says otherwise: explicitly None, so
+    # that no ``finetune_*`` default (``defaults.TASK_DEFAULTS``) changes what a run means.
+    kwargs["head_lr"] = config.get("head_lr")
+    if config.get("warmup_ratio") is not None:
+        kwargs["warmup_ratio"] = config["warmup_ratio"]
     started = time.perf_counter()
     result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
     model = None

@@ -23,9 +23,10 @@ def sst2_teacher(progress: bool = True) -> tuple[Any, nn.Module, dict[str, Any]]
     import safetensors.torch
 
     from lora_edu.data import load_sst2
+    from lora_edu.defaults import FORMER_LR
     from lora_edu.models import load_text_model
     from lora_edu.sweep import _sst2_budget, _text_task_data
-    from lora_edu.train import DEFAULT_LR, finetune_text_classifier
+    from lora_edu.train import finetune_text_classifier
 
     b = _sst2_budget()
     train, eval_ = _text_task_data(load_sst2, _sst2_budget)()
@@ -36,7 +37,7 @@ def sst2_teacher(progress: bool = True) -> tuple[Any, nn.Module, dict[str, Any]]
         safetensors.torch.load_model(model, weights)
         return tokenizer, model.eval(), json.loads(meta.read_text())
     record, trained = finetune_text_classifier(
-        train, eval_, method="full", lr=DEFAULT_LR["full"], epochs=b["epochs"],
+        train, eval_, method="full", lr=FORMER_LR["full"], epochs=b["epochs"],
         batch_size=b["batch_size"], seed=0, model=b.get("model", "minilm"), progress=progress,
         return_model=True,
     )  # fmt: skip

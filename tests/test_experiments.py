@@ -176,13 +176,13 @@ def test_kept_adapter_dir_layout(default_profile):
 
 
 def _result(method, seed, metric, r=None, task="sst2", lr=None, alpha=16.0):
-    from lora_edu.train import DEFAULT_LR
+    from lora_edu.defaults import FORMER_LR
 
     lora = method == "lora"
     return {"task": task, "method": method, "r": r, "alpha": alpha if lora else None,
             "target_modules": ["query", "value"] if lora else None,
             "init": "kaiming" if lora else None, "use_rslora": False if lora else None,
-            "seed": seed, "n_train": 4000, "epochs": 2, "lr": lr or DEFAULT_LR[method],
+            "seed": seed, "n_train": 4000, "epochs": 2, "lr": lr or FORMER_LR[method],
             "metric_name": "accuracy", "metric": metric, "trainable_params": 10,
             "total_params": 1000, "train_seconds": 1.0, "profile": "default"}  # fmt: skip
 
@@ -273,6 +273,35 @@ def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_pro
         "lora": rates["lora"][-1], "full": rates["full"][-1], "head": rates["head"][0],
         "bitfit": rates["bitfit"][-1],
     }  # fmt: skip
+
+
+def test_the_finetune_defaults_are_the_committed_pilots_choices(monkeypatch):
+    """Each kind of task's default rates are its pilot's winners on the committed results, its
+    epochs the headline's budget and its LoRA targets those of the headline's LoRA arm."""
+    from lora_edu.defaults import PILOT_TASK, TASK_DEFAULTS
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)  # the repository's data/results
+    for kind, task in PILOT_TASK.items():
+        defaults, chosen = TASK_DEFAULTS[kind], experiments.lr_pilot_chosen(task)
+        all_linear = defaults.target_modules == "all-linear"
+        lora_arm = "lora-all-linear" if all_linear else "lora"
+        assert lora_arm in experiments.headline_arms(task), kind
+        piloted = {"lora": chosen[lora_arm], **{m: chosen[m] for m in ("head", "bitfit", "full")}}
+        for method in defaults.stepped_down:  # the winner collapsed on the sparse set
+            grid = experiments.LR_PILOT_LRS[task][method]
+            piloted[method] = max(lr for lr in grid if lr < chosen[method])
+            check = sweep.read_results(
+                experiments.results_file("conll2003-sparse", "defaults-check")
+            )
+            at = {rec["lr"]: rec for rec in check if rec["method"] == method}
+            assert at[chosen[method]].get("collapsed") and not at[piloted[method]].get("collapsed")
+        assert defaults.lr == piloted, kind
+        assert (
+            all_linear
+            or tuple(defaults.target_modules) == (experiments.HEADLINE_LORA_TARGETS[task])
+        )
+        assert defaults.epochs == sweep.task_spec(task).budget()["epochs"], kind
 
 
 def test_lr_pilot_falls_back_to_the_former_rates_in_smoke(monkeypatch):

@@ -12,7 +12,9 @@ D = 384
 
 
 def _rec(method="lora", r=8, targets=("query", "value"), metric=0.8, seed=0, alpha=16.0, **kw):
+    right = round(872 * metric)  # per-sentence verdicts, the right ones first: runs nest
     return {
+        "eval_correct": "1" * right + "0" * (872 - right),
         "task": kw.pop("task", "sst2"),
         "method": method,
         "r": r if method == "lora" else None,
@@ -225,6 +227,7 @@ def _verdict_inputs(good: bool):
         fig4,
         t7,
         {"sst2": _headline_records(good)},
+        recs,
     )
 
 
@@ -240,6 +243,16 @@ def test_verdicts_follow_the_stated_rules():
         "Table 7: ΔW vs W": "partially",
         "Figure 2: quality vs parameters": "not reproduced",
     }
+
+
+def test_tables_5_and_6_decide_only_with_per_sentence_verdicts():
+    t5, t6, fig3, fig4, t7, by_task, recs = _verdict_inputs(True)
+    bare = [{k: v for k, v in rec.items() if k != "eval_correct"} for rec in recs]
+    rows = {r["analysis"]: r for r in figures.verdicts(t5, t6, fig3, fig4, t7, by_task, bare)}
+    for name in ("Table 5: which weights", "Table 6: the rank"):
+        assert rows[name]["verdict"] == "not measured" and "not measured" in rows[name]["why"]
+    decided = {r["analysis"]: r for r in figures.verdicts(*_verdict_inputs(True))}
+    assert "p = " in decided["Table 5: which weights"]["why"]
 
 
 def test_verdicts_markdown_flags_smoke(monkeypatch):

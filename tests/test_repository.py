@@ -129,7 +129,7 @@ def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
     """Every line of a committed results file is a run of its documented command(s), and every
     run of those commands is in the file: one configuration is one set of records everywhere."""
     from lora_edu import experiments
-    from lora_edu.sweep import _full_config, read_results, task_spec
+    from lora_edu.sweep import _full_config, key_value, read_results, task_spec
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "default")
     monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
@@ -137,7 +137,8 @@ def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
               "quantize")  # fmt: skip
 
     def key(rec):
-        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()))
+        loop = (key_value(rec, f) for f in ("head_lr", "warmup_ratio"))  # a default = left out
+        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()), *loop)
 
     wanted = set()
     for task, preset in _provenance()[name]:

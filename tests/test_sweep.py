@@ -79,12 +79,12 @@ def test_sweep_writes_one_line_per_run_and_resumes(tmp_path):
 
 
 def test_default_lr_is_resolved_into_the_record(tmp_path):
-    from lora_edu.train import DEFAULT_LR
+    from lora_edu.defaults import FORMER_LR
 
     records = sweep.run_sweep(
         _fake_task([]), sweep.make_grid(methods=["full"]), tmp_path / "r.jsonl", progress=False
     )
-    assert records[0]["lr"] == DEFAULT_LR["full"]
+    assert records[0]["lr"] == FORMER_LR["full"]  # the rate of the sweeps before the pilot
 
 
 def test_corrupted_last_line_is_reported_and_set_aside(tmp_path):
@@ -408,7 +408,8 @@ def test_loop_settings_travel_with_a_run_and_their_defaults_match_old_records():
     sweep.train_one(spec, sweep._full_config(spec, own, 1, spec.budget()), [0], [0])
     sweep.train_one(spec, sweep._full_config(spec, plain, 1, spec.budget()), [0], [0])
     assert seen[0]["head_lr"] == 3e-2 and seen[0]["warmup_ratio"] == 0.2
-    assert "head_lr" not in seen[1] and "warmup_ratio" not in seen[1]
+    # the head at the method's rate, said explicitly: no finetune_* default can change the run
+    assert seen[1]["head_lr"] is None and "warmup_ratio" not in seen[1]
 
 
 def test_sparse_selection_keeps_the_share_of_o_tags():

@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_models import FILLER, NEGATIVE, POSITIVE, small_vit, synthetic_digits
 
+from lora_edu.defaults import TASK_DEFAULTS
 from lora_edu.lora import LoRAConfig
 from lora_edu.models import load_text_model
 from lora_edu.train import (
-    DEFAULT_LR,
     METHODS,
     accuracy,
     align_labels,
@@ -247,9 +247,27 @@ def test_prepare_model_on_tinyvit_and_errors():
         prepare_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), "head")
 
 
-def test_default_lr_covers_every_method():
-    assert set(DEFAULT_LR) == set(METHODS) == {"lora", "full", "head", "bitfit"}
-    assert DEFAULT_LR["full"] < DEFAULT_LR["bitfit"] <= DEFAULT_LR["lora"]
+def test_task_defaults_cover_every_method_of_every_kind():
+    assert set(TASK_DEFAULTS) == {"text", "token", "image"}
+    for kind, defaults in TASK_DEFAULTS.items():
+        assert set(defaults.lr) == set(METHODS) == {"lora", "full", "head", "bitfit"}, kind
+        # an adapter or a probe starts from zero or from random and moves few weights: a larger
+        # rate than full fine-tuning's, on every kind of task the pilots measured
+        assert defaults.lr["full"] < min(defaults.lr["lora"], defaults.lr["head"]), kind
+        assert defaults.epochs >= 1 and defaults.evidence
+
+
+def test_the_default_head_rate_applies_only_beside_another_method():
+    from lora_edu.defaults import TaskDefaults
+
+    d = TaskDefaults(lr={}, target_modules=("query",), epochs=1, head_lr=0.1, evidence="test")
+    assert d.loop("lora", {}) == {"head_lr": 0.1}
+    assert d.loop("full", {"warmup_ratio": 0.1}) == {"warmup_ratio": 0.1, "head_lr": 0.1}
+    assert d.loop("lora", {"head_lr": 0.01}) == {"head_lr": 0.01}  # the caller's wins
+    assert d.loop("lora", {"head_lr": None}) == {"head_lr": None}  # explicitly the method's rate
+    assert d.loop("head", {}) == {} == d.loop("none", {})  # a probe trains at lr itself
+    plain = TaskDefaults(lr={}, target_modules=("query",), epochs=1, head_lr=None, evidence="")
+    assert plain.loop("lora", {"warmup_ratio": 0.1}) == {"warmup_ratio": 0.1}
 
 
 # --------------------------------------------------------------------------- training runs
@@ -262,7 +280,7 @@ def test_text_classifier_runs_every_method(tiny_bert, method):
         train, eval_, method=method, model=tiny_bert, r=2, epochs=2, batch_size=16, progress=False
     )
     assert RECORD_KEYS <= set(record)
-    assert record["method"] == method and record["lr"] == DEFAULT_LR[method]
+    assert record["method"] == method and record["lr"] == TASK_DEFAULTS["text"].lr[method]
     assert record["lr_is_default"] and record["steps"] == 6 and len(record["history"]["loss"]) == 6
     assert [e["epoch"] for e in record["history"]["epochs"]] == [1, 2]
     assert record["metric_name"] == "accuracy" and 0 <= record["metric"] <= 1
@@ -367,6 +385,26 @@ def test_token_classifier_runs(tiny_bert, method):
     assert all(
         set(v) == {"precision", "recall", "f1", "support"} for v in record["per_type"].values()
     )
+
+
+def test_token_classifier_defaults_are_the_token_tasks(tiny_bert):
+    """Left out, the rate, the targets, the epochs and the head's rate are the token task's."""
+    defaults = TASK_DEFAULTS["token"]
+    record = finetune_token_classifier(
+        ner(16), None, model=tiny_bert, batch_size=16, progress=False
+    )
+    assert record["lr"] == defaults.lr["lora"] and record["lr_is_default"]
+    assert (
+        record["target_modules"] == defaults.target_modules and record["epochs"] == defaults.epochs
+    )
+    assert record.get("head_lr") == defaults.head_lr
+    text = finetune_text_classifier(
+        sentiment(16), None, model=tiny_bert, batch_size=16, progress=False
+    )
+    assert text["target_modules"] == ["query", "value"] and len(text["lora_targets"]) < len(
+        record["lora_targets"]
+    )
+    assert text["epochs"] == TASK_DEFAULTS["text"].epochs and "head_lr" not in text
 
 
 def test_token_classifier_learns_and_handles_truncation(tiny_bert):
