@@ -529,9 +529,10 @@ def _verdict(claims: Sequence[bool | None]) -> str:
     return "reproduced" if all(known) else "partially" if any(known) else "not reproduced"
 
 
-def _figure2_verdict(answers: Sequence[bool | None]) -> str:
-    """Figure 2's verdict from each task's answer (None: the paired test's interval holds the
-    margin, undecided): undecided answers do not count as failures, nor as successes."""
+def _decided_verdict(answers: Sequence[bool | None]) -> str:
+    """The verdict of claims decided by paired tests (Figure 2, Tables 5 and 6; None: the test
+    ran and cannot tell, undecided): undecided answers do not count as failures, nor as
+    successes."""
     if not answers:
         return "not measured"
     if all(a is True for a in answers):
@@ -625,13 +626,14 @@ def verdicts(
         qv_best = None  # a target set without verdicts: not measured
     single_tests = {k: _paired(qv_runs, runs5.get(k, [])) for k in ("q", "k")}
     single = _all_of([_better(res) for res in single_tests.values()])
+    measured5 = all(res is not None for res in (*beats_qv.values(), *single_tests.values()))
     rows.append(
         {
             "analysis": "Table 5: which weights",
             "paper": "Wq+Wv (r=4) is best, tied with all four (r=2): 91.3/91.7 MNLI, 73.7/73.7 "
             "WikiSQL; all budget in Wq or Wk alone is clearly lower (91.0/90.8, 70.4/70.0)",
             "ours": ", ".join(f"{k} {_fmt(v)}" for k, v in by.items()),
-            "verdict": _verdict([qv_best, single]),
+            "verdict": (_decided_verdict if measured5 else _verdict)([qv_best, single]),
             "why": "paired tests on the dev sentences, p < 0.05: no target set better than q,v: "
             f"{_yes(qv_best)} (best other − q,v: {_evidence(_best_other(beats_qv))}); "
             f"q,v better than q alone ({_evidence(single_tests['q'])}) and than k alone "
@@ -652,13 +654,18 @@ def verdicts(
     q_lower = None if not q_tests else _all_of([_better(res) for res in q_tests.values()])
     if any(res is None for res in q_tests.values()):
         q_lower = None
+    measured6 = (
+        r1_vs_best is not None
+        and bool(q_tests)
+        and all(res is not None for res in q_tests.values())
+    )
     rows.append(
         {
             "analysis": "Table 6: the rank",
             "paper": "r = 1 already competitive on Wq+Wv (91.3 vs best 91.6 MNLI); Wq alone "
             "trails Wq+Wv at every r and needs a larger r (90.7 → 91.1)",
             "ours": "; ".join(f"r={r['r']}: q {_fmt(r['q'])}, q,v {_fmt(r['q,v'])}" for r in t6),
-            "verdict": _verdict([small_r, q_lower]),
+            "verdict": (_decided_verdict if measured6 else _verdict)([small_r, q_lower]),
             "why": f"paired tests, p < 0.05: q,v at r=1 not below its best r (r={best_r}): "
             f"{_yes(small_r)} (r=1 − best: {_evidence(r1_vs_best)}); q alone below q,v at every r "
             f"with both: {_decided(q_lower)} ("
@@ -778,7 +785,7 @@ def verdicts(
             "paper": "LoRA matches or beats full fine-tuning with ~10,000× fewer trainable "
             "parameters (GPT-3: 0.01%)",
             "ours": "; ".join(gaps) or "–",
-            "verdict": _figure2_verdict([ok for _, ok in claims]),
+            "verdict": _decided_verdict([ok for _, ok in claims]),
             "why": "each method at its pilot learning rate; LoRA at most our margin below full "
             "fine-tuning (SST-2 1.5, CoNLL 3 F1, ViT 2 points) by the 95 % interval of a paired "
             "bootstrap over the evaluation examples and seeds: "

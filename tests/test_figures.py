@@ -302,10 +302,10 @@ def test_cli_figures_writes_the_verdicts_into_a_readme(monkeypatch, tmp_path, ca
 
 
 def test_figure2_verdict_keeps_undecided_apart():
-    assert figures._figure2_verdict([True, True]) == "reproduced"
-    assert figures._figure2_verdict([True, None]) == "reproduced where decided"
-    assert figures._figure2_verdict([None, None]) == "undecided"
-    assert figures._figure2_verdict([True, False]) == "partially"
-    assert figures._figure2_verdict([False, None]) == "not reproduced where decided"
-    assert figures._figure2_verdict([False]) == "not reproduced"
-    assert figures._figure2_verdict([]) == "not measured"
+    assert figures._decided_verdict([True, True]) == "reproduced"
+    assert figures._decided_verdict([True, None]) == "reproduced where decided"
+    assert figures._decided_verdict([None, None]) == "undecided"
+    assert figures._decided_verdict([True, False]) == "partially"
+    assert figures._decided_verdict([False, None]) == "not reproduced where decided"
+    assert figures._decided_verdict([False]) == "not reproduced"
+    assert figures._decided_verdict([]) == "not measured"
