@@ -39,6 +39,7 @@ from lora_edu.sweep import (
     _describe,
     _full_config,
     append_record,
+    n_examples,
     prepare_sweep,
     run_key,
     train_one,
@@ -171,7 +172,7 @@ def run_sweep_ray(
 
     ray = start_ray(workers, address)
     spec, out, done, budget, (train_ds, eval_ds) = prepare_sweep(task, out)
-    configs = [_full_config(spec, run, len(train_ds), budget) for run in runs]
+    configs = [_full_config(spec, run, n_examples(train_ds), budget) for run in runs]
     todo = {}
     for config in configs:
         todo.setdefault(run_key(config), config)

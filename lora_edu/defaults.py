@@ -94,5 +94,11 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
     ),
 }
 
+#: ``detection.finetune_detector``'s rates: the detection pilot's winners (notebook 17; 4,000
+#: canvases x 10 epochs, scored on canvases of 1,000 held-out training digits; every grid was
+#: extended upward while its best sat at the top). A box head and its backbone want rates 3-10x
+#: the image classifier's.
+DETECTION_LR: dict[str, float] = {"head": 3e-2, "lora": 1e-2, "full": 3e-3}
+
 #: The task each kind's defaults were piloted on (``experiments.lr_pilot_chosen(task)``).
 PILOT_TASK = {"text": "sst2", "token": "conll2003", "image": "vit"}

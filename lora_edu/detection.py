@@ -204,11 +204,11 @@ def finetune_detector(
     attention projections) and the head; ``"full"``: everything), through the package's
     training loop, and score it on ``eval`` after each epoch: ``metric`` is the accuracy at
     IoU ≥ 0.5, beside ``mean_iou`` and ``class_accuracy``. ``lr=None`` takes the image task's
-    rate of the method (``defaults.TASK_DEFAULTS["image"]``). ``loss_fn(outputs, targets)`` replaces the loss
+    rate of the method in the detection pilot (``defaults.DETECTION_LR``). ``loss_fn(outputs, targets)`` replaces the loss
     (targets: ``(B, 5)``, the label then the box). Returns the record, and the model with
     ``return_model``."""
     from lora_edu import config
-    from lora_edu.defaults import TASK_DEFAULTS
+    from lora_edu.defaults import DETECTION_LR
     from lora_edu.lora import LoRAConfig
     from lora_edu.train import _check_method, _run, seed_everything
 
@@ -218,7 +218,7 @@ def finetune_detector(
     args = dict(locals())
     args["lora"] = lora if lora is not None else LoRAConfig(["query", "key", "value", "output"])
     args["loop"] = loop
-    args["default_lr"] = TASK_DEFAULTS["image"].lr
+    args["default_lr"] = DETECTION_LR
     seed_everything(seed)
     net = vit_detector(base, seed=seed)
     device = torch.device(device) if device is not None else config.device()

@@ -195,9 +195,9 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
     },
     # notebook 17: the new head has to learn boxes (detection) or a shared space (matching)
     "detection": {
-        "lora": (1e-3, 2e-3, 5e-3),
-        "full": (1e-4, 3e-4, 1e-3),
-        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+        "lora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+        "full": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     },
     "matching": {
         "lora": (5e-4, 1e-3, 2e-3, 5e-3),
@@ -207,7 +207,8 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
 }
 #: A grid whose best rate sat at an end was extended beyond it, one rate at a time, until it did
 #: not (SST-2's linear probe and BitFit; the ViT's linear probe, twice, and BitFit; CoNLL-2003's four arms,
-#: its probe and BitFit three times: on a token task the new head wants a rate of 0.03-0.1).
+#: its probe and BitFit three times: on a token task the new head wants a rate of 0.03-0.1;
+#: detection's three arms, two rates each: a box head and its backbone want higher rates).
 #: CoNLL-2003 also has LoRA on every linear layer as a second LoRA arm.
 #: LoRA's targets in each task's headline row (r = 8, α = 16).
 HEADLINE_LORA_TARGETS: dict[str, tuple[str, ...]] = {
@@ -641,6 +642,13 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     ("conll2003-dev", "lr-pilot", "CoNLL-2003 learning-rate pilot, on held-out training sentences"),
     ("vit-dev", "lr-pilot", "Small ViT learning-rate pilot, on held-out training images"),
     (
+        "detection",
+        "headline",
+        "Detection, one digit on a 56×56 canvas (TinyViT + box head): each method at its pilot "
+        "learning rate",
+    ),
+    ("detection-dev", "lr-pilot", "Detection learning-rate pilot, on canvases of held-out digits"),
+    (
         "conll2003-sparse",
         "defaults-before-after",
         "A small, sparse NER set (92 % O tags): each method at its rate before the pilot, then at "
@@ -660,7 +668,10 @@ _MATCH_FIELDS = (
     "method", "r", "alpha", "target_modules", "init", "use_rslora", "variant", "quantize",
     "head_lr", "warmup_ratio",
 )  # fmt: skip
-_METRIC_LABELS = {"accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU"}
+_METRIC_LABELS = {
+    "accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU",
+    "accuracy_at_iou": "accuracy % at IoU ≥ 0.5", "zero_shot_accuracy": "zero-shot accuracy %",
+}  # fmt: skip
 
 
 @contextmanager

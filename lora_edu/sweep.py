@@ -756,6 +756,16 @@ def task_spec(name: str) -> TaskSpec:
 # ---------------------------------------------------------------------------------- running
 
 
+def n_examples(data: Any) -> int:
+    """How many training examples a task's data holds: a ``datasets.Dataset``, an
+    ``(images, labels)`` pair (matching) or a dict of arrays with ``labels`` (detection)."""
+    if isinstance(data, dict):
+        return len(data["labels"])
+    if isinstance(data, tuple):
+        return len(data[-1])
+    return len(data)
+
+
 def _full_config(
     task: TaskSpec, run: dict[str, Any], n_train: int, budget: dict[str, Any]
 ) -> dict[str, Any]:
@@ -792,7 +802,7 @@ def run_sweep(
     records: list[dict[str, Any]] = []
     bar = tqdm(runs, desc=f"sweep {spec.name}", unit="run", disable=not progress)
     for run in bar:
-        config = _full_config(spec, run, len(train_ds), budget)
+        config = _full_config(spec, run, n_examples(train_ds), budget)
         key = run_key(config)
         if key in done:
             records.append(done[key])

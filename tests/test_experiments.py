@@ -304,6 +304,14 @@ def test_the_finetune_defaults_are_the_committed_pilots_choices(monkeypatch):
         assert defaults.epochs == sweep.task_spec(task).budget()["epochs"], kind
 
 
+def test_the_detector_defaults_are_the_detection_pilots_choices(monkeypatch):
+    from lora_edu.defaults import DETECTION_LR
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)  # the repository's data/results
+    assert experiments.lr_pilot_chosen("detection") == DETECTION_LR
+
+
 def test_lr_pilot_falls_back_to_the_former_rates_in_smoke(monkeypatch):
     monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
     chosen = experiments.lr_pilot_chosen("conll2003")

@@ -420,3 +420,13 @@ def test_sparse_selection_keeps_the_share_of_o_tags():
     assert sum(t == 0 for t in flat) / len(flat) >= 0.8
     with pytest.raises(ValueError, match="only 4 sentences fit an O share of 0.8; 5 wanted"):
         sweep.sparse_selection(tags, 5, 0.8)
+
+
+def test_n_examples_counts_examples_not_fields():
+    """A task's data may be a Dataset, an (images, labels) pair or a dict of arrays: the
+    training-set size in a run's key is the number of examples in each."""
+    import numpy as np
+
+    assert sweep.n_examples({"images": np.zeros((5, 2, 2)), "labels": np.zeros(5), "boxes": 0}) == 5
+    assert sweep.n_examples((np.zeros((7, 2, 2)), np.zeros(7))) == 7
+    assert sweep.n_examples([0, 1, 2]) == 3
