@@ -13,7 +13,8 @@ the defaults on their own data, so every default here is a measured choice, not 
 
 The token defaults were also tried as a user would, on a small and sparse NER set (task
 ``conll2003-sparse``: 1,900 CoNLL-2003 sentences, 92 % of the words ``O``, 3 epochs, preset
-``defaults-check``), where the rates used before the pilot let LoRA collapse onto ``O``.
+``defaults-check``), where a rate that wins on ordinary data can collapse a model onto ``O``
+(BitFit's did; its default is one grid step lower, ``stepped_down``).
 
 ``FORMER_LR`` is the one rate per method every task used before the pilot: the sweep studies
 other than the headline comparisons (ranks, α, targets, …) ran, and are still defined, at it.

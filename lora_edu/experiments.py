@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
-from lora_edu.defaults import FORMER_LR
+from lora_edu.defaults import FORMER_LR, TASK_DEFAULTS
 from lora_edu.sweep import (
     COMPRESSION_RANKS,
     _canonical,
@@ -344,15 +344,10 @@ SPARSE_CHECK_RUNS: tuple[tuple[str, tuple[str, ...] | None, float, dict[str, flo
 def _token_default_or_former(entry: tuple[str, tuple[str, ...] | None, float, dict]) -> bool:
     """Whether a sparse-check run is a method at its former rate (LoRA on q, v, the former
     default targets) or at today's token default (``defaults.TASK_DEFAULTS["token"]``)."""
-    from lora_edu.defaults import TASK_DEFAULTS
-
     method, targets, lr, loop = entry
     token = TASK_DEFAULTS["token"]
-    default_targets = (
-        (token.target_modules,)
-        if isinstance(token.target_modules, str)
-        else (tuple(token.target_modules))
-    )
+    targets_now = token.target_modules
+    default_targets = (targets_now,) if isinstance(targets_now, str) else tuple(targets_now)
     if loop:
         return False
     if method != "lora":
