@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_edu.config import cache_dir
+from lora_edu.config import REPO_ROOT, cache_dir
 
 #: The model's input size: MNIST's 28×28 padded by 2 pixels on every side, so that the UNet's
 #: two downsamplings give 16×16 and 8×8.
@@ -212,6 +212,10 @@ def ink_share(images: np.ndarray, threshold: float = 0.5) -> float:
 
 # ---------------------------------------------------------------------------------- pretraining
 
+#: Pretrained denoisers committed with the repository, in float16 (the default budget's: 1.4 MB),
+#: under the same file names as the cache's; ``pretrained_denoiser`` reads one before training.
+COMMITTED_DENOISERS = REPO_ROOT / "data" / "models"
+
 
 def pretrained_denoiser(
     *,
@@ -225,8 +229,10 @@ def pretrained_denoiser(
 ) -> nn.Module:
     """A ``make_denoiser(seed)`` trained on MNIST's training split (``load_mnist``; the first
     ``max_train`` images) for ``epochs``, cached as safetensors under ``cache_dir()`` (the name
-    holds a hash of the settings and the data), so later calls only read the file. The returned
-    model is on the CPU in eval mode; ``model.pretrain_record`` says how it was trained."""
+    holds a hash of the settings and the data), so later calls only read the file. A denoiser
+    committed under ``COMMITTED_DENOISERS`` with the same name (the default budget's, stored in
+    float16) is read instead of training. The returned model is on the CPU in eval mode, in
+    float32; ``model.pretrain_record`` says how it was trained."""
     import safetensors.torch
 
     from lora_edu.data import load_mnist
@@ -240,12 +246,15 @@ def pretrained_denoiser(
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:10]
     path = cache_dir() / f"denoiser-mnist-e{epochs}-s{seed}-{digest}.safetensors"
     unet = make_denoiser(seed)
-    if cache and path.is_file():
-        state = safetensors.torch.load_file(path)
-        unet.load_state_dict(state)
-        with safetensors.safe_open(path, framework="pt") as f:
-            unet.pretrain_record = json.loads(f.metadata()["record"])
-        return unet.eval()
+    for found in (COMMITTED_DENOISERS / path.name, path):
+        if cache and found.is_file():
+            state = safetensors.torch.load_file(found)
+            unet.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            )
+            with safetensors.safe_open(found, framework="pt") as f:
+                unet.pretrain_record = json.loads(f.metadata()["record"])
+            return unet.eval()
     result = train_denoiser(
         unet, images, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
     )

@@ -94,6 +94,27 @@ def test_the_denoiser_is_cached_with_its_record(tmp_path, monkeypatch):
     assert cached.stat().st_size < 5e6
 
 
+def test_the_committed_denoiser_is_read_instead_of_trained(tmp_path, monkeypatch):
+    """The default budget's pretrained denoiser is committed in float16: a call with that budget
+    finds it (same settings, same data) and trains nothing, even with an empty cache."""
+    from lora_edu.data import locate_datasets
+    from lora_edu.sweep import _style_budget
+
+    if locate_datasets().get("mnist") is None:
+        pytest.skip("needs the MNIST files (LORA_EDU_DATA) to recompute the denoiser's name")
+    (committed,) = diffusion.COMMITTED_DENOISERS.glob("denoiser-mnist-*.safetensors")
+    assert committed.stat().st_size < 2e6  # float16
+    monkeypatch.setenv("LORA_EDU_CACHE", str(tmp_path))
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    b = _style_budget()
+    unet = diffusion.pretrained_denoiser(
+        epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=False
+    )
+    assert unet.pretrain_record["stored"] == "float16" and unet.pretrain_record["steps"] == 3750
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing cached
+    assert all(p.dtype == torch.float32 for p in unet.parameters())
+
+
 def test_a_style_task_scores_its_samples(digits):
     torch.manual_seed(0)
     base = diffusion.make_denoiser(seed=2)
