@@ -203,10 +203,10 @@ def finetune_detector(
     (``"head"``: only the box-and-class head; ``"lora"``: LoRA (``lora``, default r = 8 on the
     attention projections) and the head; ``"full"``: everything), through the package's
     training loop, and score it on ``eval`` after each epoch: ``metric`` is the accuracy at
-    IoU ≥ 0.5, beside ``mean_iou`` and ``class_accuracy``. ``lr=None`` takes the image task's
-    rate of the method in the detection pilot (``defaults.DETECTION_LR``). ``loss_fn(outputs, targets)`` replaces the loss
-    (targets: ``(B, 5)``, the label then the box). Returns the record, and the model with
-    ``return_model``."""
+    IoU ≥ 0.5, beside ``mean_iou`` and ``class_accuracy``. ``lr=None`` takes the method's rate
+    in the detection pilot (``defaults.DETECTION_LR``). ``loss_fn(outputs, targets)`` replaces
+    the loss (targets: ``(B, 5)``, the label then the box). Returns the record, and the model
+    with ``return_model``."""
     from lora_edu import config
     from lora_edu.defaults import DETECTION_LR
     from lora_edu.lora import LoRAConfig

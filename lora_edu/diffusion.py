@@ -212,7 +212,7 @@ def ink_share(images: np.ndarray, threshold: float = 0.5) -> float:
 
 # ---------------------------------------------------------------------------------- pretraining
 
-#: Pretrained denoisers committed with the repository, in float16 (the default budget's: 1.4 MB),
+#: Pretrained denoisers committed with the repository, in float16 (the default budget's: 1.3 MB),
 #: under the same file names as the cache's; ``pretrained_denoiser`` reads one before training.
 COMMITTED_DENOISERS = REPO_ROOT / "data" / "models"
 

@@ -82,7 +82,7 @@ from lora_edu.models import (
 COLLAPSE_SHARE = 0.99
 COLLAPSE_TRUE_SHARE = 0.95
 
-#: The methods every ``finetune_*`` function offers (their default rates: ``defaults.TASK_DEFAULTS``).
+#: The methods every ``finetune_*`` function offers (default rates: ``defaults.TASK_DEFAULTS``).
 METHODS = ("lora", "full", "head", "bitfit")
 
 #: Collate: a batch of example indices → (model keyword inputs, labels), all on the CPU.
@@ -827,8 +827,9 @@ def finetune_text_classifier(
     BitFit 3e-3, LoRA 1e-3, full fine-tuning 1e-4 (an adapter or a probe wants a rate 10-100×
     full fine-tuning's: it starts from zero or from random and moves far fewer weights);
     ``target_modules=None`` → query and value (the paper's choice, and the headline's);
-    ``epochs=None`` → 2; the new head trains at the method's rate. Returns the record (module docstring), and the trained
-    model too when ``return_model=True``.
+    ``epochs=None`` → 2; the new head trains at the method's rate.
+
+    Returns the record (module docstring), and the trained model too when ``return_model=True``.
     """
     # the call's arguments, what was left out taken from the text defaults
     args = _with_defaults(locals(), "text", finetune_text_classifier)
