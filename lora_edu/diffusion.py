@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_edu.config import REPO_ROOT, cache_dir
+from lora_edu.styles import DENOISER_TARGETS, STYLE_METRICS, STYLES
 
 #: The model's input size: MNIST's 28×28 padded by 2 pixels on every side, so that the UNet's
 #: two downsamplings give 16×16 and 8×8.
@@ -54,9 +55,6 @@ DENOISER_CONFIG: dict[str, Any] = {
 }
 #: Training steps of the noise schedule (the DDPM paper's 1,000).
 TRAIN_TIMESTEPS = 1000
-#: Where LoRA goes in a style adapter: the attention projections and every residual block's two
-#: 3×3 convolutions (``LoRAConv2d``), as Stable Diffusion LoRAs do.
-DENOISER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
 
 
 def make_denoiser(seed: int = 0) -> nn.Module:
@@ -201,13 +199,20 @@ def thick_strokes(images: np.ndarray, width: int = 3) -> np.ndarray:
     return out.squeeze(1).numpy().astype(np.asarray(images).dtype)
 
 
-def ink_share(images: np.ndarray, threshold: float = 0.5) -> float:
-    """The share of pixels darker than ``threshold`` (images in [0, 1], or uint8), over all
-    images: how much ink a batch of digits carries, a simple measure of stroke thickness."""
+def ink_shares(images: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Each image's share of inked pixels, brighter than ``threshold`` (MNIST draws white ink on
+    black; images ``(N, 28, 28)`` in [0, 1], or uint8): ``(N,)``, a simple measure of stroke
+    thickness."""
     x = np.asarray(images, dtype=np.float32)
     if np.asarray(images).dtype == np.uint8:
         x = x / 255.0
-    return float((x > threshold).mean())
+    return (x > threshold).reshape(len(x), -1).mean(axis=1)
+
+
+def ink_share(images: np.ndarray, threshold: float = 0.5) -> float:
+    """The share of inked pixels over all ``images`` (the mean of ``ink_shares``): how much ink
+    a batch of digits carries."""
+    return float(ink_shares(images, threshold).mean())
 
 
 # ---------------------------------------------------------------------------------- pretraining
@@ -270,32 +275,7 @@ def pretrained_denoiser(
     return unet
 
 
-__all__: Sequence[str] = (
-    "DENOISER_CONFIG",
-    "DENOISER_TARGETS",
-    "IMAGE_SIZE",
-    "adapter_strength",
-    "denoising_loss",
-    "from_model_space",
-    "ink_share",
-    "make_denoiser",
-    "noisy_batches",
-    "pretrained_denoiser",
-    "sample",
-    "thick_strokes",
-    "to_model_space",
-    "train_denoiser",
-)
-
-
 # ---------------------------------------------------------------------------------- styles as tasks
-
-#: The style tasks: name → what the adapter learns and how its samples are scored.
-STYLES = {
-    "thick": "MNIST digits with every stroke dilated (``thick_strokes``); scored by the ink share "
-    "of the samples (``ink_share``)",
-    "sevens": "only sevens; scored by the share of samples a frozen MNIST classifier calls a 7",
-}
 
 
 def style_images(style: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -307,19 +287,48 @@ def style_images(style: str, images: np.ndarray, labels: np.ndarray) -> np.ndarr
     raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
 
 
+def ink_band(images: np.ndarray, share: float = 0.9) -> tuple[float, float]:
+    """The range of ink shares that the middle ``share`` of ``images`` fall in (by default from
+    their 5th to their 95th percentile): what "drawn in this style" means for ``thick_share``."""
+    tail = 100 * (1 - share) / 2
+    low, high = np.percentile(ink_shares(images), [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def style_scores(
-    samples: np.ndarray, classifier: nn.Module | None = None, digit: int = 7
+    samples: np.ndarray,
+    classifier: nn.Module | None = None,
+    digit: int = 7,
+    band: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """How a batch of samples ``(n, 28, 28)`` in [0, 1] looks: its ``ink_share``, and with a
-    frozen digit ``classifier`` (a ``TinyViT``) the share of each predicted class and
-    ``digit_share``, the share called ``digit``."""
-    scores: dict[str, Any] = {"ink_share": ink_share(samples)}
+    """How a batch of samples ``(n, 28, 28)`` in [0, 1] looks: its ``ink_share`` and each
+    sample's (``eval_values``, rounded to 4 decimals: what paired tests between two models
+    resample, since the same seed gives both the same starting noise); with an ink ``band``
+    (``ink_band`` of the style images) ``thick_share``, the share of samples inside it, and
+    ``eval_correct`` (``"0110…"``: each sample inside or not); with a frozen digit ``classifier``
+    (a ``TinyViT``) the share of each predicted class, ``digit_share`` (the share called
+    ``digit``) and ``eval_correct`` marking the samples called ``digit`` (only one of ``band``
+    and ``classifier`` may be given)."""
+    if band is not None and classifier is not None:
+        raise ValueError("style_scores scores one style: give band or classifier, not both")
+    samples = np.asarray(samples, dtype=np.float32)
+    per_sample = ink_shares(samples)
+    scores: dict[str, Any] = {
+        "ink_share": ink_share(samples),
+        "eval_values": [round(float(v), 4) for v in per_sample],
+    }
+    if band is not None:
+        inside = (per_sample >= band[0]) & (per_sample <= band[1])
+        scores["ink_band"] = [round(band[0], 4), round(band[1], 4)]
+        scores["thick_share"] = float(inside.mean())
+        scores["eval_correct"] = "".join("1" if v else "0" for v in inside)
     if classifier is not None:
         with torch.no_grad():
-            predicted = classifier.eval()(torch.from_numpy(samples.astype(np.float32)))
-        counts = np.bincount(predicted.argmax(-1).numpy(), minlength=10)
+            predicted = classifier.eval()(torch.from_numpy(samples)).argmax(-1).numpy()
+        counts = np.bincount(predicted, minlength=10)
         scores["class_shares"] = (counts / len(samples)).tolist()
         scores["digit_share"] = float(counts[digit] / len(samples))
+        scores["eval_correct"] = "".join("1" if p == digit else "0" for p in predicted)
     return scores
 
 
@@ -345,9 +354,10 @@ def finetune_denoiser(
     ``method`` (``"lora"``: ``lora``, default r = 4 on ``DENOISER_TARGETS``; ``"full"``; ``"none"``:
     the base as it is), through the package's training loop, then draw ``eval["n_samples"]``
     samples (``eval["steps"]`` DDIM steps from the noise of ``eval["seed"]``, default 0) and
-    score them: ``metric`` is the style's score (``thick``: the ink share; ``sevens``: the share
-    a frozen ``classifier`` calls 7), beside every other score. Returns the record (and the
-    model with ``return_model``)."""
+    score them: ``metric`` is the style's score (``STYLE_METRICS``; ``thick``: the share of
+    samples inside the ink band of ``train``; ``sevens``: the share a frozen ``classifier``
+    calls 7), beside every other score. Returns the record (and the model with
+    ``return_model``)."""
     import copy
 
     from lora_edu.lora import LoRAConfig
@@ -359,6 +369,8 @@ def finetune_denoiser(
         raise ValueError("a denoiser has no new head: use 'lora', 'full' or 'none'")
     if method != "none":
         _check_method(method)
+    if style == "sevens" and classifier is None:
+        raise ValueError("the sevens style is scored by a frozen digit classifier: pass classifier")
     args = dict(locals())
     args["lora"] = lora if lora is not None else LoRAConfig(list(DENOISER_TARGETS), r=4, alpha=4)
     args["loop"] = {"weight_decay": 0.0, **loop}
@@ -371,9 +383,11 @@ def finetune_denoiser(
 
     def final(model: nn.Module) -> dict[str, Any]:
         samples = sample(model, eval["n_samples"], steps=eval["steps"], seed=eval.get("seed", 0))
-        scores = style_scores(samples, classifier)
-        metric = scores["ink_share"] if style == "thick" else scores.get("digit_share")
-        return {"metric": metric, **scores}
+        if style == "thick":
+            scores = style_scores(samples, band=ink_band(train))
+        else:
+            scores = style_scores(samples, classifier)
+        return {"metric": scores[STYLE_METRICS[style]], **scores}
 
     args["final"] = final
     return _run(
@@ -385,7 +399,7 @@ def finetune_denoiser(
         None,
         {
             "max_length": None,
-            "metric_name": "ink_share" if style == "thick" else "digit_share",
+            "metric_name": STYLE_METRICS[style],
             "n_eval": eval["n_samples"],
             "sample_steps": eval["steps"],
             "style": style,
@@ -393,3 +407,143 @@ def finetune_denoiser(
         },
         args,
     )
+
+
+# ---------------------------------------------------------------------------------- the kept adapters
+
+
+def style_budget_denoiser(progress: bool = False) -> nn.Module:
+    """The pretrained denoiser of the active profile's style budget (``task_spec("style-thick")``;
+    at ``default`` the committed one)."""
+    from lora_edu.sweep import task_spec
+
+    b = task_spec("style-thick").budget()
+    return pretrained_denoiser(
+        epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=progress
+    )
+
+
+def style_adapter_run(style: str) -> dict[str, Any]:
+    """The run whose adapter stands for ``style``: LoRA, seed 0, of the style's ``headline``."""
+    from lora_edu.experiments import preset_grid
+
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+    grid = preset_grid(f"style-{style}", "headline")
+    return next(run for run in grid if run["method"] == "lora" and run["seed"] == 0)
+
+
+def styled_denoiser(progress: bool = False) -> nn.Module:
+    """The profile's pretrained denoiser with every style's kept adapter (``style_adapter_run``,
+    float16 files under ``data/adapters/``; trained first where missing, e.g. in ``smoke``)
+    loaded as a named adapter (``"thick"``, ``"sevens"``; the first is active). Switch with
+    ``set_adapter``, mix with ``combine_adapters``; ``model.style_records[style]`` is what the
+    adapter's run measured."""
+    from lora_edu.adapters import load_named_adapter
+    from lora_edu.experiments import kept_adapters, kept_run_record
+
+    unet = style_budget_denoiser(progress)
+    unet.style_records = {}
+    for style in STYLES:
+        (path,) = kept_adapters(f"style-{style}", [style_adapter_run(style)], progress=progress)
+        load_named_adapter(unet, path, style)
+        unet.style_records[style] = kept_run_record(path)
+    return unet.eval()
+
+
+def draw_sample_rows(rows: dict[str, np.ndarray], *, title: str | None = None) -> Any:
+    """One row of digits per entry of ``rows`` (name → samples ``(n, 28, 28)`` in [0, 1]), the
+    name on the left: the figure."""
+    import matplotlib.pyplot as plt
+
+    n = max(len(samples) for samples in rows.values())
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(0.9 * n + 1.6, 0.95 * len(rows) + 0.4), squeeze=False
+    )
+    for (name, samples), line in zip(rows.items(), axes, strict=True):
+        for k, ax in enumerate(line):
+            if k < len(samples):
+                ax.imshow(samples[k], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        line[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    return fig
+
+
+def style_sample_rows(unet: nn.Module, n: int = 8, *, steps: int = 50, seed: int = 0) -> dict:
+    """The same starting noise drawn by the base model, by each style adapter of a
+    ``styled_denoiser``, and by both styles mixed (``combine_adapters`` "cat", weights 1 and 1):
+    name → samples ``(n, 28, 28)``. The model's active adapter is restored."""
+    from lora_edu.adapters import (
+        active_adapter,
+        adapter_names,
+        combine_adapters,
+        delete_adapter,
+        set_adapter,
+    )
+    from lora_edu.lora import disable_adapters
+
+    kept = active_adapter(unet)
+    styles = [name for name in STYLES if name in adapter_names(unet)]
+    with disable_adapters(unet):
+        rows = {"base model": sample(unet, n, steps=steps, seed=seed)}
+    try:
+        for style in styles:
+            set_adapter(unet, style)
+            rows[f"+ {style}"] = sample(unet, n, steps=steps, seed=seed)
+        combine_adapters(unet, styles, [1.0] * len(styles), "both", method="cat")
+        set_adapter(unet, "both")
+        rows[f"+ {' + '.join(styles)}"] = sample(unet, n, steps=steps, seed=seed)
+    finally:
+        set_adapter(unet, kept)
+        if "both" in adapter_names(unet):
+            delete_adapter(unet, "both")
+    return rows
+
+
+def save_style_figure(path: str = "notebooks/figures/style_adapters.png") -> Any:
+    """The README's picture: ``style_sample_rows`` of the profile's ``styled_denoiser``, saved as
+    a small PNG at ``path``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    rows = style_sample_rows(styled_denoiser())
+    fig = draw_sample_rows(rows, title="the same noise, the base denoiser and its style adapters")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+__all__: Sequence[str] = (
+    "DENOISER_CONFIG",
+    "DENOISER_TARGETS",
+    "IMAGE_SIZE",
+    "STYLE_METRICS",
+    "STYLES",
+    "adapter_strength",
+    "denoising_loss",
+    "draw_sample_rows",
+    "finetune_denoiser",
+    "from_model_space",
+    "ink_band",
+    "ink_share",
+    "ink_shares",
+    "make_denoiser",
+    "noisy_batches",
+    "pretrained_denoiser",
+    "sample",
+    "save_style_figure",
+    "style_adapter_run",
+    "style_budget_denoiser",
+    "style_images",
+    "style_sample_rows",
+    "style_scores",
+    "styled_denoiser",
+    "thick_strokes",
+    "to_model_space",
+    "train_denoiser",
+)

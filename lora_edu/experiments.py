@@ -26,6 +26,7 @@ from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
 from lora_edu.defaults import FORMER_LR, TASK_DEFAULTS
+from lora_edu.styles import DENOISER_TARGETS, STYLES
 from lora_edu.sweep import (
     COMPRESSION_RANKS,
     _canonical,
@@ -199,10 +200,16 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
         "full": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
         "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     },
-    "matching": {
+    "matching": {  # on the ViT task's 8×8 digits, so around the ViT pilot's choices
         "lora": (5e-4, 1e-3, 2e-3, 5e-3),
-        "full": (3e-5, 1e-4, 3e-4),
-        "head": (1e-3, 3e-3, 1e-2),
+        "full": (3e-5, 1e-4, 3e-4, 1e-3),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+    },
+    # notebook 16: a style adapter for the digit denoiser (pretrained at 1e-3), against tuning
+    # every weight of the UNet
+    **{
+        f"style-{style}": {"lora": (3e-4, 1e-3, 3e-3), "full": (3e-5, 1e-4, 3e-4)}
+        for style in STYLES
     },
 }
 #: A grid whose best rate sat at an end was extended beyond it, one rate at a time, until it did
@@ -214,6 +221,8 @@ LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
 HEADLINE_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "sst2": QV, "conll2003": QV, "vit": VIT_ATTENTION, "detection": VIT_ATTENTION,
     "matching": QV,  # query and value in both towers
+    # the attention projections and the residual blocks' convolutions, as in image-generation LoRAs
+    **{f"style-{style}": DENOISER_TARGETS for style in STYLES},
 }  # fmt: skip
 
 
@@ -529,6 +538,12 @@ def _distillation() -> list[dict[str, Any]]:
     return _lora([8], targets=[QV], seeds=by_profile(smoke=[0], default=list(DISTILL_SEEDS)))
 
 
+def _style_headline(task: str) -> Callable[[], list[dict[str, Any]]]:
+    """The base denoiser as it is (its samples scored once), then LoRA and full fine-tuning at
+    their pilot rates, three seeds each (``_headline``)."""
+    return lambda: make_grid(["none"]) + _headline(task)()
+
+
 def _compression() -> list[dict[str, Any]]:
     """The compressed teacher as it is, and healed by LoRA r=8 on q, v (one seed)."""
     return make_grid(["none"]) + _lora([8], targets=[QV])
@@ -560,6 +575,8 @@ PRESETS: dict[str, dict[str, Callable[[], list[dict[str, Any]]]]] = {
     },
     **{name: {"headline": _headline(name)} for name in ("detection", "matching")},
     **{f"{name}-dev": {"lr-pilot": _lr_pilot(name)} for name in ("detection", "matching")},
+    **{f"style-{style}": {"headline": _style_headline(f"style-{style}")} for style in STYLES},
+    **{f"style-{style}-dev": {"lr-pilot": _lr_pilot(f"style-{style}")} for style in STYLES},
     "sst2-distill": {"distillation": _distillation},
     **{f"sst2-ffn{rank}": {"compression": _compression} for rank in COMPRESSION_RANKS},
     "conll2003": {
@@ -666,6 +683,7 @@ _MATCH_FIELDS = (
 _METRIC_LABELS = {
     "accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU",
     "accuracy_at_iou": "accuracy % at IoU ≥ 0.5", "zero_shot_accuracy": "zero-shot accuracy %",
+    "thick_share": "% of samples thick", "digit_share": "% of samples called 7",
 }  # fmt: skip
 
 
@@ -816,6 +834,7 @@ ARM_NAMES = {
     "full": "full fine-tuning",
     "head": "the linear probe",
     "bitfit": "BitFit",
+    "none": "the base model",
 }
 
 

@@ -160,6 +160,12 @@ def zero_shot_accuracy(
     return {"accuracy": float((predicted == labels).mean()), "predictions": predicted}
 
 
+def _at_size(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    from lora_edu.models import resize_images
+
+    return (images if images.shape[-2:] == (size, size) else resize_images(images, size)), labels
+
+
 def finetune_matcher(
     train: tuple[np.ndarray, np.ndarray],
     eval: tuple[np.ndarray, np.ndarray] | None,
@@ -177,8 +183,9 @@ def finetune_matcher(
     loss_fn: Any = None,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
-    """Train a ``dual_encoder(image_base)`` contrastively on digit images ``(images, labels)``,
-    each paired with a caption drawn (seeded) from ``TRAIN_TEMPLATES`` at every step, with
+    """Train a ``dual_encoder(image_base)`` contrastively on digit images (``(images, labels)``,
+    or a dataset with columns ``image`` and ``label``; images of another size than the tower's,
+    such as 8×8 digits, are resized to it), each paired with a caption drawn (seeded) from ``TRAIN_TEMPLATES`` at every step, with
     ``method``: ``"head"`` (the two projections and the temperature only), ``"lora"`` (``lora``,
     default r = 8 on query and value in both towers, plus the head) or ``"full"``. After each
     epoch, ``metric`` is the zero-shot accuracy on ``eval`` with the held-out phrasings
@@ -187,6 +194,7 @@ def finetune_matcher(
     from lora_edu import config
     from lora_edu.defaults import FORMER_LR
     from lora_edu.lora import LoRAConfig
+    from lora_edu.models import image_arrays
     from lora_edu.train import _check_method, _run, seed_everything
 
     _check_method(method)
@@ -199,6 +207,10 @@ def finetune_matcher(
     seed_everything(seed)
     tokenizer, model = dual_encoder(image_base, seed=seed)
     device = torch.device(device) if device is not None else config.device()
+    size = image_base.config["image_size"]
+    train, eval = (
+        None if split is None else _at_size(*image_arrays(split), size) for split in (train, eval)
+    )
     images, labels = train
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     generator = torch.Generator().manual_seed(seed)

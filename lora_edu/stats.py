@@ -72,6 +72,13 @@ def _per_example(run: Any, metric: str, name: str) -> np.ndarray:
     """One run's per-example data: verdicts ``(n,)`` for accuracy, ``(n, 3)`` counts for F1."""
     if metric == "accuracy":
         return _as_verdicts(run, name).astype(float)
+    if metric == "mean":
+        values = np.asarray(run, dtype=float)
+        if values.ndim != 1:
+            raise ValueError(
+                f"{name}: a mean needs one value per example, got shape {values.shape}"
+            )
+        return values
     counts = np.asarray(run, dtype=float)
     if counts.ndim != 2 or counts.shape[1] != 3:
         raise ValueError(
@@ -83,7 +90,7 @@ def _per_example(run: Any, metric: str, name: str) -> np.ndarray:
 
 def _score(data: np.ndarray, weights: np.ndarray, metric: str) -> np.ndarray:
     """The metric of one run under each resample's example weights ``(samples, n)``."""
-    if metric == "accuracy":
+    if metric in ("accuracy", "mean"):
         return weights @ data / weights.sum(axis=1)
     hits, predicted, true = (weights @ data).T
     total = predicted + true
@@ -103,7 +110,8 @@ def paired_bootstrap(
 
     ``runs_a`` and ``runs_b`` hold one entry per run (seed): for ``metric="accuracy"`` its
     per-example verdicts (a record's ``eval_correct``); for ``metric="entity_f1"`` its
-    per-sentence ``(hits, predicted, true)`` entity counts (``eval_entity_counts``). The examples
+    per-sentence ``(hits, predicted, true)`` entity counts (``eval_entity_counts``); for
+    ``metric="mean"`` one number per example (a style sample's ink share), averaged. The examples
     are resampled with replacement ``samples`` times, the same resample for every run; each time
     the mean metric of A's runs minus that of B's runs is recomputed. With ``resample_runs``
     each resample also draws each side's runs with replacement (a two-level bootstrap), so that
@@ -113,8 +121,8 @@ def paired_bootstrap(
     side, and the two-sided ``p_value``: twice the share of resamples whose difference has the
     other sign (or is zero), counted as ``(k + 1) / (samples + 1)`` so that it is never 0, capped
     at 1."""
-    if metric not in ("accuracy", "entity_f1"):
-        raise ValueError(f"metric must be 'accuracy' or 'entity_f1', got {metric!r}")
+    if metric not in ("accuracy", "entity_f1", "mean"):
+        raise ValueError(f"metric must be 'accuracy', 'entity_f1' or 'mean', got {metric!r}")
     if not runs_a or not runs_b:
         raise ValueError("paired_bootstrap needs at least one run on each side")
     data_a = [_per_example(run, metric, f"runs_a[{i}]") for i, run in enumerate(runs_a)]
@@ -156,7 +164,13 @@ PER_EXAMPLE_FIELDS = {
     "accuracy_at_iou": "eval_correct",  # detection: class right and box overlap ≥ 0.5
     "zero_shot_accuracy": "eval_correct",  # image–text matching
     "entity_f1": "eval_entity_counts",
+    # a style adapter's samples: each called the style's digit, or inside the style's ink band
+    "digit_share": "eval_correct",
+    "thick_share": "eval_correct",
+    "ink_share": "eval_values",  # each sample's share of inked pixels
 }
+#: The ``paired_bootstrap`` metric of each record metric that is not a share of examples right.
+_BOOTSTRAP_METRIC = {"entity_f1": "entity_f1", "ink_share": "mean"}
 #: The significance level of every "A beats B" verdict in the notebooks and the README.
 SIGNIFICANCE = 0.05
 
@@ -192,7 +206,7 @@ def compare_records(
     return paired_bootstrap(
         [rec[field] for rec in records_a],
         [rec[field] for rec in records_b],
-        metric="entity_f1" if metric == "entity_f1" else "accuracy",  # a share of examples right
+        metric=_BOOTSTRAP_METRIC.get(metric, "accuracy"),  # else a share of examples right
         samples=samples,
         seed=seed,
     )

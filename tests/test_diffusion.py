@@ -123,8 +123,14 @@ def test_a_style_task_scores_its_samples(digits):
     assert np.array_equal(thick, diffusion.thick_strokes(digits))
     plan = {"n_samples": 4, "steps": 2}
     none = diffusion.finetune_denoiser(thick, plan, base=base, style="thick", method="none")
-    assert none["trainable_params"] == 0 and none["metric_name"] == "ink_share"
-    assert none["metric"] == diffusion.ink_share(diffusion.sample(base, 4, steps=2, seed=0))
+    assert none["trainable_params"] == 0 and none["metric_name"] == "thick_share"
+    samples = diffusion.sample(base, 4, steps=2, seed=0)
+    assert none["ink_share"] == pytest.approx(diffusion.ink_share(samples))
+    low, high = diffusion.ink_band(thick)
+    inside = [low <= v <= high for v in diffusion.ink_shares(samples)]
+    assert none["eval_correct"] == "".join(str(int(v)) for v in inside)
+    assert none["metric"] == np.mean(inside)
+    assert none["eval_values"] == [round(float(v), 4) for v in diffusion.ink_shares(samples)]
     before = {k: v.clone() for k, v in base.state_dict().items()}
     lora = diffusion.finetune_denoiser(
         thick, plan, base=base, style="thick", epochs=1, batch_size=6, progress=False
@@ -136,3 +142,33 @@ def test_a_style_task_scores_its_samples(digits):
         diffusion.finetune_denoiser(thick, plan, base=base, style="thick", method="head")
     with pytest.raises(ValueError, match="unknown style"):
         diffusion.style_images("bold", digits, np.zeros(12))
+    with pytest.raises(ValueError, match="pass classifier"):
+        diffusion.finetune_denoiser(thick, plan, base=base, style="sevens", method="none")
+
+
+def test_style_scores_mark_each_sample_for_paired_tests():
+    """A sample is "thick" when its ink share lies in the style images' middle 90 %; a sevens
+    score marks the samples a classifier calls 7; the per-sample values pair two models."""
+    from lora_edu.stats import compare_records
+
+    blank, full = np.zeros((28, 28)), np.ones((28, 28))
+    half = np.zeros((28, 28))
+    half[:14] = 1
+    style = np.stack([half] * 38 + [blank, full])
+    assert diffusion.ink_band(style) == pytest.approx((0.5, 0.5))
+    scores = diffusion.style_scores(np.stack([half, blank, full]), band=(0.4, 0.6))
+    assert scores["eval_correct"] == "100" and scores["thick_share"] == pytest.approx(1 / 3)
+    assert scores["eval_values"] == [0.5, 0.0, 1.0]
+
+    class CallsEverythingSeven(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((len(x),), 7), 10).float()
+
+    sevens = diffusion.style_scores(np.stack([half, blank]), CallsEverythingSeven())
+    assert sevens["digit_share"] == 1.0 and sevens["eval_correct"] == "11"
+    with pytest.raises(ValueError, match="not both"):
+        diffusion.style_scores(style, CallsEverythingSeven(), band=(0, 1))
+    a = {"metric_name": "ink_share", "eval_values": [0.5, 0.4, 0.6, 0.5]}
+    b = {"metric_name": "ink_share", "eval_values": [0.2, 0.1, 0.3, 0.2]}
+    result = compare_records([a], [b], samples=200)
+    assert result["delta"] == pytest.approx(0.3) and result["ci_low"] == pytest.approx(0.3)

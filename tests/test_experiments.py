@@ -387,3 +387,29 @@ def test_conll_reports_the_better_lora_arm_of_its_pilot(default_profile):
     arms = experiments.headline_arms("conll2003")
     assert "lora-all-linear" in arms and "lora" not in arms
     assert set(arms) < set(experiments.LR_PILOT_LRS["conll2003"])
+
+
+def test_a_style_headline_draws_the_base_model_then_lora_and_full_fine_tuning(monkeypatch):
+    """The style tasks compare the base denoiser (scored once) with LoRA on the denoiser's
+    targets and full fine-tuning, each at its pilot rate; their pilots are the ``-dev`` twins."""
+    from lora_edu.styles import DENOISER_TARGETS, STYLES
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    for style in STYLES:
+        grid = experiments.preset_grid(f"style-{style}", "headline")
+        assert [run["method"] for run in grid] == ["none", "lora", "full"]
+        assert grid[1]["target_modules"] == list(DENOISER_TARGETS) and grid[1]["r"] == 8
+        pilot = experiments.preset_grid(f"style-{style}-dev", "lr-pilot")
+        assert {run["method"] for run in pilot} == {"lora", "full"}
+
+
+def test_the_matching_task_learns_the_vit_tasks_shifted_digits(monkeypatch):
+    """Matching trains on the 8×8 digits of the ViT task (MNIST itself was too easy: every method
+    matched every held-out image), its pilot on held-out training images."""
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    train, test = sweep.task_spec("matching").load()
+    vit_train, vit_test = sweep.task_spec("vit").load()
+    assert len(train) == len(vit_train) and len(test) == len(vit_test)
+    assert __import__("numpy").asarray(train[0]["image"]).shape == (8, 8)
+    dev_train, dev = sweep.task_spec("matching-dev").load()
+    assert len(dev) == sweep.DEV_SIZE["vit"]["default"] and len(dev_train) + len(dev) == len(train)

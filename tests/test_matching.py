@@ -64,3 +64,18 @@ def test_head_only_training_trains_the_projections_and_the_temperature():
     assert record["metric_name"] == "zero_shot_accuracy" and 0 <= record["metric"] <= 1
     with pytest.raises(ValueError, match="supports"):
         matching.finetune_matcher((images, labels), None, image_base=TinyViT(), method="bitfit")
+
+
+def test_images_of_another_size_are_resized_to_the_image_tower():
+    """8×8 digits (the matching task's images, as a dataset) train and are scored at the
+    tower's 28×28, like finetune_vit's."""
+    from lora_edu.data import load_digits
+    from lora_edu.sweep import _subset
+
+    ds = load_digits(seed=0)
+    train, test = _subset(ds["train"], 20, 0), _subset(ds["test"], 10, 0)
+    record = matching.finetune_matcher(
+        train, test, image_base=TinyViT(), method="head", epochs=1, lr=1e-3, batch_size=10,
+        progress=False, device="cpu",
+    )  # fmt: skip
+    assert record["n_train"] == 20 and record["n_eval"] == 10 and len(record["eval_correct"]) == 10
