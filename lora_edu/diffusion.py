@@ -513,7 +513,7 @@ def save_style_figure(path: str = "notebooks/figures/style_adapters.png") -> Any
 
     rows = style_sample_rows(styled_denoiser())
     fig = draw_sample_rows(rows, title="the same noise, the base denoiser and its style adapters")
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -583,8 +583,9 @@ def _detection_finetune(train_ds, eval_ds, **kwargs):
 def _matching_budget() -> dict[str, Any]:
     """Image–text matching on the ViT task's shifted images (scikit-learn's 8×8 digits, other
     writers, upsampled to the MNIST-pretrained image tower's 28×28): on MNIST itself the
-    pretrained tower already separates the digits, and every method matched 100 % of the
-    held-out images zero-shot, leaving nothing to compare."""
+    pretrained tower already separates the digits, and in a first trial LoRA (four learning
+    rates) and full fine-tuning matched all 1,000 held-out images zero-shot, leaving nothing to
+    compare."""
     vit = _vit_budget()
     return by_profile(
         smoke={"n_train": 64, "n_eval": 32, "epochs": 1, "batch_size": 32},

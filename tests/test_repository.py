@@ -185,3 +185,14 @@ def test_the_performance_tables_are_the_committed_benchmark_results(tmp_path):
     for path in (*BENCH_RESULTS.values(), "docs/performance.md", "README.md"):
         shutil.copy(ROOT / path, root / path)
     assert write_committed_tables(root / "README.md", root) == []
+
+
+def test_every_picture_the_readme_shows_is_committed_and_small():
+    """The README's images (the paper figures, the style adapters' samples) are committed PNGs
+    under 300 kB, so the README renders on a code host and the repository stays light."""
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", README.read_text(encoding="utf-8"))
+    assert "notebooks/figures/style_adapters.png" in pictures
+    for picture in pictures:
+        path = ROOT / picture
+        assert path.is_file(), picture
+        assert path.stat().st_size < 300_000, (picture, path.stat().st_size)
