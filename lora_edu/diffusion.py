@@ -3,7 +3,8 @@ LoRA "style" adapters for it: the use that made LoRA famous outside language mod
 
     unet = pretrained_denoiser()                               # a UNet2DModel trained on MNIST
     images = sample(unet, 16, seed=0)                          # (16, 28, 28) floats in [0, 1]
-    apply_lora(unet, LoRAConfig(DENOISER_TARGETS, r=4))        # attention and convolutions
+    apply_lora(unet, LoRAConfig(DENOISER_TARGETS, r=8))        # attention and convolutions
+    mark_only_lora_trainable(unet)                             # the UNet frozen
     train_denoiser(unet, thick_strokes(some_digits), epochs=…)  # only A and B train
     with adapter_strength(unet, 0.5):                          # half the style
         images = sample(unet, 16, seed=0)
@@ -314,7 +315,7 @@ def style_scores(
     samples = np.asarray(samples, dtype=np.float32)
     per_sample = ink_shares(samples)
     scores: dict[str, Any] = {
-        "ink_share": ink_share(samples),
+        "ink_share": float(per_sample.mean()),
         "eval_values": [round(float(v), 4) for v in per_sample],
     }
     if band is not None:
@@ -351,8 +352,9 @@ def finetune_denoiser(
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Adapt a copy of the pretrained denoiser ``base`` to the style images ``train`` with
-    ``method`` (``"lora"``: ``lora``, default r = 4 on ``DENOISER_TARGETS``; ``"full"``; ``"none"``:
-    the base as it is), through the package's training loop, then draw ``eval["n_samples"]``
+    ``method`` (``"lora"``: ``lora``, default r = 8, α = 16 on ``DENOISER_TARGETS``, as the
+    committed style adapters; ``"full"``; ``"none"``: the base as it is), through the
+    package's training loop, then draw ``eval["n_samples"]``
     samples (``eval["steps"]`` DDIM steps from the noise of ``eval["seed"]``, default 0) and
     score them: ``metric`` is the style's score (``STYLE_METRICS``; ``thick``: the share of
     samples inside the ink band of ``train``; ``sevens``: the share a frozen ``classifier``
@@ -372,7 +374,7 @@ def finetune_denoiser(
     if style == "sevens" and classifier is None:
         raise ValueError("the sevens style is scored by a frozen digit classifier: pass classifier")
     args = dict(locals())
-    args["lora"] = lora if lora is not None else LoRAConfig(list(DENOISER_TARGETS), r=4, alpha=4)
+    args["lora"] = lora if lora is not None else LoRAConfig(list(DENOISER_TARGETS), r=8, alpha=16)
     args["loop"] = {"weight_decay": 0.0, **loop}
     args["head"] = None  # the UNet keeps its own output layer
     args["loss_fn"] = denoising_loss

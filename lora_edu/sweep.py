@@ -642,12 +642,9 @@ def _style_data(style: str, dev: bool) -> Callable[[], tuple[Any, Any]]:
 
 def _style_finetune(style: str) -> Callable[..., dict[str, Any]]:
     def finetune(train_ds, eval_spec, **kwargs):
-        from lora_edu.diffusion import finetune_denoiser, pretrained_denoiser
+        from lora_edu.diffusion import finetune_denoiser, style_budget_denoiser
 
-        b = _style_budget()
-        base = pretrained_denoiser(
-            epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=False
-        )
+        base = style_budget_denoiser()
         classifier = _pretrained_image_tower() if style == "sevens" else None
         return finetune_denoiser(
             train_ds, eval_spec, base=base, style=style, classifier=classifier, **kwargs
