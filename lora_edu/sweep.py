@@ -415,14 +415,19 @@ def _vit_budget() -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _vit_data():
+def _digits_data(budget: Callable[[], dict]) -> Callable[[], tuple[Any, Any]]:
     """The shifted target task: scikit-learn's 8×8 digits (other writers, other resolution),
-    upsampled by ``finetune_vit`` to the 28×28 input of the MNIST-pretrained TinyViT."""
-    from lora_edu.data import load_digits
+    upsampled by ``finetune_vit`` (or ``finetune_matcher``) to the 28×28 input of the
+    MNIST-pretrained TinyViT; ``budget``'s ``n_train`` of the training split, ``n_eval`` of the
+    test split."""
 
-    ds = load_digits(seed=0)
-    b = _vit_budget()
-    return _subset(ds["train"], b["n_train"], 0), _subset(ds["test"], b["n_eval"], 0)
+    def load():
+        from lora_edu.data import load_digits
+
+        ds, b = load_digits(seed=0), budget()
+        return _subset(ds["train"], b["n_train"], 0), _subset(ds["test"], b["n_eval"], 0)
+
+    return load
 
 
 def _vit_finetune(train_ds, eval_ds, **kwargs):
@@ -594,13 +599,6 @@ def _matching_budget() -> dict[str, Any]:
     ) | {k: vit[k] for k in ("pretrain_epochs", "pretrain_max_train")}  # fmt: skip
 
 
-def _matching_data():
-    from lora_edu.data import load_digits
-
-    ds, b = load_digits(seed=0), _matching_budget()
-    return _subset(ds["train"], b["n_train"], 0), _subset(ds["test"], b["n_eval"], 0)
-
-
 def _matching_finetune(train_ds, eval_ds, **kwargs):
     from lora_edu.matching import finetune_matcher
 
@@ -701,7 +699,7 @@ def task_spec(name: str) -> TaskSpec:
             train.finetune_token_classifier,
             _sparse_ner_budget,
         ),
-        "vit": TaskSpec("vit", "accuracy", _vit_data, _vit_finetune, _vit_budget),
+        "vit": TaskSpec("vit", "accuracy", _digits_data(_vit_budget), _vit_finetune, _vit_budget),
         "vit-dev": TaskSpec(
             "vit-dev",
             "accuracy",
@@ -748,7 +746,11 @@ def task_spec(name: str) -> TaskSpec:
             for name, dev in (("detection", False), ("detection-dev", True))
         },
         "matching": TaskSpec(
-            "matching", "zero_shot_accuracy", _matching_data, _matching_finetune, _matching_budget
+            "matching",
+            "zero_shot_accuracy",
+            _digits_data(_matching_budget),
+            _matching_finetune,
+            _matching_budget,
         ),
         "matching-dev": TaskSpec(
             "matching-dev",
