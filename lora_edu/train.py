@@ -25,7 +25,7 @@ Every ``finetune_*`` function returns a *record*, a JSON-ready dict:
 | ``n_train``, ``n_eval``, ``num_labels``, ``steps`` | sizes |
 | ``metric_name``, ``metric`` | ``"accuracy"`` or ``"entity_f1"`` on ``eval`` after the last epoch (None without ``eval``) |
 | ``eval_correct`` | accuracy tasks: ``"0110…"``, each ``eval`` example wrong (0) or right (1) after the last epoch, for paired tests |
-| ``eval_values`` | style adapters (notebook 16): each sample's ink share, for paired tests (``eval_correct`` marks the samples called the style's digit) |
+| ``eval_values`` | style adapters (notebook 16): each sample's ink share, for paired tests (``eval_correct`` marks the samples in the style: inside the ink band, or called the style's digit) |
 | ``eval_entity_counts`` | entity F1: ``[hits, predicted, true]`` entities per ``eval`` sentence after the last epoch, for paired tests |
 | ``predicted_share``, ``true_share`` | each class's share of the predictions and of the true labels on ``eval`` (NER: of the words' tags), after the last epoch and in each epoch of ``history`` |
 | ``collapsed`` | present when the predictions collapsed onto one class (``collapsed_class``): that class; ``fit`` also warns |
