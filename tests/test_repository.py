@@ -42,6 +42,43 @@ def test_notebook_opens_with_objectives_and_ends_with_exercises(notebook):
     assert any("exercise" in t for t in text), "no exercises"
 
 
+def _lora_edu_imports(notebook: Path) -> list[tuple[int, str, str]]:
+    """(cell, module, name) for every ``from lora_edu... import name`` in the notebook's code."""
+    import ast
+
+    found = []
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        source = "\n".join(
+            line for line in "".join(cell["source"]).splitlines() if not line.startswith(("%", "!"))
+        )
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_edu"):
+                found += [(i, node.module, alias.name) for alias in node.names]
+    return found
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_name_a_notebook_imports_from_the_package_exists(notebook):
+    """A renamed function breaks a notebook only when nbval reaches it; this finds it at once."""
+    import importlib.util
+
+    def exists(module: str, name: str) -> bool:
+        mod = importlib.import_module(module)
+        if hasattr(mod, name):
+            return True
+        return hasattr(mod, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None
+
+    missing = [
+        f"cell {i}: from {module} import {name}"
+        for i, module, name in _lora_edu_imports(notebook)
+        if not exists(module, name)
+    ]
+    assert missing == [], f"{notebook.name} imports names the package does not have: {missing}"
+
+
 def _block(readme: str, marker: str) -> list[str]:
     """The lines of the code block that follows ``<!-- quickstart:MARKER -->``."""
     after = readme.split(f"<!-- quickstart:{marker} -->\n```bash\n", 1)[1]
