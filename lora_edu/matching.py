@@ -186,8 +186,9 @@ def finetune_matcher(
     """Train a ``dual_encoder(image_base)`` contrastively on digit images (``(images, labels)``,
     or a dataset with columns ``image`` and ``label``; images of another size than the tower's,
     such as 8×8 digits, are resized to it), each paired with a caption drawn (seeded) from
-    ``TRAIN_TEMPLATES`` at every step, with ``method``: ``"head"`` (the two projections and the temperature only), ``"lora"`` (``lora``,
-    default r = 8 on query and value in both towers, plus the head) or ``"full"``. After each
+    ``TRAIN_TEMPLATES`` at every step, with ``method``: ``"head"`` (the two projections and the
+    temperature only), ``"lora"`` (``lora``, default r = 8 on query and value in both towers,
+    plus the head) or ``"full"``. After each
     epoch, ``metric`` is the zero-shot accuracy on ``eval`` with the held-out phrasings
     ``EVAL_TEMPLATES``. ``loss_fn(logits, labels)`` replaces ``contrastive_loss``. Returns the
     record (and the model with ``return_model``)."""

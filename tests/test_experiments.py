@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -410,6 +411,6 @@ def test_the_matching_task_learns_the_vit_tasks_shifted_digits(monkeypatch):
     train, test = sweep.task_spec("matching").load()
     vit_train, vit_test = sweep.task_spec("vit").load()
     assert len(train) == len(vit_train) and len(test) == len(vit_test)
-    assert __import__("numpy").asarray(train[0]["image"]).shape == (8, 8)
+    assert np.asarray(train[0]["image"]).shape == (8, 8)
     dev_train, dev = sweep.task_spec("matching-dev").load()
     assert len(dev) == sweep.DEV_SIZE["vit"]["default"] and len(dev_train) + len(dev) == len(train)
