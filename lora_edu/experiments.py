@@ -29,8 +29,10 @@ from lora_edu.defaults import FORMER_LR, TASK_DEFAULTS
 from lora_edu.styles import DENOISER_TARGETS, STYLES
 from lora_edu.sweep import (
     COMPRESSION_RANKS,
+    KEY_FIELDS,
     _canonical,
-    _slug,
+    adapter_slug,
+    key_value,
     make_grid,
     run_sweep,
     unique_runs,
@@ -1012,12 +1014,50 @@ def results_file(task: str, presets: str | Sequence[str] = ()) -> Path:
     return results_dir() / f"{stem}-{profile()}.jsonl"
 
 
+#: The key fields a kept adapter's folder leaves out of its name: the folder above names the
+#: task and the profile, whose budget fixes the training-set size and the number of epochs.
+_FOLDER_FIELDS = ("task", "n_train", "epochs")
+
+
+def _as_kept(task: str, run: dict[str, Any]) -> dict[str, Any]:
+    """A grid entry or record of ``task`` as a kept adapter names it: without the fields the
+    folder above fixes, and with its learning rate resolved (a run without one trains at the
+    task's default, as ``run_sweep`` does)."""
+    from lora_edu.sweep import task_spec
+
+    kept = {k: v for k, v in run.items() if k not in _FOLDER_FIELDS}
+    if kept.get("lr") is None and kept["method"] != "none":
+        kept["lr"] = task_spec(task).default_lr[kept["method"]]
+    return kept
+
+
 def kept_adapter_dir(task: str, run: dict[str, Any]) -> Path:
     """Where the float16 adapter of one LoRA run of ``task`` is kept at the active profile:
     ``data/adapters/TASK-PROFILE/<run>`` (see ``config.adapters_dir``; a temporary folder in
-    ``smoke``)."""
+    ``smoke``), ``<run>`` named from every field of the run's key (``sweep.adapter_slug``), so
+    that runs differing only in their learning rate, initialisation or loop settings never
+    share a folder."""
     home = _smoke_dir() / "adapters" if profile() == "smoke" else adapters_dir()
-    return home / f"{task}-{profile()}" / _slug(run)
+    return home / f"{task}-{profile()}" / adapter_slug(_as_kept(task, run))
+
+
+def _check_kept_record(task: str, run: dict[str, Any], path: Path) -> None:
+    """Refuse a kept adapter whose recorded run (``run.json``) is not ``run``: a folder written
+    under an older naming, or copied by hand, must not stand in for another run."""
+    record_path = path / RUN_RECORD
+    if not record_path.exists():
+        raise ValueError(f"{path} has no {RUN_RECORD}: cannot tell which run trained it")
+    recorded, wanted = _as_kept(task, kept_run_record(path)), _as_kept(task, run)
+    differ = [
+        f"{k}: kept {key_value(recorded, k)!r}, wanted {key_value(wanted, k)!r}"
+        for k in KEY_FIELDS
+        if k not in _FOLDER_FIELDS and key_value(recorded, k) != key_value(wanted, k)
+    ]
+    if differ:
+        raise ValueError(
+            f"the adapter kept in {path} was trained by another run ({'; '.join(differ)}); "
+            "remove that folder to train this run's adapter"
+        )
 
 
 def kept_adapters(
@@ -1025,7 +1065,8 @@ def kept_adapters(
 ) -> list[Path]:
     """The kept adapter folders of these LoRA runs (PEFT format, float16), training the missing
     ones first at the profile's budget (``run_sweep`` with ``keep_adapters``; their records go
-    to a scratch file, not to the results)."""
+    to a scratch file, not to the results). A kept folder whose recorded run differs from the
+    one asked for raises instead of being returned."""
     from lora_edu.lora import ADAPTER_WEIGHTS
 
     not_lora = [run for run in runs if run["method"] != "lora"]
@@ -1038,7 +1079,10 @@ def kept_adapters(
             to_float16(
                 scratch.parent / record["adapter_path"], kept_adapter_dir(task, record), record
             )
-    return [kept_adapter_dir(task, run) for run in runs]
+    paths = [kept_adapter_dir(task, run) for run in runs]
+    for run, path in zip(runs, paths, strict=True):
+        _check_kept_record(task, run, path)
+    return paths
 
 
 #: The record of the run that trained a kept adapter, saved next to it (what it measured).

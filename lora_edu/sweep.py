@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -193,11 +194,35 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _parse(path: Path, lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
-    """The records of ``lines`` and the indices of cut-off records: lines whose JSON ends too
-    early (a writer that crashed mid-line; since ``append_record`` starts every record on a new
-    line, later records follow intact). Any other broken line, or valid JSON that is not an
-    object, raises a ValueError naming it."""
+#: A token a writer may stop inside: a number (``16.``, ``-``, ``1e``) or a literal (``fal``).
+_PARTIAL_TOKEN = re.compile(r"(?:[-+.0-9eE]+|[a-z]+)$")
+
+
+def _cut_off(line: str, err: json.JSONDecodeError) -> bool:
+    """Whether a line that does not parse is the start of a record that a writer stopped
+    writing: it opens an object, and the parser ran out of text, inside a string or (once a
+    half-written number or literal at its end is set aside) at the end of the line."""
+    if not line.lstrip().startswith("{"):
+        return False
+    if err.msg.startswith("Unterminated string") or err.pos >= len(line.rstrip()):
+        return True
+    head = _PARTIAL_TOKEN.sub("", line.rstrip())
+    try:
+        json.loads(head)
+    except json.JSONDecodeError as inner:
+        return inner.pos >= len(head.rstrip())
+    return False
+
+
+def _parse(path: Path, text: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a results file's ``text`` and the indices of cut-off records. A record is
+    cut off when a writer crashed mid-line: the last line of the file without its newline that
+    does not parse (``append_record`` ends every record with one), or a line before it that
+    stops where a record could go on (since ``append_record`` starts every record on a new line,
+    later records follow intact). Any other broken line, or valid JSON that is not an object,
+    raises a ValueError naming it."""
+    lines = text.splitlines()
+    unfinished = len(lines) - 1 if text and not text.endswith("\n") else None
     records: list[dict[str, Any]] = []
     cut: list[int] = []
     for i, line in enumerate(lines):
@@ -206,9 +231,8 @@ def _parse(path: Path, lines: list[str]) -> tuple[list[dict[str, Any]], list[int
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            ran_out = err.pos >= len(line.rstrip()) or err.msg.startswith("Unterminated string")
-            if line.lstrip().startswith("{") and ran_out:
-                cut.append(i)  # the parser ran out of text: a truncated record
+            if i == unfinished or _cut_off(line, err):
+                cut.append(i)  # a truncated record
                 continue
             raise ValueError(
                 f"{path}:{i + 1}: not a JSON record ({err.msg}); it is not a record cut off "
@@ -235,7 +259,7 @@ def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[dict[
     path = Path(path)
     if not path.exists():
         return []
-    records, cut = _parse(path, path.read_text(encoding="utf-8").splitlines())
+    records, cut = _parse(path, path.read_text(encoding="utf-8"))
     if not cut:
         return records
     where = ", ".join(f"{path}:{i + 1}" for i in cut)
@@ -246,8 +270,9 @@ def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[dict[
     )
     if repair:
         with _locked(path):
-            lines = path.read_text(encoding="utf-8").splitlines()
-            records, cut = _parse(path, lines)
+            text = path.read_text(encoding="utf-8")
+            records, cut = _parse(path, text)
+            lines = text.splitlines()
             if cut:
                 with open(f"{path}.corrupt", "a", encoding="utf-8") as f:
                     f.writelines(lines[i] + "\n" for i in cut)
@@ -923,7 +948,7 @@ def write_record(out: str | os.PathLike, record: dict[str, Any], files: dict[str
     folder in the record as ``adapter_path``."""
     out = Path(out)
     if files:
-        adapter_dir = out.parent / "adapters" / out.stem / _slug(record)
+        adapter_dir = out.parent / "adapters" / out.stem / adapter_slug(record)
         adapter_dir.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (adapter_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -964,11 +989,36 @@ def _describe(config: dict[str, Any]) -> str:
     return f"{name} r={config['r']} α={config['alpha']:g} [{targets}] seed={config['seed']}"
 
 
-def _slug(config: dict[str, Any]) -> str:
-    targets = "-".join(config["target_modules"] or [])
-    variant = f"_{config['variant']}" if config.get("variant") else ""
-    variant += f"_{config['quantize']}" if config.get("quantize") else ""
-    return f"{config['method']}_r{config['r']}_a{config['alpha']:g}_{targets}{variant}_s{config['seed']}"
+def adapter_slug(config: dict[str, Any]) -> str:
+    """The folder name of a run's adapter, from the fields of its run key (``KEY_FIELDS``):
+    method, rank, alpha, targets, variant, quantisation and the learning rate always; the
+    initialisation, rsLoRA, the head's rate, the warm-up, the training-set size and the number of
+    epochs where the run sets them to something other than the usual value; the seed last. Two
+    runs with different keys never share a folder (``task`` aside: it names the folder above)::
+
+        lora_r8_a16_query-value_lr0.001_s0
+        lora_r8_a16_query-value_lr0.002_pissa_rslora_head0.1_n4000_e2_s1
+    """
+    parts = [config["method"]]
+    if config["method"] == "lora":
+        parts += [f"r{config['r']}", f"a{key_value(config, 'alpha'):g}"]
+    if config.get("target_modules"):
+        parts.append("-".join(config["target_modules"]))
+    parts += [config[k] for k in ("variant", "quantize") if config.get(k)]
+    if config.get("lr") is not None:
+        parts.append(f"lr{key_value(config, 'lr'):g}")
+    if config.get("init") not in (None, "kaiming"):
+        parts.append(str(config["init"]))
+    if config.get("use_rslora"):
+        parts.append("rslora")
+    if config.get("head_lr") is not None:
+        parts.append(f"head{key_value(config, 'head_lr'):g}")
+    if key_value(config, "warmup_ratio") != key_value({}, "warmup_ratio"):
+        parts.append(f"warm{key_value(config, 'warmup_ratio'):g}")
+    parts += [
+        f"{tag}{config[k]}" for k, tag in (("n_train", "n"), ("epochs", "e")) if config.get(k)
+    ]
+    return "_".join([*parts, f"s{config['seed']}"])
 
 
 # ---------------------------------------------------------------------------------- reporting

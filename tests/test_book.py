@@ -52,11 +52,11 @@ def test_the_book_has_every_page_and_fetches_nothing_remote(book):
     assert any("<img" in p.read_text(encoding="utf-8") for p in _pages(book))  # executed: figures
 
 
-@pytest.mark.skipif(
-    BROWSER is None or DRIVER is None,
-    reason="needs chromium and chromedriver (Debian: apt install chromium chromium-driver)",
-)
-def test_a_browser_offline_sees_figures_and_typeset_equations(book, tmp_path):
+def test_a_browser_offline_sees_figures_and_typeset_equations(book, tmp_path, require_browser):
+    require_browser(
+        BROWSER is not None and DRIVER is not None,
+        "needs chromium and chromedriver (Debian: apt install chromium chromium-driver)",
+    )
     from selenium import webdriver
 
     options = webdriver.ChromeOptions()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,7 +174,9 @@ def test_kept_adapters_reject_non_lora_runs(default_profile):
 def test_kept_adapter_dir_layout(default_profile):
     run = experiments.preset_grid("sst2", "paper-adapters")[0]
     path = experiments.kept_adapter_dir("sst2", run)
-    assert path == default_profile / "adapters" / "sst2-default" / "lora_r4_a16_query-value_s0"
+    assert (
+        path == default_profile / "adapters" / "sst2-default" / "lora_r4_a16_query-value_lr0.002_s0"
+    )
 
 
 def _result(method, seed, metric, r=None, task="sst2", lr=None, alpha=16.0):
@@ -414,3 +417,35 @@ def test_the_matching_task_learns_the_vit_tasks_shifted_digits(monkeypatch):
     assert np.asarray(train[0]["image"]).shape == (8, 8)
     dev_train, dev = sweep.task_spec("matching-dev").load()
     assert len(dev) == sweep.DEV_SIZE["vit"]["default"] and len(dev_train) + len(dev) == len(train)
+
+
+def test_kept_adapters_name_every_key_field_and_refuse_another_runs_folder(default_profile):
+    """Kept adapters of runs that differ only in their rate or rsLoRA live in different
+    folders; a folder whose recorded run is another one (an older naming, a hand copy) is
+    refused, naming the field that differs, instead of being returned as this run's."""
+    from lora_edu.experiments import RUN_RECORD
+
+    low, high = sweep.make_grid(lr=1e-4)[0], sweep.make_grid(lr=1e-3)[0]
+    rslora = sweep.make_grid(lr=1e-4, use_rslora=True)[0]
+    dirs = {experiments.kept_adapter_dir("sst2", run) for run in (low, high, rslora)}
+    assert len(dirs) == 3
+    path = experiments.kept_adapter_dir("sst2", low)
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_bytes(b"")
+    (path / RUN_RECORD).write_text(json.dumps({**high, "task": "sst2", "n_train": 4000}))
+    with pytest.raises(ValueError, match=r"another run \(lr: kept 0.001, wanted 0.0001\)"):
+        experiments.kept_adapters("sst2", [low], progress=False)
+    (path / RUN_RECORD).write_text(json.dumps({**low, "task": "sst2", "n_train": 4000}))
+    assert experiments.kept_adapters("sst2", [low], progress=False) == [path]
+
+
+def test_every_committed_adapter_sits_in_its_runs_folder(monkeypatch):
+    """Each committed adapter's folder is the one its recorded run names."""
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    root = Path(__file__).resolve().parents[1] / "data" / "adapters"
+    folders = sorted(p.parent for p in root.rglob("run.json"))
+    assert folders
+    for folder in folders:
+        record = experiments.kept_run_record(folder)
+        assert experiments.kept_adapter_dir(record["task"], record).name == folder.name
+        assert folder.parent.name == f"{record['task']}-{record['profile']}"

@@ -110,11 +110,9 @@ def test_slides_are_one_self_contained_file(tmp_path, capsys):
     assert html.count("<section") >= slides
 
 
-@pytest.mark.skipif(
-    _chromium() is None, reason="no chromium installed (Debian: apt install chromium)"
-)
-def test_slides_typeset_their_equations_in_a_browser_offline(tmp_path):
+def test_slides_typeset_their_equations_in_a_browser_offline(tmp_path, require_browser):
     """Headless chromium, no network: MathJax (inlined) turns the TeX into SVG."""
+    require_browser(_chromium() is not None, "no chromium installed (Debian: apt install chromium)")
     import subprocess
 
     from lora_edu.lecture import slides

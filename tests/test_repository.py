@@ -124,19 +124,60 @@ def test_kept_adapters_are_small_float16_peft_folders():
 
 def test_readme_order_and_small_results_tables():
     """What it is → Quickstart → Notebooks → Results → Performance → Command line → profiles,
-    data, GPU; the results are small tables (one per study) without a timing column."""
+    data, GPU; the README stays short, and the results are small tables (one per study, without
+    a timing column) in docs/results.md, which the README links."""
     readme = README.read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 300, f"README is {len(readme.splitlines())} lines"
     headings = re.findall(r"^## (.+)$", readme, flags=re.M)
     order = ["Quickstart", "Notebooks", "Results", "Performance", "Command line"]
     assert [h for h in headings if h in order] == order
     rest = headings[headings.index("Command line") + 1 :]
     assert any("Profiles" in h for h in rest) and "Data and models" in rest
     assert any("GPU" in h for h in rest)
-    results = readme.split("<!-- results:start", 1)[1].split("<!-- results:end -->", 1)[0]
+    assert "(docs/results.md)" in readme and "<!-- results:start" not in readme
+    results = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    results = results.split("<!-- results:start", 1)[1].split("<!-- results:end -->", 1)[0]
     tables = [t for t in re.split(r"\n\s*\n", results) if t.lstrip().startswith("|")]
     assert len(tables) >= 5, "one table per study"
     assert max(len(t.strip().splitlines()) - 2 for t in tables) <= 12, "a table a reader can scan"
     assert "train s" not in results and "seconds" not in results
+
+
+def test_the_results_page_is_the_report_of_the_committed_results(tmp_path, monkeypatch):
+    """docs/results.md's tables are what `lora-edu report --readme docs/results.md` makes of the
+    committed results: regenerating them changes nothing."""
+    import shutil
+
+    from lora_edu import cli
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
+    page = tmp_path / "results.md"
+    shutil.copy(ROOT / "docs" / "results.md", page)
+    files = sorted(str(p) for p in (ROOT / "data" / "results").glob("*-default.jsonl"))
+    assert cli.main(["report", *files, "--readme", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == (ROOT / "docs" / "results.md").read_text(
+        encoding="utf-8"
+    ), "docs/results.md is out of date: run `lora-edu report --readme docs/results.md`"
+
+
+def test_the_readme_timings_are_the_measured_ones(tmp_path):
+    """The Quickstart's test times and the notebook table's time column are generated from the
+    committed measurements (docs/timings.json, written by a timed pytest run): every notebook was
+    timed in both profiles, both runs passed, and regenerating the README changes nothing."""
+    import shutil
+
+    from lora_edu.timings import read_timings, update_readme_timings
+
+    timings = read_timings()
+    names = {p.name for p in NOTEBOOKS}
+    for profile in ("smoke", "default"):
+        assert set(timings[profile]["notebooks"]) == names, profile
+        assert timings[profile]["outcomes"].get("failed", 0) == 0, profile
+    readme = tmp_path / "README.md"
+    shutil.copy(README, readme)
+    assert update_readme_timings(readme, timings) is False, "run `lora-edu timings --readme`"
+    assert "not timed" not in readme.read_text(encoding="utf-8")
 
 
 def _provenance() -> dict[str, list[tuple[str, str]]]:

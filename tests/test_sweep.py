@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -328,7 +329,7 @@ def test_a_variant_is_part_of_the_run_and_reaches_finetune(tmp_path):
     assert sweep.run_key(plain[0]) != sweep.run_key(dora[0])
     old = {k: v for k, v in plain[0].items() if k != "variant"}
     assert sweep.run_key(old) == sweep.run_key(plain[0])
-    assert sweep._slug(dora[0]).endswith("_dora_s0") and "dora" not in sweep._slug(plain[0])
+    assert "_dora_" in sweep.adapter_slug(dora[0]) and "dora" not in sweep.adapter_slug(plain[0])
     calls: list = []
     out = tmp_path / "r.jsonl"
     records = sweep.run_sweep(_fake_task(calls), plain + dora, out, progress=False)
@@ -430,3 +431,68 @@ def test_n_examples_counts_examples_not_fields():
     assert sweep.n_examples({"images": np.zeros((5, 2, 2)), "labels": np.zeros(5), "boxes": 0}) == 5
     assert sweep.n_examples((np.zeros((7, 2, 2)), np.zeros(7))) == 7
     assert sweep.n_examples([0, 1, 2]) == 3
+
+
+def _real_record_line() -> str:
+    """One record of a committed results file, as ``append_record`` wrote it (newline
+    excluded): its literals, numbers, nested lists and strings are the cut points a crash
+    meets."""
+    path = Path(__file__).resolve().parents[1] / "data" / "results" / "sst2-default.jsonl"
+    line = path.read_text(encoding="utf-8").splitlines()[0]
+    record = json.loads(line)
+    # short enough to try every cut point, with every kind of JSON token still in it
+    record["history"] = {"loss": record["history"]["loss"][:3]}
+    record = {k: v for k, v in record.items() if k != "eval_correct"}
+    record.update({"use_rslora": False, "head_lr": None, "alpha": 16.0, "delta": -0.5})
+    return json.dumps(record, sort_keys=True)
+
+
+def test_a_record_cut_at_any_point_is_set_aside_and_the_sweep_resumes(tmp_path):
+    """A writer killed anywhere in a record leaves the file resumable: cut at every character
+    of a real record, as the file's last line (no newline) and, after a later append, in the
+    middle of the file, the cut-off part is set aside and the intact records are read."""
+    line = _real_record_line()
+    whole = json.loads(line)
+    assert any(c in line for c in ("false", "null", "-0.5", "16.0"))
+    out = tmp_path / "r.jsonl"
+    for cut in range(1, len(line)):
+        out.write_text(line + "\n" + line[:cut], encoding="utf-8")
+        with pytest.warns(UserWarning, match="not a complete JSON record"):
+            assert sweep.read_results(out) == [whole], f"last line cut after {cut} characters"
+        sweep.append_record(out, whole)  # the next record starts on its own line
+        with pytest.warns(UserWarning, match="not a complete JSON record"):
+            records = sweep.read_results(out, repair=True)
+        assert records == [whole, whole], f"middle line cut after {cut} characters"
+        assert out.read_text(encoding="utf-8") == (line + "\n") * 2
+        (tmp_path / "r.jsonl.corrupt").unlink()
+
+
+def test_a_damaged_line_is_still_an_error_with_or_without_its_newline(tmp_path):
+    out = tmp_path / "r.jsonl"
+    for text in ('{"a": 1}\n{"a": 1} x\n{"b": 2}\n', '{"a": 1}\n{"a": 1}}\n', '{"a": 1}\n[1, 2]'):
+        out.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=r"r.jsonl:2:"):
+            sweep.read_results(out)
+
+
+def test_runs_differing_in_any_key_field_get_their_own_adapter_folder():
+    """Runs that differ only in their learning rate, initialisation, rsLoRA, the head's rate,
+    the warm-up, the training-set size or the number of epochs have different run keys, and
+    so different adapter folders."""
+    base = {**sweep.make_grid(ranks=[8], lr=1e-3)[0], "n_train": 4000, "epochs": 2}
+    variants = [
+        base,
+        {**base, "lr": 1e-4},
+        {**base, "init": "pissa"},
+        {**base, "use_rslora": True},
+        {**base, "head_lr": 0.1},
+        {**base, "warmup_ratio": 0.2},
+        {**base, "n_train": 1000},
+        {**base, "epochs": 3},
+        {**base, "seed": 1},
+    ]
+    assert len({sweep.run_key(v) for v in variants}) == len(variants)
+    assert len({sweep.adapter_slug(v) for v in variants}) == len(variants)
+    # the loop's default warm-up written down or left out is the same run, and the same folder
+    assert sweep.adapter_slug({**base, "warmup_ratio": 0.06}) == sweep.adapter_slug(base)
+    assert sweep.adapter_slug(base) == "lora_r8_a16_query-value_lr0.001_n4000_e2_s0"
