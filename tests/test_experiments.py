@@ -308,6 +308,51 @@ def test_the_finetune_defaults_are_the_committed_pilots_choices(monkeypatch):
         assert defaults.epochs == sweep.task_spec(task).budget()["epochs"], kind
 
 
+def test_every_pilot_best_is_inside_its_grid_and_every_default_is_the_best_or_tied(monkeypatch):
+    """From the committed pilots: no arm's best rate sits at an end of its grid (a best at an end
+    is not an optimum: the grid is extended first), every arm scored all its rates on one set of
+    held-out examples, and every rate the package uses by default is its pilot's best or tied
+    with it by a paired test (the token BitFit rate, one step below a best that collapsed on the
+    sparse set, included)."""
+    from lora_edu.defaults import PILOT_TASK, TASK_DEFAULTS
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
+    for task in experiments.LR_PILOT_LRS:
+        for arm, decision in experiments.pilot_decisions(task).items():
+            assert not decision.at_edge, f"{task} {arm}: best {decision.best:g} at the grid's edge"
+            assert decision.n_eval, f"{task} {arm}: no evaluation size"
+    for kind, task in PILOT_TASK.items():
+        decisions, defaults = experiments.pilot_decisions(task), TASK_DEFAULTS[kind]
+        lora_arm = "lora-all-linear" if defaults.target_modules == "all-linear" else "lora"
+        for method, lr in defaults.lr.items():
+            decision = decisions[lora_arm if method == "lora" else method]
+            assert lr == decision.best or lr in decision.tied, (kind, method, lr)
+
+
+def test_a_pilot_decision_reports_ties_edges_and_refuses_unequal_evaluation_sets():
+    from lora_edu.pilots import decide_arm, describe
+
+    def rec(lr, seed, correct):
+        return {"lr": lr, "seed": seed, "metric": correct.count("1") / len(correct),
+                "metric_name": "accuracy", "eval_correct": correct}  # fmt: skip
+
+    good, near, bad = "1" * 90 + "0" * 10, "1" * 89 + "0" * 11, "1" * 50 + "0" * 50
+    records = [rec(1e-3, s, good) for s in (0, 1)] + [rec(2e-3, s, near) for s in (0, 1)]
+    records += [rec(5e-3, s, bad) for s in (0, 1)]
+    decision = decide_arm("lora", [1e-3, 2e-3, 5e-3], records)
+    assert decision.best == 1e-3 and decision.at_edge
+    assert decision.tied == (2e-3,) and decision.p_values[5e-3] < 0.05
+    assert decision.seeds == {1e-3: 2, 2e-3: 2, 5e-3: 2} and decision.n_eval == 100
+    assert "tied with it: 0.002 (89.0" in describe(decision) and "extend the grid" in describe(
+        decision
+    )
+    with pytest.raises(ValueError, match="no run at 0.01"):
+        decide_arm("lora", [1e-3, 1e-2], records)
+    with pytest.raises(ValueError, match=r"different numbers of examples \[50, 100\]"):
+        decide_arm("lora", [1e-3, 2e-3], records[:2] + [rec(2e-3, 0, good[:50])])
+
+
 def test_the_detector_defaults_are_the_detection_pilots_choices(monkeypatch):
     from lora_edu.defaults import DETECTION_LR
 
@@ -449,3 +494,18 @@ def test_every_committed_adapter_sits_in_its_runs_folder(monkeypatch):
         record = experiments.kept_run_record(folder)
         assert experiments.kept_adapter_dir(record["task"], record).name == folder.name
         assert folder.parent.name == f"{record['task']}-{record['profile']}"
+
+
+def test_the_e2e_pilot_is_known_to_have_scored_its_rates_on_unequal_sets(monkeypatch):
+    """A known defect the E2E pilot's rerun must remove: its first six rates' losses came from
+    500 validation pairs, the four added later from 200. Once rerun on one set, this test fails
+    and ``e2e_chosen_lrs`` must go back to ``equal_eval=True``."""
+    from lora_edu.pilots import decide_arm
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
+    records = sweep.read_results(experiments.results_file("e2e-dev", "lr-pilot"))
+    lora = [rec for rec in records if rec["method"] == "lora"]
+    assert sorted({rec["n_eval"] for rec in records}) == [200, 500]
+    with pytest.raises(ValueError, match="different numbers of examples"):
+        decide_arm("lora", sorted({rec["lr"] for rec in lora}), lora)
