@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lora_edu.lora import (
@@ -204,9 +203,20 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 def mixed_batch(model: nn.Module, names: Sequence[str]) -> Iterator[nn.Module]:
     """Inside the block, example ``i`` of every batch goes through adapter ``names[i]``
     (``"__base__"``: none), as PEFT's ``model(..., adapter_names=names)``. Each adapted layer
-    computes its base output once for the whole batch and adds each group's ``s · B A x`` to its
-    own rows. Plain LoRA adapters only (a variant's update is not a per-row addition)."""
+    computes its base output once for the whole batch and adds each group's update (``s · B A x``
+    for a linear layer, the two convolutions for a ``LoRAConv2d``) to its own rows. Plain LoRA
+    adapters only (a variant's update is not a per-row addition).
+
+    For inference only, as in PEFT: a model (or adapted layer) in training mode is refused,
+    since only the active adapter trains and the others' dropout would be live. Every batch
+    must hold exactly ``len(names)`` examples (checked before the model runs when the model
+    itself is called, else at the first adapted layer)."""
     names = list(names)
+    if not names:
+        raise ValueError(
+            "mixed_batch got 0 adapter names; expected one name per example of the batch "
+            f"(an adapter of {adapter_names(model)} or {BASE!r})"
+        )
     registry = _registry(model)
     unknown = sorted({n for n in names if n != BASE and n not in registry.adapters})
     if unknown:
@@ -217,43 +227,77 @@ def mixed_batch(model: nn.Module, names: Sequence[str]) -> Iterator[nn.Module]:
         raise ValueError(
             f"adapter(s) {variants} use a LoRA variant; mixed batches take plain LoRA adapters"
         )
+    # Every layer any adapter wraps checks the batch, even when no example uses an adapter.
+    checked = list(dict.fromkeys(n for a in registry.adapters.values() for n in a.layers))
+    training = [n for n in checked if _base_of(model, n).training]
+    if training:
+        raise ValueError(_TRAINING_REFUSED.format(where=f"layer {training[0]!r} is"))
     rows = {n: torch.tensor([i for i, m in enumerate(names) if m == n]) for n in used}
-    previous = registry.active
-    _unplug(model)
-    by_layer: dict[str, list[tuple[str, LoRALinear]]] = {}
+    by_layer: dict[str, list[tuple[str, LoRALinear]]] = {n: [] for n in checked}
     for adapter_name, adapter in used.items():
         for layer_name, layer in adapter.layers.items():
-            by_layer.setdefault(layer_name, []).append((adapter_name, layer))
+            layer.eval()  # kept aside: its flag may be stale; _plug syncs it again
+            by_layer[layer_name].append((adapter_name, layer))
 
-    def hook(layers: list[tuple[str, LoRALinear]]):
+    def check_batch(size: int) -> None:
+        if size != len(names):
+            raise ValueError(
+                f"mixed_batch got {len(names)} adapter names for a batch of {size}; expected "
+                "one name per example"
+            )
+
+    def check_model_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = next((t for t in (*args, *kwargs.values()) if _is_batch(t)), None)
+        if first is not None:
+            check_batch(first.shape[0])
+
+    def hook(layer_name: str, layers: list[tuple[str, LoRALinear]]):
         def add_updates(module: nn.Module, inputs: tuple, y: torch.Tensor) -> torch.Tensor:
+            if module.training:
+                raise ValueError(_TRAINING_REFUSED.format(where=f"layer {layer_name!r} is"))
             (x,) = inputs
-            if x.shape[0] != len(names):
-                raise ValueError(
-                    f"mixed_batch got {len(names)} adapter names for a batch of {x.shape[0]}"
-                )
+            check_batch(x.shape[0])
+            if not layers:
+                return y
             y = y.clone()
             for adapter_name, layer in layers:
-                idx = rows[adapter_name].to(x.device)
-                sub = x[idx].to(layer.lora_A.dtype)
-                # The base layer is in the model, so it knows whether this is training.
-                sub = F.dropout(sub, layer.dropout_p, training=module.training)
-                update = F.linear(F.linear(sub, layer.lora_A), layer.lora_B) * layer.scaling
-                y[idx] += update.to(y.dtype)
+                idx = rows[adapter_name].to(y.device)
+                y[idx] = layer.lora_forward(x[idx], y[idx])
             return y
 
         return add_updates
 
-    handles = [
-        model.get_submodule(layer_name).register_forward_hook(hook(layers))
-        for layer_name, layers in by_layer.items()
-    ]
+    previous = registry.active
+    _unplug(model)
+    handles = [model.register_forward_pre_hook(check_model_inputs, with_kwargs=True)]
     try:
+        handles += [
+            model.get_submodule(layer_name).register_forward_hook(hook(layer_name, layers))
+            for layer_name, layers in by_layer.items()
+        ]
         yield model
     finally:
         for handle in handles:
             handle.remove()
         _plug(model, previous)
+
+
+_TRAINING_REFUSED = (
+    "mixed_batch is for inference, and this {where} in training mode: only the active adapter "
+    "would get gradients and the other adapters' dropout would be live (PEFT refuses "
+    "adapter_names in training too). Call model.eval() first, or train one adapter at a time "
+    "with set_adapter"
+)
+
+
+def _base_of(model: nn.Module, layer_name: str) -> nn.Module:
+    """The base layer at ``layer_name``, whether an adapter's layer is plugged in there or not."""
+    module = model.get_submodule(layer_name)
+    return module.base_layer if isinstance(module, LoRALinear) else module
+
+
+def _is_batch(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1
 
 
 # ------------------------------------------------------------------ combining adapters
@@ -276,12 +320,14 @@ def combine_adapters(
     - ``"linear"``: A = Σ ±√|wᵢsᵢ| Aᵢ, B = Σ √|wᵢsᵢ| Bᵢ (equal ranks). B A then holds the cross
       terms Bᵢ Aⱼ (i ≠ j) too: not Σ wᵢ ΔWᵢ in general.
     - ``"svd"``: the best rank-``svd_rank`` approximation (Eckart–Young) of Σ wᵢ ΔWᵢ, from its SVD
-      U S Vᵀ: B = U_r S_r, A = V_rᵀ (``svd_rank``: default the largest rank combined).
+      U S Vᵀ: B = U_r S_r, A = V_rᵀ (``svd_rank``: default the largest rank combined). For a
+      ``LoRAConv2d`` ΔW is first flattened to (c_out, c_in·k_h·k_w), as PEFT does.
 
     The new adapter has ``alpha = r`` and standard scaling, so its scaling is exactly 1. (PEFT up
     to 0.21 copies ``use_rslora`` from the first adapter instead; when that one uses rsLoRA,
     PEFT's combined adapter comes out scaled by √r; fixed upstream in huggingface/peft#3449.) A layer missing from some adapters combines the
     ones that have it, zero-padded to the new rank as in PEFT. Returns the adapted layer names.
+    A combination that fails raises ValueError and adds nothing.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -301,22 +347,36 @@ def combine_adapters(
         raise ValueError(f"method='linear' needs equal ranks, got {ranks}; use 'cat' or 'svd'")
     r = {"cat": sum(ranks), "linear": ranks[0], "svd": svd_rank or max(ranks)}[method]
     layer_names = list(dict.fromkeys(n for a in adapters for n in a.layers))
-    first = adapters[0].config
-    config = LoRAConfig(layer_names, r=r, alpha=r, dropout=first.dropout)
-    added = add_adapter(model, new_name, config)
-    target = _require(model, new_name)
+    # Every layer's factors first: a combination that fails (an SVD of non-finite weights)
+    # leaves the model as it was, with no half-built adapter under new_name.
+    factors = {}
     for layer_name in layer_names:
         present = [
             (w, a.layers[layer_name])
             for w, a in zip(weights, adapters, strict=True)
             if layer_name in a.layers
         ]
-        A, B = _combined(method, present, r)
-        out = target.layers[layer_name]
-        out.lora_A.zero_()
-        out.lora_B.zero_()
-        out.lora_A[: A.shape[0]] = A
-        out.lora_B[:, : B.shape[1]] = B
+        try:
+            factors[layer_name] = _combined(method, present, r)
+        except RuntimeError as err:
+            raise ValueError(
+                f"combining {list(names)} with method={method!r} failed at layer {layer_name!r} "
+                f"({err}); nothing was added"
+            ) from err
+    first = adapters[0].config
+    config = LoRAConfig(layer_names, r=r, alpha=r, dropout=first.dropout)
+    added = add_adapter(model, new_name, config)
+    try:
+        target = _require(model, new_name)
+        for layer_name, (A, B) in factors.items():
+            out = target.layers[layer_name]
+            out.lora_A.zero_()
+            out.lora_B.zero_()
+            out.lora_A[: A.shape[0]] = A
+            out.lora_B[:, : B.shape[1]] = B
+    except BaseException:
+        delete_adapter(model, new_name)
+        raise
     return added
 
 
@@ -340,8 +400,13 @@ def _combined(
     delta = _weighted_sum(
         [layer.lora_delta_weight() for _, layer in present], [w for w, _ in present]
     )
-    U, S, Vh = torch.linalg.svd(delta, full_matrices=True)
-    return Vh[:r, :], U[:, :r] @ torch.diag(S[:r])
+    # A convolution's ΔW (c_out, c_in, k_h, k_w) is a matrix over flattened input patches (as
+    # PEFT flattens it); A and B take their kernel shapes back afterwards.
+    U, S, Vh = torch.linalg.svd(delta.flatten(start_dim=1), full_matrices=True)
+    A, B = Vh[:r, :], U[:, :r] @ torch.diag(S[:r])
+    if delta.dim() == 4:
+        A, B = A.reshape(-1, *delta.shape[1:]), B[:, :, None, None]
+    return A, B
 
 
 def _weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:

@@ -122,12 +122,26 @@ def generate(
     ``chat=True`` wraps each prompt in the chat template (``chat_prompt``). Generation stops at
     the end-of-turn token or after ``max_new_tokens``; special tokens are removed and the answer
     stripped. Prompts are sorted by length internally (less padding) and returned in order.
+
+    ``max_new_tokens=0`` returns one empty string per prompt without running the model. A
+    prompt of no tokens (``""`` with ``chat=False``), a prompt that with ``max_new_tokens``
+    does not fit the model's context (``config.max_position_embeddings``), or a
+    ``batch_size`` below 1 raises ValueError.
     """
     from tqdm.auto import tqdm
 
+    for what, value, least in (
+        ("max_new_tokens", max_new_tokens, 0),
+        ("batch_size", batch_size, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{what} must be an int >= {least}, got {value!r}")
     if isinstance(prompts, str):
         prompts = [prompts]
     texts = [chat_prompt(tokenizer, p) if chat else p for p in prompts]
+    _check_prompt_lengths(model, tokenizer, texts, max_new_tokens, chat)
+    if max_new_tokens == 0:
+        return [""] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
     if do_sample:
@@ -151,6 +165,53 @@ def generate(
             for i, ids in zip(batch, new, strict=True):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return answers
+
+
+def _context_length(model: nn.Module) -> int | None:
+    """The most positions the model was built for (``config.max_position_embeddings``, GPT-2's
+    ``n_positions``), or None when its config names no limit."""
+    config = getattr(model, "config", None)
+    for field in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_prompt_lengths(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], max_new_tokens: int, chat: bool
+) -> None:
+    """Refuse a prompt of no tokens (nothing to continue from) and one that, with its
+    ``max_new_tokens`` answer, does not fit the model's context (positions past it are
+    unlike anything the model was trained on: its output there is junk, not an error)."""
+    if not texts:
+        return
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    empty = [i for i, n in enumerate(lengths) if n == 0]
+    if empty:
+        raise ValueError(
+            f"prompts[{empty[0]}] is {texts[empty[0]]!r}, which is 0 tokens (chat={chat}); "
+            "expected at least one token for the model to continue from: give a non-empty "
+            "prompt, or chat=True to wrap it in the chat template"
+        )
+    limit = _context_length(model)
+    if limit is None:
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    n = lengths[longest]
+    if n > limit:
+        raise ValueError(
+            f"prompts[{longest}] is {n} tokens long (chat={chat}); the model's context is "
+            f"{limit} tokens (config.max_position_embeddings); shorten the prompt so that it "
+            f"and its answer (max_new_tokens={max_new_tokens}) fit in {limit} positions"
+        )
+    if n + max_new_tokens > limit:
+        raise ValueError(
+            f"prompts[{longest}] is {n} tokens long and max_new_tokens={max_new_tokens}: "
+            f"{n} + {max_new_tokens} = {n + max_new_tokens} positions, more than the model's "
+            f"context of {limit} tokens (config.max_position_embeddings); lower max_new_tokens "
+            f"to at most {limit - n}, or shorten the prompt"
+        )
 
 
 def decode_speed(

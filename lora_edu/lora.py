@@ -956,8 +956,18 @@ def _refuse_shared_weights(model: nn.Module) -> None:
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Undo ``merge_lora`` (W ← W − ΔW) to continue training or swap adapters."""
-    for _, layer in _require_lora_layers(model):
+    """Undo ``merge_lora`` (W ← W − ΔW) to continue training or swap adapters.
+
+    A layer whose variant cannot restore W (DoRA with a magnitude of 0) raises ValueError
+    naming it before any layer is unmerged."""
+    layers = _require_lora_layers(model)
+    for name, layer in layers:
+        if layer.merged and layer.variant is not None:
+            try:
+                layer.variant.check_unmerge(layer)
+            except ValueError as err:
+                raise ValueError(f"LoRA layer {name!r}: {err}") from None
+    for _, layer in layers:
         layer.unmerge()
     return model
 
@@ -1296,7 +1306,9 @@ def _check_fit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
         )
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, adapter_name: str | None = None
+) -> list[str]:
     """Apply LoRA to a base model (without LoRA) from an adapter directory and load its weights.
 
     Reads ``adapter_config.json`` + ``adapter_model.safetensors`` written by ``save_adapter`` or
@@ -1304,7 +1316,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     shape mismatches raise ValueError naming them, and leave the model as it was. Afterwards the
     model is ready to train on (as ``mark_only_lora_trainable`` leaves it); call
     ``model.requires_grad_(False)`` for pure inference. Returns the adapted layer names.
+
+    ``adapter_name`` (PEFT's keyword) loads the file as a named adapter beside the model's
+    others: ``lora_edu.adapters.load_named_adapter``, whose rules apply (the active adapter
+    stays active, the flags of everything outside the adapters are left as they were).
     """
+    if adapter_name is not None:
+        from lora_edu.adapters import load_named_adapter
+
+        return load_named_adapter(model, directory, adapter_name)
     directory = Path(directory)
     settings, tensors = _read_adapter(directory)
     if _lora_layers(model):

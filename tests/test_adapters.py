@@ -328,3 +328,129 @@ def test_split_head_leaves_an_encoder_adapter_and_the_head(tmp_path, ids):
     torch.testing.assert_close(logits(fresh, ids), logits(model, ids))
     with pytest.raises(ValueError, match="saves no 'classifier'"):
         split_head(tmp_path / "encoder", tmp_path / "again")
+
+
+# ------------------------------------------------------------------ refusals and edge cases
+
+
+def test_mixed_batch_refuses_training_mode(ids):
+    model = two_adapters()
+    model.train()
+    with pytest.raises(ValueError, match="training mode: only the active adapter would get grad"):
+        with mixed_batch(model, ["b", "default", BASE, "b"]):
+            pytest.fail("the block must not run in training mode")
+    assert active_adapter(model) == "default"  # refused before anything was unplugged
+    assert isinstance(model.get_submodule("bert.encoder.layer.0.attention.self.query"), LoRALinear)
+    model.eval()
+    with pytest.raises(ValueError, match="dropout would be live"):
+        with mixed_batch(model, ["b", "default", BASE, "b"]):
+            model.train()  # switched inside the block: refused at the first adapted layer
+            logits(model, ids)
+    assert active_adapter(model) == "default"
+
+
+@pytest.mark.parametrize(
+    "names, match",
+    [
+        ([], "0 adapter names; expected one name per example"),
+        ([BASE, BASE, BASE], "3 adapter names for a batch of 4"),  # no adapter used at all
+        (["b", "default"], "2 adapter names for a batch of 4"),
+    ],
+)
+def test_mixed_batch_checks_the_number_of_names_before_anything_runs(ids, names, match):
+    model = two_adapters().eval()
+    calls = []
+    model.bert.embeddings.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=match):
+        with mixed_batch(model, names):
+            logits(model, ids)
+    assert calls == []  # refused before the first module ran
+    assert active_adapter(model) == "default"
+
+
+def conv_adapters() -> nn.Module:
+    """SmallConvNet (test_lora_conv.py) with "default" (3 convs + head, r=4) and "b" (two convs,
+    r=2), both random; "default" active, eval mode."""
+    from test_lora_conv import SmallConvNet
+
+    model = SmallConvNet().eval()
+    apply_lora(model, ["conv1", "conv2", "conv3", "head"], r=4, alpha=8)
+    randomise(model, 1)
+    add_adapter(model, "b", LoRAConfig(["conv1", "conv3"], r=2, alpha=4))
+    set_adapter(model, "b")
+    randomise(model, 2)
+    set_adapter(model, "default")
+    return model
+
+
+def test_mixed_batch_with_conv_adapters_equals_each_example_alone():
+    model = conv_adapters()
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    names = ["b", "default", BASE, "b"]
+    with torch.no_grad(), mixed_batch(model, names):
+        mixed = model(images)
+    for i, name in enumerate(names):
+        with torch.no_grad():
+            if name == BASE:
+                with disable_adapters(model):
+                    alone = model(images[i : i + 1])
+            else:
+                set_adapter(model, name)
+                alone = model(images[i : i + 1])
+        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    assert (mixed[0] - mixed[2]).abs().max() > 1e-3  # the adapters matter
+
+
+def test_svd_combination_of_conv_adapters_is_the_best_rank_r_approximation():
+    model = conv_adapters()
+    w = (0.6, 0.4)
+    combine_adapters(model, ["default", "b"], w, "svd3", method="svd", svd_rank=3)
+    d0, d1, svd = deltas(model, "default"), deltas(model, "b"), deltas(model, "svd3")
+    set_adapter(model, "svd3")
+    assert model.get_submodule("conv1").lora_A.shape == (3, 3, 3, 3)  # (r, c_in, k_h, k_w)
+    assert model.get_submodule("conv1").lora_B.shape == (8, 3, 1, 1)
+    for layer, delta in svd.items():
+        target = w[0] * d0[layer] + w[1] * d1.get(layer, 0)
+        assert delta.shape == target.shape
+        # ΔW as a matrix over flattened input patches: its truncated SVD, error = the tail
+        S = torch.linalg.svdvals(target.flatten(start_dim=1))
+        err = torch.linalg.matrix_norm((delta - target).flatten(start_dim=1))
+        torch.testing.assert_close(err, S[3:].norm(), atol=1e-5, rtol=1e-4)
+
+
+def test_a_failed_combination_adds_nothing(ids):
+    model = two_adapters()
+    set_adapter(model, "b")
+    with torch.no_grad():
+        model.get_submodule("bert.encoder.layer.1.attention.self.key").lora_B[0, 0] = float("nan")
+    set_adapter(model, "default")
+    before = logits(model, ids)
+    with pytest.raises(
+        ValueError, match="method='svd' failed at layer .*layer.1.attention.self.key"
+    ):
+        combine_adapters(model, ["default", "b"], [0.5, 0.5], "mix", method="svd")
+    assert adapter_names(model) == ["default", "b"] and active_adapter(model) == "default"
+    torch.testing.assert_close(logits(model, ids), before)
+    combine_adapters(model, ["default"], [1.0], "mix")  # the name is still free
+    assert adapter_names(model) == ["default", "b", "mix"]
+
+
+def test_load_adapter_takes_peft_adapter_name_keyword(tmp_path, ids):
+    from lora_edu.lora import load_adapter
+
+    model = two_adapters()
+    expected = {}
+    for name in ("default", "b"):
+        set_adapter(model, name)
+        expected[name] = logits(model, ids)
+    save_adapters(model, tmp_path)
+    fresh = tiny_bert()
+    assert load_adapter(fresh, tmp_path, adapter_name="sst2")  # PEFT's keyword, a new name
+    load_adapter(fresh, tmp_path / "b", adapter_name="b")
+    assert adapter_names(fresh) == ["sst2", "b"] and active_adapter(fresh) == "sst2"
+    for ours, name in (("sst2", "default"), ("b", "b")):
+        set_adapter(fresh, ours)
+        torch.testing.assert_close(logits(fresh, ids), expected[name], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="already has an adapter named 'b'"):
+        load_adapter(fresh, tmp_path / "b", adapter_name="b")
+    assert load_named_adapter(fresh, tmp_path, "again")  # the separate function still works

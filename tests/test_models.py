@@ -7,6 +7,7 @@ test_train.py); one test loads the real offline MiniLM.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -57,6 +58,34 @@ def make_tiny_bert(path: Path) -> str:
     )
     BertModel(config).save_pretrained(path)
     return str(path)
+
+
+def word_tokenizer() -> Any:
+    """A word-level tokenizer for ``VOCAB`` that a causal LM can use: ``[SEP]`` ends a text
+    (eos), ``[PAD]`` pads, no token type ids (Llama takes none)."""
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(
+        vocab={word: i for i, word in enumerate(VOCAB)},
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def tiny_causal_lm(**config: Any) -> nn.Module:
+    """A 2-layer Llama (hidden 16) over ``VOCAB``, random but the same on every call, in eval
+    mode; ``config`` overrides ``LlamaConfig`` fields (e.g. ``max_position_embeddings``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    settings = dict(
+        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        bos_token_id=VOCAB.index("[CLS]"), eos_token_id=VOCAB.index("[SEP]"),
+        pad_token_id=VOCAB.index("[PAD]"),
+    )  # fmt: skip
+    return LlamaForCausalLM(LlamaConfig(**{**settings, **config})).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -175,6 +204,28 @@ def test_lora_all_linear_leaves_the_text_head_alone(tiny_bert):
     assert names and "classifier" not in names
     assert not any(n.startswith("classifier") for n in names)
     assert isinstance(model.encoder.encoder.layer[0].attention.self.query, LoRALinear)
+
+
+def test_load_causal_lm_from_a_path_records_that_path_as_the_adapters_base(tmp_path):
+    """With ``path=``, the model is the folder's, not SmolLM2: the adapter must not claim
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` as its base (``name`` keeps its default)."""
+    import json
+
+    from lora_edu.lora import save_adapter
+    from lora_edu.models import CAUSAL_LMS, load_causal_lm
+
+    folder = tmp_path / "my-llama"
+    word_tokenizer().save_pretrained(folder)
+    tiny_causal_lm().save_pretrained(folder)
+    tokenizer, model = load_causal_lm(path=folder)
+    assert model.config.hidden_size == 16 and tokenizer.padding_side == "left"
+    assert model.config._name_or_path == str(folder)
+    apply_lora(model, ["q_proj", "v_proj"], r=2, alpha=4)
+    config = json.loads(
+        (save_adapter(model, tmp_path / "adapter") / "adapter_config.json").read_text()
+    )
+    assert config["base_model_name_or_path"] == str(folder)
+    assert CAUSAL_LMS["smollm2"]["hub_id"] not in json.dumps(config)
 
 
 # --------------------------------------------------------------------------- TinyViT

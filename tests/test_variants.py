@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lora_edu.lora import (
@@ -21,6 +22,7 @@ from lora_edu.lora import (
     optimizer_param_groups,
     save_adapter,
     unload_lora,
+    unmerge_lora,
 )
 from lora_edu.variants import LORA_PLUS_RATIO, AdaLoRA, DoRA, VeRA
 
@@ -148,6 +150,37 @@ def test_dora_merge_is_exact_and_unmerge_restores_w(ids):
     assert not any(isinstance(m, LoRALinear) for m in done.modules())  # unload: plain Linear
 
 
+def test_dora_refuses_to_unmerge_a_zero_magnitude_and_leaves_w_alone():
+    ours, _ = dora_pair()
+    name = "bert.encoder.layer.0.attention.self.query"
+    layer = ours.get_submodule(name)
+    with torch.no_grad():
+        layer.variant.magnitude[2] = 0.0  # e.g. pruned, or trained to 0
+    merge_lora(ours)  # row 2 of W becomes 0 · (W + ΔW)[2] = 0: finite, so merging is allowed
+    layers = {n: m for n, m in ours.named_modules() if isinstance(m, LoRALinear)}
+    merged = {n: m.base_layer.weight.detach().clone() for n, m in layers.items()}
+    match = rf"LoRA layer '{name}': DoRA cannot unmerge .* 32 → 32.*output features 2\).*m: 0"
+    with pytest.raises(ValueError, match=match):
+        unmerge_lora(ours)
+    for n, m in layers.items():  # refused before any layer changed
+        assert m.merged and torch.equal(m.base_layer.weight, merged[n]), n
+    with pytest.raises(ValueError, match="would write Inf or NaN into W"):
+        layer.unmerge()
+    assert layer.merged and torch.equal(layer.base_layer.weight, merged[name])
+
+
+def test_dora_refuses_to_merge_a_row_whose_norm_is_zero():
+    ours, _ = dora_pair()
+    layer = ours.get_submodule("bert.encoder.layer.1.attention.self.value")
+    with torch.no_grad():
+        layer.base_layer.weight[4] = 0.0
+        layer.lora_B[4] = 0.0  # ‖W + ΔW‖ = 0 in row 4: m / 0 · 0 is NaN
+    w0 = layer.base_layer.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"DoRA cannot merge .*1 row\(s\) \(output features 4;"):
+        layer.merge()
+    assert not layer.merged and torch.equal(layer.base_layer.weight, w0)
+
+
 def round_trip_with_peft(ours, theirs, ids, folder, marker: str, variant: str) -> None:
     """Our save → PEFT's load, and PEFT's save → our load, both give our model's outputs."""
     with torch.no_grad():
@@ -184,13 +217,15 @@ def test_a_variant_name_is_checked_and_travels_in_the_config():
 # ------------------------------------------------------------------------------------- VeRA
 
 
-def vera_pair():
+def vera_pair(dropout: float = 0.0):
     """Our VeRA model and PEFT's, holding the same non-zero scaling vectors (and the shared
-    matrices, which PEFT insists on loading; that both draw the same ones is tested separately)."""
+    matrices, which PEFT insists on loading; that both draw the same ones is tested separately).
+    The vectors do not depend on ``dropout``."""
     ours = tiny_bert()
-    apply_lora(ours, LoRAConfig(TARGETS, r=6, variant="vera"))
+    apply_lora(ours, LoRAConfig(TARGETS, r=6, dropout=dropout, variant="vera"))
     mark_only_lora_trainable(ours)
-    theirs = peft.get_peft_model(tiny_bert(), peft.VeraConfig(r=6, target_modules=TARGETS))
+    config = peft.VeraConfig(r=6, target_modules=TARGETS, vera_dropout=dropout)
+    theirs = peft.get_peft_model(tiny_bert(), config)
     torch.manual_seed(2)
     state = {}
     for key, tensor in adapter_state_dict(ours).items():
@@ -243,6 +278,34 @@ def test_vera_starts_as_the_base_model_and_its_forward_and_gradients_equal_peft(
     mine, peft_layer = ours.get_submodule(name).variant, theirs.base_model.model.get_submodule(name)
     close(mine.lambda_b.grad, peft_layer.vera_lambda_b["default"].grad, "gradient of λ_b")
     close(mine.lambda_d.grad, peft_layer.vera_lambda_d["default"].grad, "gradient of λ_d")
+
+
+def test_vera_with_dropout_drops_x_in_the_adapter_path_only_as_peft(ids):
+    ours, theirs = vera_pair(dropout=0.3)
+    ours.train()
+    theirs.train()
+    torch.manual_seed(5)
+    mine = ours(ids).logits
+    torch.manual_seed(5)  # the same dropout masks, drawn in the same order
+    close(mine, theirs(ids).logits)
+    torch.manual_seed(6)  # another mask, another output: the dropout is live
+    assert (ours(ids).logits - mine).abs().max() > 1e-3 * mine.abs().max()
+    # By hand, one layer: y = W x + b + λ_b ⊙ B (λ_d ⊙ A dropout(x)); W x sees x undropped.
+    layer = ours.get_submodule("bert.encoder.layer.0.intermediate.dense")
+    v = layer.variant
+    x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(8)
+    y = layer(x)
+    torch.manual_seed(8)
+    dropped = F.dropout(x, 0.3, training=True)
+    h = v.lambda_d * F.linear(dropped, layer.lora_A)
+    close(y, layer.base_layer(x) + v.lambda_b * F.linear(h, layer.lora_B))
+    # In eval mode the dropout does nothing: the output of the same vectors without dropout.
+    plain, _ = vera_pair()
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(ids).logits, plain.eval()(ids).logits)
+        twin = plain.get_submodule("bert.encoder.layer.0.intermediate.dense")
+        torch.testing.assert_close(layer(x), twin(x))
 
 
 def test_vera_merges_exactly_and_its_files_round_trip_with_peft(ids, tmp_path):

@@ -79,6 +79,10 @@ class Variant(nn.Module):
     def unmerge(self, layer: LoRALinear) -> None:
         layer.base_layer.weight -= layer.delta_weight()
 
+    def check_unmerge(self, layer: LoRALinear) -> None:
+        """Raise ValueError if ``unmerge`` cannot restore W (plain LoRA always can); called
+        for every layer by ``unmerge_lora`` before any W changes."""
+
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors saved once per model, not per layer (keys relative to ``base_model.``)."""
         return {}

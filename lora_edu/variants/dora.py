@@ -64,16 +64,45 @@ class DoRA(Variant):
 
     @torch.no_grad()
     def merge(self, layer: LoRALinear) -> None:
-        """W ← (m / ‖W + ΔW‖) ⊙ (W + ΔW); the norm is kept for ``unmerge``."""
+        """W ← (m / ‖W + ΔW‖) ⊙ (W + ΔW); the norm is kept for ``unmerge``. A result holding
+        NaN or Inf (a row with ‖W + ΔW‖ = 0, a non-finite m) raises ValueError, W untouched."""
         weight = layer.base_layer.weight
         delta = layer.delta_weight()
-        self._norm_at_merge = torch.linalg.norm(weight + delta, dim=1)
-        factor = (self.magnitude / self._norm_at_merge).view(-1, 1)
-        write_weight(layer, factor * (weight + delta))
+        norm = torch.linalg.norm(weight + delta, dim=1)
+        merged = (self.magnitude / norm).view(-1, 1) * (weight + delta)
+        bad = ~torch.isfinite(merged).all(dim=1)
+        if bad.any():
+            raise ValueError(
+                f"DoRA cannot merge this {_describe(layer)}: m / ‖W + ΔW‖ · (W + ΔW) holds NaN or "
+                f"Inf in {int(bad.sum())} row(s) (output features {_few(bad)}; ‖W + ΔW‖ there: "
+                f"{_values(norm, bad)}, m: {_values(self.magnitude, bad)}). W is left as it was."
+            )
+        self._norm_at_merge = norm
+        write_weight(layer, merged)
+
+    @torch.no_grad()
+    def check_unmerge(self, layer: LoRALinear) -> None:
+        """Unmerging divides each row of W by ``m / ‖W + ΔW‖``: a factor of 0 (m = 0) or a
+        non-finite one would write Inf or NaN into W. Raise ValueError instead."""
+        if self._norm_at_merge is None:
+            return
+        factor = self.magnitude / self._norm_at_merge
+        bad = (factor == 0) | ~torch.isfinite(factor)
+        if bad.any():
+            raise ValueError(
+                f"DoRA cannot unmerge this {_describe(layer)}: merging scaled {int(bad.sum())} "
+                f"row(s) of W (output features {_few(bad)}) by m / ‖W + ΔW‖ = "
+                f"{_values(factor, bad)} (m: {_values(self.magnitude, bad)}; ‖W + ΔW‖: "
+                f"{_values(self._norm_at_merge, bad)}), and dividing by that would write Inf or "
+                "NaN into W. W is left merged; reload the base weights instead (a row scaled by "
+                "0 is lost)."
+            )
 
     @torch.no_grad()
     def unmerge(self, layer: LoRALinear) -> None:
-        """W ← W / (m / ‖W + ΔW‖) − ΔW, with the norm of the merge (exact up to rounding)."""
+        """W ← W / (m / ‖W + ΔW‖) − ΔW, with the norm of the merge (exact up to rounding).
+        A zero or non-finite factor raises ValueError (``check_unmerge``), W untouched."""
+        self.check_unmerge(layer)
         weight = layer.base_layer.weight
         factor = (self.magnitude / self._norm_at_merge).view(-1, 1)
         write_weight(layer, weight / factor - layer.delta_weight())
@@ -81,3 +110,17 @@ class DoRA(Variant):
 
     def extra_repr(self) -> str:
         return f"magnitude: ({self.magnitude.shape[0]},), one per output feature"
+
+
+def _describe(layer: LoRALinear) -> str:
+    return f"layer ({type(layer.base_layer).__name__}, {layer.in_features} → {layer.out_features})"
+
+
+def _few(mask: torch.Tensor, most: int = 5) -> str:
+    rows = mask.nonzero().flatten().tolist()
+    return ", ".join(map(str, rows[:most])) + (", ..." if len(rows) > most else "")
+
+
+def _values(tensor: torch.Tensor, mask: torch.Tensor, most: int = 5) -> str:
+    values = [f"{v:.3g}" for v in tensor.detach()[mask].flatten().tolist()[:most]]
+    return ", ".join(values) + (", ..." if int(mask.sum()) > most else "")
