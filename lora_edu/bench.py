@@ -1190,7 +1190,7 @@ def write_committed_tables(readme: str | os.PathLike, root: str | os.PathLike) -
     """Write the committed results (``BENCH_RESULTS``) where the docs show them: the ratio table
     into ``readme`` and each result's full table (``format_table``, as ``lora-edu bench`` prints
     it) into ``docs/performance.md``; return the files that changed."""
-    from lora_edu.sweep import update_readme
+    from lora_edu.report import update_readme
 
     changed = []
     if update_readme(readme, committed_readme_table(root), PERFORMANCE_START, PERFORMANCE_END):

@@ -34,17 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu.config import profile
-from lora_edu.sweep import (
-    TaskSpec,
-    _describe,
-    _full_config,
-    append_record,
-    n_examples,
-    prepare_sweep,
-    run_key,
-    train_one,
-    write_record,
-)
+from lora_edu.grid import describe_run as _describe
+from lora_edu.grid import run_key
+from lora_edu.runner import _full_config, n_examples, prepare_sweep, train_one
+from lora_edu.store import append_record, write_record
+from lora_edu.tasks.registry import TaskSpec
 
 INSTALL_HINT = 'pip install "lora-edu[cluster]"  (or: pip install "ray>=2.9")'
 

@@ -411,46 +411,18 @@ def finetune_denoiser(
     )
 
 
-# ---------------------------------------------------------------------------------- the kept adapters
+# ---------------------------------------------------------------------------------- samples side by side
 
 
 def style_budget_denoiser(progress: bool = False) -> nn.Module:
-    """The pretrained denoiser of the active profile's style budget (``task_spec("style-thick")``;
-    at ``default`` the committed one)."""
-    from lora_edu.sweep import task_spec
+    """The pretrained denoiser of the active profile's style budget (``styles.style_budget``; at
+    ``default`` the committed one)."""
+    from lora_edu.styles import style_budget
 
-    b = task_spec("style-thick").budget()
+    b = style_budget()
     return pretrained_denoiser(
         epochs=b["pretrain_epochs"], max_train=b["pretrain_max_train"], progress=progress
     )
-
-
-def style_adapter_run(style: str) -> dict[str, Any]:
-    """The run whose adapter stands for ``style``: LoRA, seed 0, of the style's ``headline``."""
-    from lora_edu.experiments import preset_grid
-
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
-    grid = preset_grid(f"style-{style}", "headline")
-    return next(run for run in grid if run["method"] == "lora" and run["seed"] == 0)
-
-
-def styled_denoiser(progress: bool = False) -> nn.Module:
-    """The profile's pretrained denoiser with every style's kept adapter (``style_adapter_run``,
-    float16 files under ``data/adapters/``; trained first where missing, e.g. in ``smoke``)
-    loaded as a named adapter (``"thick"``, ``"sevens"``; the first is active). Switch with
-    ``set_adapter``, mix with ``combine_adapters``; ``model.style_records[style]`` is what the
-    adapter's run measured."""
-    from lora_edu.adapters import load_named_adapter
-    from lora_edu.experiments import kept_adapters, kept_run_record
-
-    unet = style_budget_denoiser(progress)
-    unet.style_records = {}
-    for style in STYLES:
-        (path,) = kept_adapters(f"style-{style}", [style_adapter_run(style)], progress=progress)
-        load_named_adapter(unet, path, style)
-        unet.style_records[style] = kept_run_record(path)
-    return unet.eval()
 
 
 def draw_sample_rows(rows: dict[str, np.ndarray], *, title: str | None = None) -> Any:
@@ -508,18 +480,6 @@ def style_sample_rows(unet: nn.Module, n: int = 8, *, steps: int = 50, seed: int
     return rows
 
 
-def save_style_figure(path: str = "notebooks/figures/style_adapters.png") -> Any:
-    """The README's picture: ``style_sample_rows`` of the profile's ``styled_denoiser``, saved as
-    a small PNG at ``path``; returns the path."""
-    import matplotlib.pyplot as plt
-
-    rows = style_sample_rows(styled_denoiser())
-    fig = draw_sample_rows(rows, title="the same noise, the base denoiser and its style adapters")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 __all__: Sequence[str] = (
     "DENOISER_CONFIG",
     "DENOISER_TARGETS",
@@ -538,13 +498,10 @@ __all__: Sequence[str] = (
     "noisy_batches",
     "pretrained_denoiser",
     "sample",
-    "save_style_figure",
-    "style_adapter_run",
     "style_budget_denoiser",
     "style_images",
     "style_sample_rows",
     "style_scores",
-    "styled_denoiser",
     "thick_strokes",
     "to_model_space",
     "train_denoiser",

@@ -11,7 +11,7 @@ path and never writes into the repository.
 
 Every preset is a function of the active profile: ``smoke`` keeps the structure (every method,
 several ranks, alphas and target sets) with fewer points; ``default`` and ``full`` share a grid
-and differ only in the training budget that ``lora_edu.sweep`` picks.
+and differ only in the training budget that each task (``lora_edu.tasks``) picks.
 """
 
 from __future__ import annotations
@@ -26,18 +26,11 @@ from typing import Any
 
 from lora_edu.config import adapters_dir, by_profile, profile, results_dir
 from lora_edu.defaults import FORMER_LR, TASK_DEFAULTS
+from lora_edu.grid import KEY_FIELDS, _canonical, adapter_slug, key_value, make_grid, unique_runs
 from lora_edu.pilots import ArmDecision, decide_arm
+from lora_edu.runner import run_sweep
 from lora_edu.styles import DENOISER_TARGETS, STYLES
-from lora_edu.sweep import (
-    COMPRESSION_RANKS,
-    KEY_FIELDS,
-    _canonical,
-    adapter_slug,
-    key_value,
-    make_grid,
-    run_sweep,
-    unique_runs,
-)
+from lora_edu.tasks.text import COMPRESSION_RANKS
 
 QV = ("query", "value")
 #: BERT's attention output projection (``output.dense`` alone would also match the MLP's).
@@ -175,7 +168,7 @@ def _vit_ranks() -> list[dict[str, Any]]:
 #: The learning-rate pilot of the headline comparisons, per task and method: three or more rates
 #: a factor 2–3 apart around the one rate every task used before the pilot
 #: (``FORMER_LR``), each scored on held-out *training* examples (the task's ``-dev`` twin, see
-#: ``sweep.DEV_SIZE``), never on the evaluation set the headline reports. LoRA is r = 8 on the
+#: ``tasks.common.DEV_SIZE``), never on the evaluation set the headline reports. LoRA is r = 8 on the
 #: headline's targets (``HEADLINE_LORA_TARGETS``).
 LR_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
     "sst2": {
@@ -276,7 +269,7 @@ def _pilot_decisions(
     from it, among the records ``keep`` accepts. While a run is missing it raises, naming the
     runs and the command to run first, except in ``smoke``, where an incomplete arm is left
     out."""
-    from lora_edu.sweep import read_results
+    from lora_edu.store import read_results
 
     grid = PRESETS[dev_task][preset]()
     path = results_file(dev_task, preset)
@@ -770,7 +763,7 @@ def _at_profile(name: str) -> Iterator[None]:
 @functools.cache
 def _default_lrs(task: str) -> dict[str, float]:
     """Each method's default learning rate on ``task`` (looked up once per task)."""
-    from lora_edu.sweep import task_spec
+    from lora_edu.tasks import task_spec
 
     return task_spec(task).default_lr
 
@@ -778,7 +771,6 @@ def _default_lrs(task: str) -> dict[str, float]:
 def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
     """Whether ``record`` is one of the ``grid``'s runs (a run without a learning rate takes its
     method's default rate for the task; the budget is the profile's)."""
-    from lora_edu.sweep import key_value
 
     defaults = _default_lrs(record["task"])
     for run in grid:
@@ -911,7 +903,7 @@ def preset_records(task: str, preset: str) -> list[dict[str, Any]]:
     """The runs of ``task``'s ``preset`` already in its results file at the active profile, in
     the file's order; nothing is trained (``run_presets`` trains what is missing). Empty while
     the preset's grid cannot be built yet (a learning-rate pilot still incomplete)."""
-    from lora_edu.sweep import read_results
+    from lora_edu.store import read_results
 
     try:
         grid = preset_grid(task, preset)
@@ -985,8 +977,9 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
     """The results as one small markdown table per study in ``STUDIES`` (the runs of its preset,
     at the records' profile), each headed by its title and training budget, once every run of
     the study is there; runs that belong to no study close the report in one table
-    (``sweep.markdown_report``)."""
-    from lora_edu.sweep import aggregate, markdown_report, run_key
+    (``report.markdown_report``)."""
+    from lora_edu.grid import run_key
+    from lora_edu.report import aggregate, markdown_report
 
     # One run found in two files (a preset with its own file re-running a configuration that
     # another preset ran) is reported once: the first record of it.
@@ -1091,7 +1084,7 @@ def _as_kept(task: str, run: dict[str, Any]) -> dict[str, Any]:
     """A grid entry or record of ``task`` as a kept adapter names it: without the fields the
     folder above fixes, and with its learning rate resolved (a run without one trains at the
     task's default, as ``run_sweep`` does)."""
-    from lora_edu.sweep import task_spec
+    from lora_edu.tasks import task_spec
 
     kept = {k: v for k, v in run.items() if k not in _FOLDER_FIELDS}
     if kept.get("lr") is None and kept["method"] != "none":
@@ -1102,7 +1095,7 @@ def _as_kept(task: str, run: dict[str, Any]) -> dict[str, Any]:
 def kept_adapter_dir(task: str, run: dict[str, Any]) -> Path:
     """Where the float16 adapter of one LoRA run of ``task`` is kept at the active profile:
     ``data/adapters/TASK-PROFILE/<run>`` (see ``config.adapters_dir``; a temporary folder in
-    ``smoke``), ``<run>`` named from every field of the run's key (``sweep.adapter_slug``), so
+    ``smoke``), ``<run>`` named from every field of the run's key (``grid.adapter_slug``), so
     that runs differing only in their learning rate, initialisation or loop settings never
     share a folder."""
     home = _smoke_dir() / "adapters" if profile() == "smoke" else adapters_dir()
@@ -1221,10 +1214,11 @@ def select(records: Sequence[dict[str, Any]], **fields: Any) -> list[dict[str, A
 def every_seed(
     chosen: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """One configuration, one number: ``sweep.aggregate`` of every record in ``records`` whose
+    """One configuration, one number: ``report.aggregate`` of every record in ``records`` whose
     configuration (all but the seed) is one of ``chosen``'s, so a view that picked some seeds of
     a configuration still shows all of them."""
-    from lora_edu.sweep import aggregate, run_key
+    from lora_edu.grid import run_key
+    from lora_edu.report import aggregate
 
     keys = {run_key({**rec, "seed": None}) for rec in chosen}
     return aggregate([rec for rec in records if run_key({**rec, "seed": None}) in keys])

@@ -2,7 +2,7 @@
 
 Every function takes an optional matplotlib ``ax`` and returns it, so notebooks can compose
 figures; ``save_figure`` writes PNG and PDF side by side. Nothing here trains or loads data:
-records come from ``lora_edu.sweep.read_results`` and matrices from ``lora_edu.analysis``.
+records come from ``lora_edu.store.read_results`` and matrices from ``lora_edu.analysis``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def metric_vs_params(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     colour per method; LoRA points are labelled with their rank (the ranks of one α and target
     set joined by a line), several seeds are averaged and drawn with an error bar spanning min
     to max."""
-    from lora_edu.sweep import aggregate
+    from lora_edu.report import aggregate
 
     ax = _axes(ax)
     rows = aggregate(records)
@@ -114,7 +114,7 @@ def metric_vs_params(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
 def rank_alpha_heatmap(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     """Metric (in %, mean over seeds) of LoRA runs on a grid of rank (rows) × alpha (columns);
     empty cells are configurations not run."""
-    from lora_edu.sweep import aggregate
+    from lora_edu.report import aggregate
 
     ax = _axes(ax)
     rows = [r for r in aggregate(records) if r["method"] == "lora"]
@@ -190,7 +190,7 @@ def config_label(record: dict[str, Any]) -> str:
 def _configs(records: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The records grouped by configuration (equal in everything but the seed), in order of
     first appearance."""
-    from lora_edu.sweep import run_key
+    from lora_edu.grid import run_key
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:

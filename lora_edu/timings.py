@@ -171,7 +171,7 @@ def update_readme_timings(
 ) -> bool:
     """Write the measured figures into ``readme`` (paragraph and notebook column); return
     whether anything changed."""
-    from lora_edu.sweep import update_readme
+    from lora_edu.report import update_readme
 
     timings = read_timings() if timings is None else timings
     path = Path(readme)

@@ -111,7 +111,7 @@ def test_teacher_is_cached_and_the_two_studies_run(tmp_path, monkeypatch):
         pytest.skip("SST-2 files not found (LORA_EDU_DATA)")
     from lora_edu.experiments import preset_grid
     from lora_edu.sweep import run_sweep
-    from lora_edu.teacher import sst2_teacher
+    from lora_edu.tasks.text import sst2_teacher
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
     monkeypatch.setenv("LORA_EDU_CACHE", str(tmp_path / "cache"))
