@@ -125,10 +125,11 @@ _LAZY: dict[str, str] = {
             "TokenClassifier",
             "load_causal_lm",
             "load_text_model",
-            "pretrained_vit",
         ],
         "lora_edu.models",
     ),
+    # trained once and cached by the training side (models.py only defines and loads models)
+    "pretrained_vit": "lora_edu.training.images",
     **dict.fromkeys(
         [
             "entity_f1",
@@ -157,6 +158,7 @@ _LAZY: dict[str, str] = {
         "lora_edu.experiments",
     ),
     **dict.fromkeys(["make_figures", "paper_adapters", "verdicts_markdown"], "lora_edu.figures"),
+    **dict.fromkeys(["results", "TaskResults"], "lora_edu.task_results"),
     **dict.fromkeys(
         ["corpus_bleu", "generate", "paired_bootstrap", "rouge_l"], "lora_edu.generate"
     ),

@@ -396,7 +396,7 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lora_edu.config import results_dir
-    from lora_edu.experiments import study_report
+    from lora_edu.study_report import study_report
     from lora_edu.sweep import read_results, update_readme
 
     # The folder `lora-edu sweep` writes (LORA_EDU_RESULTS, else the repository's data/results).

@@ -14,7 +14,9 @@ numpy notebooks run without torch installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +42,22 @@ def profile() -> str:
             "full: paper scale, GPU recommended). Try: export LORA_EDU_PROFILE=default"
         )
     return value
+
+
+@contextlib.contextmanager
+def at_profile(name: str) -> Iterator[None]:
+    """Run the block as if ``LORA_EDU_PROFILE`` were ``name`` (e.g. to read the committed
+    ``default`` results from a ``smoke`` session), then restore it."""
+    old = os.environ.get("LORA_EDU_PROFILE")
+    os.environ["LORA_EDU_PROFILE"] = name
+    try:
+        profile()  # an unknown name fails here, naming the profiles
+        yield
+    finally:
+        if old is None:
+            del os.environ["LORA_EDU_PROFILE"]
+        else:
+            os.environ["LORA_EDU_PROFILE"] = old
 
 
 def by_profile(smoke: T, default: T, full: T | None = None) -> T:

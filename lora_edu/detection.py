@@ -3,8 +3,8 @@ digit it is and where (its box), with the MNIST-pretrained TinyViT and a box-and
 
     data = place_digits(images, labels, 2000, seed=0)          # 56×56 canvases, boxes, labels
     detector = vit_detector(pretrained_vit())                    # TinyViT at 56×56 + box head
-    apply_lora(detector, LoRAConfig(VIT_ATTENTION, r=8))         # or head only, or full
-    ... train with detection_loss; score with detection_scores
+    apply_lora(detector, LoRAConfig(DETECTOR_TARGETS, r=8))      # or head only, or full
+    ... train with detection_loss; score with detection_scores (finetune_detector does both)
 
 **The canvas.** Each digit is scaled to a random size and pasted at a random position on a black
 56×56 canvas; its box is the tight box around its ink, as fractions of the canvas
@@ -19,16 +19,30 @@ reads the CLS token and outputs 10 class logits and 4 box numbers (centre and si
 
 **Scores.** The IoU (intersection over union) of the predicted and the true box; a detection is
 right when its class is right **and** its IoU is at least 0.5 (the PASCAL VOC rule).
+
+ARCHITECTURE notes: a task module on top of the training side: imports ``config``,
+``defaults``, ``lora`` (``LoRAConfig``), ``models`` (TinyViT, resizing) and ``training.loop``,
+``training.run`` (``finetune_detector`` trains through ``_run`` with one ``TrainSettings``);
+imported by ``sweep`` and notebook 17. The pretrained ``base`` comes from the caller
+(``lora_edu.pretrained_vit``), so this module never pretrains.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lora_edu.config import device as default_device
+from lora_edu.defaults import DETECTION_LR
+from lora_edu.lora import LoRAConfig
+from lora_edu.models import TinyViT, resize_images
+from lora_edu.training.loop import Collate, _check_method, seed_everything
+from lora_edu.training.run import LoopSettings, TrainSettings, _run, lora_or_default
 
 #: The canvas side in pixels, and the range of a pasted digit's side.
 CANVAS = 56
@@ -50,8 +64,6 @@ def place_digits(
     replacement) from ``images (N, 28, 28)``, resized to a side in ``sizes`` (bilinear) and
     pasted at a uniformly random position; returns ``images``, ``labels (n,)`` and ``boxes
     (n, 4)`` float32: the tight box of the pasted ink as fractions ``(x0, y0, x1, y1)``."""
-    from lora_edu.models import resize_images
-
     if not sizes[0] <= sizes[1] <= canvas:
         raise ValueError(f"digit sizes {sizes} must fit the {canvas}-pixel canvas")
     rng = np.random.default_rng(seed)
@@ -113,8 +125,6 @@ def vit_detector(base: nn.Module, canvas: int = CANVAS, seed: int = 0) -> nn.Mod
     same patch size and weights, its position embedding resized (bicubic) from the pretrained
     grid to the new one, and ``classifier`` replaced by a fresh ``BoxAndClassHead`` (drawn with
     ``seed``); calling it returns ``(logits, boxes)``."""
-    from lora_edu.models import TinyViT
-
     config = {**base.config, "image_size": canvas}
     model = TinyViT(**config)
     state = {k: v for k, v in base.state_dict().items() if not k.startswith("classifier")}
@@ -182,13 +192,17 @@ def _packed_loss(outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tens
     return detection_loss(outputs, targets[:, 0].long(), targets[:, 1:])
 
 
+#: LoRA's targets in the detector when ``lora`` is left out: the attention projections.
+DETECTOR_TARGETS = ("query", "key", "value", "output")
+
+
 def finetune_detector(
     train: dict[str, np.ndarray],
     eval: dict[str, np.ndarray] | None,
     *,
     base: nn.Module,
     method: str = "lora",
-    lora: Any = None,
+    lora: LoRAConfig | None = None,
     epochs: int = 10,
     lr: float | None = None,
     batch_size: int = 64,
@@ -196,39 +210,33 @@ def finetune_detector(
     device: Any = None,
     progress: bool = True,
     return_model: bool = False,
-    loss_fn: Any = None,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Fine-tune ``vit_detector(base)`` on canvases (``place_digits``'s dicts) with ``method``
-    (``"head"``: only the box-and-class head; ``"lora"``: LoRA (``lora``, default r = 8 on the
-    attention projections) and the head; ``"full"``: everything), through the package's
-    training loop, and score it on ``eval`` after each epoch: ``metric`` is the accuracy at
-    IoU ≥ 0.5, beside ``mean_iou`` and ``class_accuracy``. ``lr=None`` takes the method's rate
-    in the detection pilot (``defaults.DETECTION_LR``). ``loss_fn(outputs, targets)`` replaces
-    the loss (targets: ``(B, 5)``, the label then the box). Returns the record, and the model
-    with ``return_model``."""
-    from lora_edu import config
-    from lora_edu.defaults import DETECTION_LR
-    from lora_edu.lora import LoRAConfig
-    from lora_edu.train import _check_method, _run, seed_everything
-
+    (``"head"``: only the box-and-class head; ``"lora"``: LoRA (``lora``, a ``LoRAConfig``;
+    default r = 8 on the attention projections, ``DETECTOR_TARGETS``) and the head; ``"full"``:
+    everything), through the package's training loop, and score it on ``eval`` after each
+    epoch: ``metric`` is the accuracy at IoU ≥ 0.5, beside ``mean_iou`` and ``class_accuracy``.
+    ``lr=None`` takes the method's rate in the detection pilot (``defaults.DETECTION_LR``).
+    ``loss_fn(outputs, targets)`` replaces the loss (targets: ``(B, 5)``, the label then the
+    box). ``loop`` may set the loop's keywords (``LoopSettings``: ``warmup_ratio``, …).
+    Returns the record, and the model with ``return_model``."""
+    loop_settings = LoopSettings.from_keywords("finetune_detector()", loop, DETECTOR_TARGETS)
+    lora = lora_or_default(lora, DETECTOR_TARGETS)
     _check_method(method)
     if method == "bitfit":
         raise ValueError("finetune_detector supports 'head', 'lora' and 'full'")
-    args = dict(locals())
-    args["lora"] = lora if lora is not None else LoRAConfig(["query", "key", "value", "output"])
-    args["loop"] = loop
-    args["default_lr"] = DETECTION_LR
     seed_everything(seed)
     net = vit_detector(base, seed=seed)
-    device = torch.device(device) if device is not None else config.device()
+    run_device = torch.device(device) if device is not None else default_device()
 
-    def collate_for(data: dict[str, np.ndarray]):
-        images = torch.from_numpy(data["images"]).to(device)
+    def collate_for(data: dict[str, np.ndarray]) -> Collate:
+        images = torch.from_numpy(data["images"]).to(run_device)
         targets = torch.from_numpy(
             np.concatenate([data["labels"][:, None].astype(np.float32), data["boxes"]], axis=1)
         )
-        return lambda indices: ({"images": images[indices.to(device)]}, targets[indices])
+        return lambda indices: ({"images": images[indices.to(run_device)]}, targets[indices])
 
     evaluate = None
     if eval is not None:
@@ -243,7 +251,20 @@ def finetune_detector(
                 "eval_correct": "".join("1" if ok else "0" for ok in scores["found"]),
             }
 
-    args["loss_fn"] = loss_fn or _packed_loss
+    settings = TrainSettings(
+        method=method,
+        lora=lora,
+        epochs=epochs,
+        lr=lr,
+        default_lr=DETECTION_LR,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        return_model=return_model,
+        loss_fn=loss_fn or _packed_loss,
+        loop=loop_settings,
+    )
     return _run(
         "detection",
         "tinyvit",
@@ -258,5 +279,5 @@ def finetune_detector(
             "canvas": int(train["images"].shape[-1]),
             "base": getattr(base, "pretrain_record", None),
         },
-        args,
+        settings,
     )

@@ -129,7 +129,7 @@ def train_denoiser(
     gradient clipping, a progress bar). Returns ``fit``'s result (``history["loss"]`` per step,
     ``steps``, ``train_seconds``); the model is left in eval mode on ``device``."""
     from lora_edu import config
-    from lora_edu.train import fit
+    from lora_edu.training.loop import fit
 
     data, collate = noisy_batches(images, seed)
     if len(data) == 0:
@@ -242,7 +242,8 @@ def pretrained_denoiser(
     import safetensors.torch
 
     from lora_edu.data import load_mnist
-    from lora_edu.models import _fingerprint, image_arrays
+    from lora_edu.models import image_arrays
+    from lora_edu.training.images import _fingerprint
 
     images, labels = image_arrays(load_mnist(seed=seed)["train"])
     if max_train is not None:
@@ -363,7 +364,8 @@ def finetune_denoiser(
     import copy
 
     from lora_edu.lora import LoRAConfig
-    from lora_edu.train import _check_method, _run, seed_everything
+    from lora_edu.training.loop import _check_method, seed_everything
+    from lora_edu.training.run import LoopSettings, TrainSettings, _run
 
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
@@ -373,12 +375,6 @@ def finetune_denoiser(
         _check_method(method)
     if style == "sevens" and classifier is None:
         raise ValueError("the sevens style is scored by a frozen digit classifier: pass classifier")
-    args = dict(locals())
-    args["lora"] = lora if lora is not None else LoRAConfig(list(DENOISER_TARGETS), r=8, alpha=16)
-    args["loop"] = {"weight_decay": 0.0, **loop}
-    args["head"] = None  # the UNet keeps its own output layer
-    args["loss_fn"] = denoising_loss
-    args["default_lr"] = {"lora": 1e-3, "full": 2e-4}
     seed_everything(seed)
     unet = copy.deepcopy(base)
     data, collate = noisy_batches(train, seed)
@@ -391,7 +387,24 @@ def finetune_denoiser(
             scores = style_scores(samples, classifier)
         return {"metric": scores[STYLE_METRICS[style]], **scores}
 
-    args["final"] = final
+    settings = TrainSettings(
+        method=method,
+        epochs=epochs,
+        lr=lr,
+        default_lr={"lora": 1e-3, "full": 2e-4},
+        batch_size=batch_size,
+        seed=seed,
+        lora=lora if lora is not None else LoRAConfig(list(DENOISER_TARGETS), r=8, alpha=16),
+        device=device,
+        progress=progress,
+        return_model=return_model,
+        head=None,  # the UNet keeps its own output layer
+        loss_fn=denoising_loss,
+        final=final,
+        loop=LoopSettings.from_keywords(
+            "finetune_denoiser()", {"weight_decay": 0.0, **loop}, DENOISER_TARGETS
+        ),
+    )
     return _run(
         f"style-{style}",
         "unet2d",
@@ -407,7 +420,7 @@ def finetune_denoiser(
             "style": style,
             "base": getattr(base, "pretrain_record", None),
         },
-        args,
+        settings,
     )
 
 

@@ -3,7 +3,9 @@ embedding space, and a new phrasing classifies images with no training ("zero-sh
 
     tokenizer, model = dual_encoder(pretrained_vit())      # TinyViT + MiniLM, two projections
     apply_lora(model, LoRAConfig(["query", "value"], r=8))  # LoRA in both towers
-    record = finetune_matcher(train, eval, model=model, tokenizer=tokenizer, method="lora")
+    ... train with contrastive_loss, score with zero_shot_accuracy; or all of it in one call:
+    record = finetune_matcher(train, eval, image_base=pretrained_vit(),
+                              lora=LoRAConfig(["query", "value"], r=8))
 
 **The towers.** The image tower is the MNIST-pretrained TinyViT (its CLS token), the text tower
 MiniLM-L6 (the mean of its token states). Each ends in a linear projection to a shared space of
@@ -19,17 +21,31 @@ is spread evenly over them (without this, the loss would push apart two images o
 
 **Zero-shot.** Held-out phrasings (``EVAL_TEMPLATES``, never seen in training) are embedded once per
 digit; an image is classified as the digit whose caption embedding is nearest.
+
+ARCHITECTURE notes: a task module on top of the training side: imports ``defaults``, ``lora``
+(``LoRAConfig``), ``models`` (the text tower, image arrays, resizing) and ``training.loop``,
+``training.run`` (``finetune_matcher`` trains through ``_run`` with one ``TrainSettings``);
+imported by ``sweep`` and notebook 17. The pretrained image tower comes from the caller
+(``lora_edu.pretrained_vit``), so this module never pretrains.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lora_edu.defaults import FORMER_LR
+from lora_edu.lora import LoRAConfig
+from lora_edu.models import image_arrays, load_text_model, resize_images
+from lora_edu.training.loop import _check_method, seed_everything
+from lora_edu.training.run import LoopSettings, TrainSettings, _run, lora_or_default
 
 #: The size of the shared embedding space.
 EMBED_DIM = 64
@@ -102,10 +118,6 @@ class DualEncoder(nn.Module):
 def dual_encoder(image_base: nn.Module, *, seed: int = 0) -> tuple[Any, DualEncoder]:
     """A tokenizer and a ``DualEncoder`` of a copy of ``image_base`` (a trained ``TinyViT``) and
     a fresh MiniLM-L6, with fresh projections drawn with ``seed``."""
-    import copy
-
-    from lora_edu.models import load_text_model
-
     tokenizer, text = load_text_model("sequence", 2, seed=seed)
     image = copy.deepcopy(image_base)
     torch.manual_seed(seed)
@@ -161,9 +173,11 @@ def zero_shot_accuracy(
 
 
 def _at_size(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    from lora_edu.models import resize_images
-
     return (images if images.shape[-2:] == (size, size) else resize_images(images, size)), labels
+
+
+#: LoRA's targets in both towers when ``lora`` is left out: query and value.
+MATCHER_TARGETS = ("query", "value")
 
 
 def finetune_matcher(
@@ -172,7 +186,7 @@ def finetune_matcher(
     *,
     image_base: nn.Module,
     method: str = "lora",
-    lora: Any = None,
+    lora: LoRAConfig | None = None,
     epochs: int = 3,
     lr: float | None = None,
     batch_size: int = 64,
@@ -180,34 +194,26 @@ def finetune_matcher(
     device: Any = None,
     progress: bool = True,
     return_model: bool = False,
-    loss_fn: Any = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train a ``dual_encoder(image_base)`` contrastively on digit images (``(images, labels)``,
     or a dataset with columns ``image`` and ``label``; images of another size than the tower's,
     such as 8×8 digits, are resized to it), each paired with a caption drawn (seeded) from
     ``TRAIN_TEMPLATES`` at every step, with ``method``: ``"head"`` (the two projections and the
-    temperature only), ``"lora"`` (``lora``, default r = 8 on query and value in both towers,
-    plus the head) or ``"full"``. After each
-    epoch, ``metric`` is the zero-shot accuracy on ``eval`` with the held-out phrasings
-    ``EVAL_TEMPLATES``. ``loss_fn(logits, labels)`` replaces ``contrastive_loss``. Returns the
-    record (and the model with ``return_model``)."""
-    from lora_edu import config
-    from lora_edu.defaults import FORMER_LR
-    from lora_edu.lora import LoRAConfig
-    from lora_edu.models import image_arrays
-    from lora_edu.train import _check_method, _run, seed_everything
-
+    temperature only), ``"lora"`` (``lora``, a ``LoRAConfig``; default r = 8 on query and value
+    in both towers, ``MATCHER_TARGETS``, plus the head) or ``"full"``. After each epoch,
+    ``metric`` is the zero-shot accuracy on ``eval`` with the held-out phrasings
+    ``EVAL_TEMPLATES``. ``loss_fn(logits, labels)`` replaces ``contrastive_loss``. ``loop`` may
+    set the loop's keywords (``LoopSettings``: ``warmup_ratio``, …). Returns the record (and the
+    model with ``return_model``)."""
+    loop_settings = LoopSettings.from_keywords("finetune_matcher()", loop, MATCHER_TARGETS)
+    lora = lora_or_default(lora, MATCHER_TARGETS)
     _check_method(method)
     if method == "bitfit":
         raise ValueError("finetune_matcher supports 'head', 'lora' and 'full'")
-    args = dict(locals())
-    args["lora"] = lora if lora is not None else LoRAConfig(["query", "value"])
-    args["loop"] = loop
-    args["default_lr"] = FORMER_LR
     seed_everything(seed)
     tokenizer, model = dual_encoder(image_base, seed=seed)
-    device = torch.device(device) if device is not None else config.device()
     size = image_base.config["image_size"]
     train, eval = (
         None if split is None else _at_size(*image_arrays(split), size) for split in (train, eval)
@@ -238,7 +244,20 @@ def finetune_matcher(
                 "eval_correct": "".join("1" if ok else "0" for ok in right),  # for paired tests
             }
 
-    args["loss_fn"] = loss_fn or contrastive_loss
+    settings = TrainSettings(
+        method=method,
+        lora=lora,
+        epochs=epochs,
+        lr=lr,
+        default_lr=FORMER_LR,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        return_model=return_model,
+        loss_fn=loss_fn or contrastive_loss,
+        loop=loop_settings,
+    )
     return _run(
         "image-text-matching",
         "tinyvit+minilm",
@@ -254,5 +273,5 @@ def finetune_matcher(
             "templates": {"train": list(TRAIN_TEMPLATES), "eval": list(EVAL_TEMPLATES)},
             "base": getattr(image_base, "pretrain_record", None),
         },
-        args,
+        settings,
     )

@@ -16,7 +16,8 @@ Vision (``TinyViT``): patches → tokens ``(B, T, dim)`` with ``T = 1 + (image_s
 (a CLS token first) → ``depth`` pre-norm blocks → LayerNorm → ``classifier`` on the CLS token.
 Its attention layers are named ``query``, ``key``, ``value``, ``output`` and its MLP layers
 ``fc1``, ``fc2``, so LoRA targets read as they do for BERT (``target_modules=("query", "value")``).
-``pretrained_vit`` trains one on MNIST once and caches the weights.
+``save_tinyvit``/``load_tinyvit`` write and read one with its config; training one (MNIST,
+once, cached with them) is the training side's job: ``lora_edu.pretrained_vit``.
 
 Generation (``load_causal_lm``): SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden size
 576, 134.5 M parameters, input embeddings tied to ``lm_head``). Offline its weights come from
@@ -32,7 +33,6 @@ Every head is an ``nn.Linear`` named ``classifier``: LoRA's ``"all-linear"`` lea
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -402,113 +402,43 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return (out.squeeze(1) if flat else out).numpy()
 
 
-def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    digest = hashlib.sha1(np.ascontiguousarray(images).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    return digest.hexdigest()[:12]
-
-
-def pretrained_vit(
-    source: str = "mnist",
-    *,
-    config: dict | None = None,
-    epochs: int = 10,
-    seed: int = 0,
-    lr: float = 2e-3,
-    batch_size: int = 128,
-    max_train: int | None = None,
-    cache: bool = True,
-    progress: bool = True,
-    train_data: Any = None,
-    eval_data: Any = None,
-) -> TinyViT:
-    """A ``TinyViT(**config)`` trained from scratch on ``source`` (full training, AdamW at ``lr``),
-    cached as safetensors under ``cache_dir()`` so later calls only read the data and the file.
-
-    The data is ``train_data`` (a Dataset with ``image``/``label`` or a pair ``(images, labels)``)
-    and ``eval_data`` (optional), else ``lora_edu.data.load_<source>(seed=seed)``'s ``train`` and
-    ``test`` splits. ``max_train`` keeps the first ``max_train`` training images. The cache file
-    name holds a hash of everything that changes the weights: config, source, epochs, seed, lr,
-    batch size and a fingerprint of the data arrays (so different data never share a file).
-    The returned model is on the CPU in eval mode; ``model.pretrain_record`` holds a summary of
-    the training run (accuracy on the held-out split, train seconds, device).
-    """
+def save_tinyvit(
+    model: TinyViT, path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model``'s weights to ``path`` as safetensors, with its ``config`` and, as JSON
+    strings, ``model.pretrain_record`` (when it has one) and each entry of ``metadata``. The
+    file is written beside ``path`` and then renamed, so readers never see half of it."""
     import safetensors.torch
 
-    defaults = TinyViT().config
-    unknown = set(config or {}) - set(defaults)
-    if unknown:
-        raise ValueError(
-            f"unknown TinyViT config keys {sorted(unknown)}; expected some of {list(defaults)}"
-        )
-    config = {**defaults, **(config or {})}
-    if train_data is None:
-        from lora_edu import data as data_module
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    header = {"config": json.dumps(model.config)}
+    if hasattr(model, "pretrain_record"):
+        header["pretrain_record"] = json.dumps(model.pretrain_record)
+    header.update({key: json.dumps(value) for key, value in (metadata or {}).items()})
+    safetensors.torch.save_file(state, str(partial), metadata=header)
+    os.replace(partial, path)
+    return path
 
-        loader = getattr(data_module, f"load_{source}", None)
-        if loader is None:
-            raise ValueError(
-                f"no loader lora_edu.data.load_{source}() for source={source!r}; pass "
-                "train_data=(images, labels) or use source='mnist'"
-            )
-        splits = loader(seed=seed)
-        train_data = splits["train"]
-        if eval_data is None and "test" in splits:
-            eval_data = splits["test"]
-    train_data = image_arrays(train_data)
-    if max_train is not None:
-        train_data = (train_data[0][:max_train], train_data[1][:max_train])
-    eval_data = None if eval_data is None else image_arrays(eval_data)
-    key = dict(config=config, source=source, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size)
-    key["train_data"] = _fingerprint(*train_data)
-    key["eval_data"] = None if eval_data is None else _fingerprint(*eval_data)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_dir() / f"tinyvit-{source}-e{epochs}-s{seed}-{digest}.safetensors"
 
-    if cache and path.is_file():
-        with safetensors.safe_open(path, framework="pt") as f:
-            metadata = f.metadata()
-        model = TinyViT(**json.loads(metadata["config"]))  # num_classes as trained
-        model.load_state_dict(safetensors.torch.load_file(path))
-        model.pretrain_record = json.loads(metadata["pretrain_record"])
-        return model.eval()
+def load_tinyvit(path: str | os.PathLike) -> TinyViT:
+    """The ``TinyViT`` saved by ``save_tinyvit`` at ``path``: built from its stored config
+    (``num_classes`` as trained), its weights loaded, ``pretrain_record`` restored when stored;
+    on the CPU in eval mode."""
+    import safetensors
+    import safetensors.torch
 
-    with torch.random.fork_rng(devices=[]):  # same seed → same initial weights; global RNG kept
-        torch.manual_seed(seed)
-        model = TinyViT(**config)
-    # The one training loop lives in train.py; imported here, on use, so models.py keeps no copy.
-    from lora_edu.train import finetune_vit
-
-    record, model = finetune_vit(
-        train_data,
-        eval_data,
-        base=model,
-        method="full",
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        return_model=True,
-    )
-    model = model.cpu().eval()
-    summary = {
-        k: record[k]
-        for k in ("metric_name", "metric", "n_train", "n_eval", "train_seconds", "device")
-    }
-    model.pretrain_record = {**summary, "source": source, "epochs": epochs, "seed": seed}
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")  # rename: readers never see half a file
-        state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-        metadata = {
-            "config": json.dumps(model.config),
-            "pretrain_record": json.dumps(model.pretrain_record),
-            "key": json.dumps(key),
-        }
-        safetensors.torch.save_file(state, str(partial), metadata=metadata)
-        os.replace(partial, path)
-    return model
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    if "config" not in header:
+        raise ValueError(f"{path} holds no TinyViT config; expected a file from save_tinyvit")
+    model = TinyViT(**json.loads(header["config"]))
+    model.load_state_dict(safetensors.torch.load_file(str(path)))
+    if "pretrain_record" in header:
+        model.pretrain_record = json.loads(header["pretrain_record"])
+    return model.eval()
 
 
 # --------------------------------------------------------------------------- causal LM

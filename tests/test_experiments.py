@@ -207,7 +207,9 @@ def test_study_report_one_small_table_per_study_baselines_first(monkeypatch):
         _result("lora", 0, 0.50, r=3),  # in no study
         _result("lora", 0, 0.79, r=1, alpha=1.0),  # one run of the alpha study: not shown yet
     ]
-    report = experiments.study_report(records)
+    from lora_edu.study_report import study_report
+
+    report = study_report(records)
     assert "the scale α" not in report and "| 1 | 1 |" not in report  # an unfinished study
     assert "**SST-2 sentiment" not in report  # the headline waits for its pilot
     headline = report.split("**SST-2 before the pilot")[1].split("**SST-2: LoRA's rank")[0]
@@ -228,7 +230,7 @@ def test_study_report_one_small_table_per_study_baselines_first(monkeypatch):
 
 
 def test_a_pilot_is_one_row_per_method_with_the_chosen_rate_in_bold():
-    from lora_edu.experiments import _pilot_table
+    from lora_edu.study_report import _pilot_table
 
     def row(variant, lr, metric):
         return {"method": "lora", "variant": variant, "r": 8, "lr": lr, "metric": metric,

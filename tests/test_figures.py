@@ -7,6 +7,7 @@ import pytest
 
 from lora_edu import figures
 from lora_edu.experiments import TABLE5_TARGETS
+from lora_edu.lora import LoRAConfig
 
 D = 384
 
@@ -152,7 +153,7 @@ def test_initial_lora_A_is_where_training_starts():
         {"text": ["good film", "bad film", "great", "awful"] * 2, "label": [1, 0, 1, 0] * 2}
     )
     _, model = finetune_text_classifier(
-        data, None, r=4, alpha=16, epochs=1, lr=1e-12, batch_size=8, seed=3, progress=False,
+        data, None, lora=LoRAConfig(["query", "value"], r=4, alpha=16), epochs=1, lr=1e-12, batch_size=8, seed=3, progress=False,
         return_model=True,
     )  # fmt: skip
     start = figures.initial_lora_A(4, seed=3)

@@ -27,7 +27,7 @@ from lora_edu.generate import (
     paired_bootstrap,
     rouge_l,
 )
-from lora_edu.lora import apply_lora, load_adapter, save_adapter
+from lora_edu.lora import LoRAConfig, apply_lora, load_adapter, save_adapter
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -576,7 +576,8 @@ def test_finetune_causal_lm_lora_on_a_tiny_llama(tok):
          "references": [["Item 3 is yellow."], ["Hello."], ["Item 40 is red.", "Red."]]}
     )  # fmt: skip
     record, model = finetune_causal_lm(
-        _pairs(8), _pairs(4, offset=8), base=base, tokenizer=tok, method="lora", r=4,
+        _pairs(8), _pairs(4, offset=8), base=base, tokenizer=tok, method="lora",
+        lora=LoRAConfig(["q_proj", "v_proj"], r=4, alpha=16),
         epochs=1, batch_size=4, generation_eval=generation_eval, max_new_tokens=4,
         progress=False, return_model=True,
     )  # fmt: skip
@@ -650,7 +651,7 @@ def test_the_prompt_mask_changes_what_trains(tok):
             base=tiny_llama(tok.vocab_size),
             tokenizer=tok,
             method="lora",
-            r=2,
+            lora=LoRAConfig(["q_proj", "v_proj"], r=2, alpha=16),
             batch_size=4,
             mask_prompt=mask,
             progress=False,

@@ -1,4 +1,5 @@
-"""Tests for lora_edu.models: text heads, TinyViT, the cached pretrained ViT.
+"""Tests for lora_edu.models: text heads, TinyViT and its weight files, and the cached pretrained
+ViT (trained by the training side: ``lora_edu.pretrained_vit``).
 
 Most tests use a tiny randomly initialised BERT (``make_tiny_bert``, also used by
 test_train.py); one test loads the real offline MiniLM.
@@ -25,11 +26,13 @@ from lora_edu.models import (
     fresh_head,
     image_arrays,
     load_text_model,
+    load_tinyvit,
     mean_pool,
-    pretrained_vit,
     replace_head,
     resize_images,
+    save_tinyvit,
 )
+from lora_edu.train import pretrained_vit
 
 #: The words of the synthetic test sentences (test_train.py builds its data from these).
 POSITIVE = ["good", "great", "fine", "nice"]
@@ -353,12 +356,12 @@ def test_pretrained_vit_caches_and_reloads(tmp_path, monkeypatch):
     assert first.config["num_classes"] == 6 and first.pretrain_record["n_eval"] is None
 
     # A second call must load, not train: make training impossible.
-    import lora_edu.train
+    import lora_edu.training.images
 
     def no_training(*args, **kwargs):
         raise AssertionError("pretrained_vit retrained instead of loading its cache")
 
-    monkeypatch.setattr(lora_edu.train, "finetune_vit", no_training)
+    monkeypatch.setattr(lora_edu.training.images, "finetune_vit", no_training)
     second = pretrained_vit(**kwargs)
     assert second.pretrain_record == first.pretrain_record
     for (name, a), (_, b) in zip(
@@ -399,3 +402,38 @@ def test_pretrained_vit_is_deterministic_and_cache_false_writes_nothing(tmp_path
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert 0.0 <= a.pretrain_record["metric"] <= 1.0
     assert models.MNIST_MEAN == pytest.approx(0.1307)
+
+
+def test_tinyvit_weights_round_trip_with_config_and_record(tmp_path):
+    torch.manual_seed(0)
+    model = TinyViT(dim=16, depth=1, heads=2, num_classes=3)
+    model.pretrain_record = {"metric": 0.5, "source": "test"}
+    path = save_tinyvit(model, tmp_path / "sub" / "vit.safetensors", {"key": {"seed": 1}})
+    assert path.is_file() and not list(path.parent.glob("*.tmp"))
+    again = load_tinyvit(path)
+    assert again.config == model.config and again.pretrain_record == model.pretrain_record
+    assert not again.training
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    import safetensors.torch
+
+    safetensors.torch.save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="holds no TinyViT config"):
+        load_tinyvit(tmp_path / "other.safetensors")
+
+
+def test_models_never_imports_the_training_side():
+    """models.py defines and loads models; training imports it, never the other way round (not
+    even inside a function), so the two never form an import circle."""
+    import ast
+
+    tree = ast.parse(Path(models.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.startswith(("lora_edu.train", "lora_edu.sweep"))}
+    assert not hasattr(models, "pretrained_vit")
+    import lora_edu
+
+    assert lora_edu.pretrained_vit is pretrained_vit  # the public name, from the training side

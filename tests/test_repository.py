@@ -79,6 +79,21 @@ def test_every_name_a_notebook_imports_from_the_package_exists(notebook):
     assert missing == [], f"{notebook.name} imports names the package does not have: {missing}"
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_notebook_uses_a_private_name_of_the_package(notebook):
+    """A learner meets the lesson, not the bookkeeping: notebooks use the package's public names
+    only (no ``from lora_edu... import _x``, no ``module._x``)."""
+    private = [f"cell {i}: {module}.{name}" for i, module, name in _lora_edu_imports(notebook)
+               if name.startswith("_")]  # fmt: skip
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    modules = r"(?:le|lora_edu|sweep|experiments|train|models|diffusion|tasks|plots|stats)"
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "code":
+            for name in re.findall(rf"\b{modules}\.(_[A-Za-z]\w*)", "".join(cell["source"])):
+                private.append(f"cell {i}: .{name}")
+    assert private == [], f"{notebook.name} uses private names: {private}"
+
+
 def _block(readme: str, marker: str) -> list[str]:
     """The lines of the code block that follows ``<!-- quickstart:MARKER -->``."""
     after = readme.split(f"<!-- quickstart:{marker} -->\n```bash\n", 1)[1]

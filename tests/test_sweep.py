@@ -9,6 +9,7 @@ import pytest
 
 from lora_edu import sweep
 from lora_edu.data import find_dataset
+from lora_edu.lora import LoRAConfig
 
 
 def _fake_task(calls: list, fail_on: int | None = None) -> sweep.TaskSpec:
@@ -384,8 +385,8 @@ def test_a_base_width_bert_from_a_folder_fine_tunes_like_minilm(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     ds = datasets.Dataset.from_dict({"text": ["good", "bad", "fine film", "awful"] * 2,
                                      "label": [1, 0, 1, 0] * 2})  # fmt: skip
-    record = finetune_text_classifier(ds, ds, model=str(tmp_path), r=4, batch_size=4,
-                                      progress=False)  # fmt: skip
+    record = finetune_text_classifier(ds, ds, model=str(tmp_path), lora=LoRAConfig(["query", "value"], r=4),
+                                      batch_size=4, progress=False)  # fmt: skip
     assert record["model"] == str(tmp_path)
     # q and v of 2 layers: 2 × 2 × r × (768 + 768), plus the head (768 × 2 + 2).
     assert record["trainable_params"] == 2 * 2 * 4 * (768 + 768) + 768 * 2 + 2

@@ -6,8 +6,14 @@ so every training run takes well under a second on a CPU.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
+import inspect
 import json
 import random
+from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -43,7 +49,7 @@ one_torch_thread = test_models.one_torch_thread
 
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
-#: Keys every record holds (module docstring of lora_edu.train).
+#: Keys every record holds (module docstring of lora_edu.training.run).
 RECORD_KEYS = {
     "task", "model", "method", "r", "alpha", "dropout", "target_modules", "init", "use_rslora",
     "lora_targets", "lr", "lr_is_default", "epochs", "batch_size", "max_length", "seed",
@@ -277,8 +283,9 @@ def test_the_default_head_rate_applies_only_beside_another_method():
 def test_text_classifier_runs_every_method(tiny_bert, method):
     train, eval_ = sentiment(48), sentiment(16, seed=1)
     record = finetune_text_classifier(
-        train, eval_, method=method, model=tiny_bert, r=2, epochs=2, batch_size=16, progress=False
-    )
+        train, eval_, method=method, model=tiny_bert, lora=LoRAConfig(["query", "value"], r=2),
+        epochs=2, batch_size=16, progress=False,
+    )  # fmt: skip
     assert RECORD_KEYS <= set(record)
     assert record["method"] == method and record["lr"] == TASK_DEFAULTS["text"].lr[method]
     assert record["lr_is_default"] and record["steps"] == 6 and len(record["history"]["loss"]) == 6
@@ -328,22 +335,21 @@ def test_text_classifier_trains_a_model_given_as_base_in_place(tiny_bert):
         finetune_text_classifier(train, None, base=three, tokenizer=tokenizer, progress=False)
 
 
-def test_lora_settings_as_one_config_or_as_keywords(tiny_bert):
-    """One LoRAConfig carries the settings to apply_lora and into the record; the keywords are
-    a shorthand for the same object, and giving both ways at once is refused."""
+def test_lora_settings_travel_as_one_config(tiny_bert):
+    """One LoRAConfig carries the settings to apply_lora and into the record; left out, it is
+    the task kind's targets with LoRAConfig's defaults; the old keywords are refused."""
     train = sentiment(16)
     common = dict(model=tiny_bert, epochs=1, batch_size=8, progress=False)
     config = LoRAConfig(["query", "key"], r=3, alpha=6, dropout=0.1, init="gaussian")
     by_config = finetune_text_classifier(train, None, lora=config, **common)
-    by_keywords = finetune_text_classifier(
-        train, None, target_modules=("query", "key"), r=3, alpha=6, dropout=0.1,
-        init="gaussian", **common
-    )  # fmt: skip
-    fields = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora", "lora_targets")
-    assert {k: by_config[k] for k in fields} == {k: by_keywords[k] for k in fields}
     assert by_config["target_modules"] == ["query", "key"] and by_config["dropout"] == 0.1
-    assert by_config["history"]["loss"] == by_keywords["history"]["loss"]
-    with pytest.raises(ValueError, match=r"also \{'r': 4\}; give the LoRA settings one way"):
+    assert (by_config["r"], by_config["alpha"], by_config["init"]) == (3, 6, "gaussian")
+    default = finetune_text_classifier(train, None, **common)
+    explicit = finetune_text_classifier(train, None, lora=LoRAConfig(["query", "value"]), **common)
+    fields = ("target_modules", "r", "alpha", "dropout", "init", "use_rslora", "lora_targets")
+    assert {k: default[k] for k in fields} == {k: explicit[k] for k in fields}
+    assert default["history"]["loss"] == explicit["history"]["loss"]
+    with pytest.raises(TypeError, match=r"no longer takes r=; .*lora=LoRAConfig"):
         finetune_text_classifier(train, None, lora=config, r=4, **common)
     with pytest.raises(TypeError, match="lora= takes a lora_edu.LoRAConfig, got dict"):
         finetune_text_classifier(train, None, lora={"r": 4}, **common)
@@ -434,8 +440,9 @@ def test_vit_runs_every_method_and_leaves_base_alone(method):
     before = {n: p.clone() for n, p in base.state_dict().items()}
     train, eval_ = synthetic_digits(64), synthetic_digits(32, seed=1)
     record, model = finetune_vit(
-        train, eval_, base=base, method=method, r=2, epochs=1, batch_size=32, progress=False,
-        return_model=True,
+        train, eval_, base=base, method=method,
+        lora=LoRAConfig(TASK_DEFAULTS["image"].target_modules, r=2), epochs=1, batch_size=32,
+        progress=False, return_model=True,
     )  # fmt: skip
     assert RECORD_KEYS | {"vit_config", "base"} <= set(record)
     assert record["num_labels"] == 6 and model.classifier.out_features == 6
@@ -576,8 +583,9 @@ def test_fit_warns_and_records_when_every_prediction_is_one_class():
 
 def test_token_classifier_records_the_tag_distribution(tiny_bert):
     record = finetune_token_classifier(
-        ner(32), ner(8, seed=1), model=tiny_bert, r=2, epochs=1, batch_size=16, progress=False
-    )
+        ner(32), ner(8, seed=1), model=tiny_bert, lora=LoRAConfig("all-linear", r=2), epochs=1,
+        batch_size=16, progress=False,
+    )  # fmt: skip
     shares = record["history"]["epochs"][0]["predicted_share"]
     assert set(shares) <= set(TAGS) and sum(shares.values()) == pytest.approx(1.0)
     assert record["true_share"]["O"] == pytest.approx(
@@ -597,3 +605,112 @@ def test_entity_counts_sum_to_the_micro_scores():
     assert entity_f1(true, pred)["f1"] == pytest.approx(2 * hits / (predicted + truth))
     with pytest.raises(ValueError, match="true sequences"):
         entity_counts(true, pred[:2])
+
+
+# --------------------------------------------------------------------------- settings as objects
+
+
+def _finetune_functions() -> dict[str, Any]:
+    from lora_edu import detection, matching, train
+
+    return {
+        "finetune_text_classifier": train.finetune_text_classifier,
+        "finetune_token_classifier": train.finetune_token_classifier,
+        "finetune_vit": train.finetune_vit,
+        "finetune_causal_lm": train.finetune_causal_lm,
+        "finetune_detector": detection.finetune_detector,
+        "finetune_matcher": matching.finetune_matcher,
+    }
+
+
+#: The LoRA settings the finetune_* functions took as separate keywords before ``lora=``.
+OLD_LORA_KEYWORDS = ("r", "alpha", "target_modules", "dropout", "init", "use_rslora")
+
+
+@pytest.mark.parametrize("name", sorted(_finetune_functions()))
+def test_lora_settings_come_only_as_a_lora_config(name):
+    """The signature names ``lora`` and none of the old keywords; an old keyword raises a
+    TypeError naming it and the LoRAConfig to pass instead, before any data or model is read."""
+    parameters = inspect.signature(_finetune_functions()[name]).parameters
+    required = {
+        n: None for n, p in parameters.items() if p.default is p.empty and p.kind == p.KEYWORD_ONLY
+    }
+    func = functools.partial(_finetune_functions()[name], **required)  # base=, image_base=
+    assert (
+        parameters["lora"].default is None
+        and parameters["lora"].kind is inspect.Parameter.KEYWORD_ONLY
+    )
+    assert not set(OLD_LORA_KEYWORDS) & set(parameters)
+    for keyword in OLD_LORA_KEYWORDS:
+        value = ("query",) if keyword == "target_modules" else 4
+        with pytest.raises(
+            TypeError, match=rf"^{name}\(\) no longer takes {keyword}=; .*lora=LoRAConfig\("
+        ):
+            func(None, None, **{keyword: value})
+    with pytest.raises(TypeError, match=r"lora=LoRAConfig\(\('query', 'key'\), r=4, alpha=8\)"):
+        func(None, None, r=4, alpha=8, target_modules=["query", "key"])
+    with pytest.raises(TypeError, match=r"LoRAConfig\(.*dropout=0\.1\)"):  # PEFT's name for it
+        func(None, None, lora_dropout=0.1)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) epoch; .*warmup_ratio"):
+        func(None, None, epoch=3)
+
+
+def test_the_old_keyword_message_shows_the_task_kinds_targets():
+    with pytest.raises(TypeError) as caught:
+        finetune_token_classifier(None, None, r=4)
+    assert str(caught.value).startswith(
+        "finetune_token_classifier() no longer takes r=; the LoRA settings travel as one object: "
+        "pass lora=LoRAConfig('all-linear', r=4)"
+    )
+
+
+def test_the_loop_settings_default_to_fits_own():
+    """LoopSettings is what a finetune_* call hands the loop; left empty it changes nothing."""
+    from lora_edu.train import LoopSettings, fit
+
+    defaults = {n: p.default for n, p in inspect.signature(fit).parameters.items()}
+    for f in dataclasses.fields(LoopSettings):
+        assert f.default == defaults[f.name], f.name
+    assert LoopSettings.from_keywords("f()", {"head_lr": None}) == LoopSettings()
+    settings = LoopSettings.from_keywords("f()", {"warmup_ratio": 0.2, "eval_every": 3})
+    assert (settings.warmup_ratio, settings.eval_every) == (0.2, 3)
+
+
+def test_the_training_code_reads_no_locals_and_closes_no_import_circle():
+    """Settings flow through named calls (never ``locals()``), and nothing the training side
+    imports imports it back: models, the loop and the task modules form no circle."""
+    import lora_edu
+
+    root = Path(lora_edu.__file__).parent
+    files = [root / "train.py", root / "models.py", root / "detection.py", root / "matching.py"]
+    files += sorted((root / "training").glob("*.py"))
+    for path in files:
+        tree = ast.parse(path.read_text())
+        calls = [
+            n.lineno for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "locals"
+        ]  # fmt: skip
+        assert not calls, f"{path.name} calls locals() at line(s) {calls}"
+    for path in [root / "models.py", *sorted((root / "training").glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        upward = {m for m in imported if m == "lora_edu.train" or m.startswith("lora_edu.sweep")}
+        assert not upward, f"{path.name} imports {upward}"
+        if path.name == "models.py":
+            assert not {m for m in imported if m.startswith("lora_edu.training")}
+
+
+def test_lora_edu_train_still_offers_every_name_its_users_import():
+    import lora_edu.train as train
+
+    used = [
+        "CAUSAL_LM_LR", "LLAMA_QV", "METHODS", "Collate", "_accuracy_evaluator", "_check_method",
+        "_run", "accuracy", "align_labels", "causal_lm_loss", "collapsed_class", "entity_counts",
+        "entity_f1", "extract_entities", "finetune_causal_lm", "finetune_text_classifier",
+        "finetune_token_classifier", "finetune_vit", "fit", "format_entities", "label_shares",
+        "linear_schedule", "predict", "predict_tags", "prepare_model", "pretrained_vit",
+        "seed_everything", "text_classifier_accuracy", "word_predictions",
+    ]  # fmt: skip
+    assert not [n for n in used if not hasattr(train, n)]
+    assert set(train.__all__) <= set(vars(train))

@@ -43,8 +43,8 @@ def _digits_data(budget: Callable[[], dict]) -> Callable[[], tuple[Any, Any]]:
 
 
 def _vit_finetune(train_ds, eval_ds, **kwargs):
-    from lora_edu.models import pretrained_vit
     from lora_edu.train import finetune_vit
+    from lora_edu.training.images import pretrained_vit
 
     b = _vit_budget()
     base = pretrained_vit(
@@ -103,7 +103,7 @@ def _detection_data(dev: bool) -> Callable[[], tuple[Any, Any]]:
 
 
 def _pretrained_image_tower() -> Any:
-    from lora_edu.models import pretrained_vit
+    from lora_edu.training.images import pretrained_vit
 
     b = _detection_budget()
     return pretrained_vit(

@@ -1,0 +1,122 @@
+"""A task's results as a learner reads them: the records of its named sweeps, its headline (one
+row per method, mean over seeds), the paired tests between methods and its learning-rate pilot,
+through a few documented names instead of the bookkeeping behind them.
+
+    res = lora_edu.results("sst2")
+    res.headline()["lora"]["metric"]             # mean over the headline's seeds
+    res.compare("lora", "full")["verdict"]        # a paired test on the same sentences
+    res.pilot()["lora"].best, res.chosen()         # the learning-rate pilot's decision
+    res.records("ranks")                           # the runs of a named sweep
+
+In the ``default`` profile everything is read from the committed ``data/results/``; in
+``smoke`` the runs are trained first at a tiny size (numbers not meaningful).
+``results(task, profile="default")`` reads the committed results from any session.
+
+Imports ``config``, ``experiments`` (the presets and the pilots), ``kept`` and ``report``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_edu.config import at_profile
+from lora_edu.experiments import (
+    arm_name,
+    headline_comparisons,
+    pilot_arm,
+    pilot_decisions,
+    preset_grid,
+    preset_records,
+    results_file,
+    run_presets,
+    sweep_command,
+)
+from lora_edu.pilots import ArmDecision
+from lora_edu.report import aggregate
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """The results of one task (``sst2``, ``conll2003``, ``vit``, ``e2e``, ``detection``,
+    ``matching``, ``style-thick``, ...) at ``profile`` (None: the active one)."""
+
+    task: str
+    profile: str | None = None
+
+    @contextlib.contextmanager
+    def _profile(self) -> Iterator[None]:
+        if self.profile is None:
+            yield
+        else:
+            with at_profile(self.profile):
+                yield
+
+    def records(self, *presets: str, train: bool = True) -> list[dict[str, Any]]:
+        """The runs of the named sweeps (``headline`` when none is named), one record each; with
+        ``train`` the missing ones are trained first (nothing trains when the results are
+        committed), else only what is in the file."""
+        names = list(presets) or ["headline"]
+        with self._profile():
+            if train and self.profile is None:
+                return run_presets(self.task, names, progress=False)
+            return [rec for name in names for rec in preset_records(self.task, name)]
+
+    def grid(self, *presets: str) -> list[dict[str, Any]]:
+        """The run configurations of the named sweeps (``headline`` when none is named)."""
+        with self._profile():
+            return preset_grid(self.task, list(presets) or ["headline"])
+
+    def headline(self) -> dict[str, dict[str, Any]]:
+        """The headline, one row per arm (``lora``, ``full``, ``head``, ...): the mean metric
+        over its seeds, the seeds' ``spread``, the trainable parameters and the learning rate."""
+        return {pilot_arm(row): row for row in aggregate(self.records("headline"))}
+
+    def comparisons(self) -> list[dict[str, Any]]:
+        """Every paired test of the headline: LoRA against each other arm, on the same
+        evaluation examples and seeds (``delta``, its interval, ``p_value``, a ``verdict``)."""
+        records = self.records("headline")
+        with self._profile():
+            return headline_comparisons(records, self.task)
+
+    def compare(self, a: str = "lora", b: str = "full") -> dict[str, Any]:
+        """The paired test of arm ``a`` against arm ``b`` in the headline."""
+        for row in self.comparisons():
+            if (row["a"], row["b"]) == (a, b):
+                return row
+        arms = sorted({row["b"] for row in self.comparisons()})
+        raise ValueError(f"no paired test of {a!r} against {b!r} on {self.task}; try b in {arms}")
+
+    def pilot(self) -> dict[str, ArmDecision]:
+        """The learning-rate pilot, arm by arm: each rate's mean over seeds, the best, the rates
+        tied with it (``pilots.ArmDecision``). Its runs are trained first where missing."""
+        with self._profile():
+            if self.profile is None:
+                run_presets(f"{self.task}-dev", ["lr-pilot"], progress=False)
+            return pilot_decisions(self.task)
+
+    def chosen(self) -> dict[str, float]:
+        """Each arm's learning rate: the pilot's best."""
+        return {arm: decision.best for arm, decision in self.pilot().items()}
+
+    def name(self, arm: str) -> str:
+        """How the notebooks name an arm of this task (``arm_name``)."""
+        return arm_name(self.task, arm)
+
+    def command(self, *presets: str) -> str:
+        """The shell command that trains (or, committed, re-reads) the named sweeps."""
+        return sweep_command(self.task, list(presets) or ["headline"])
+
+    @property
+    def file(self) -> Path:
+        """The results file of the task's headline at this profile."""
+        with self._profile():
+            return results_file(self.task, "headline")
+
+
+def results(task: str, profile: str | None = None) -> TaskResults:
+    """The results of ``task`` at ``profile`` (None: the active profile); see the module."""
+    return TaskResults(task, profile)

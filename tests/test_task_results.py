@@ -1,0 +1,42 @@
+"""The results API a learner reads: lora_edu.results(task) over the committed records."""
+
+from __future__ import annotations
+
+import pytest
+
+import lora_edu as le
+from lora_edu import experiments
+
+
+def test_the_committed_sst2_results_read_through_a_few_names():
+    res = le.results("sst2", profile="default")
+    headline = res.headline()
+    assert set(headline) == {"head", "bitfit", "lora", "full"}
+    assert all(len(row["seeds"]) == 3 for row in headline.values())
+    # the same rows as the study's own aggregation of the committed file
+    rows = experiments.every_seed(res.records("headline"), res.records("headline"))
+    assert {row["method"]: row["metric"] for row in rows} == {
+        arm: row["metric"] for arm, row in headline.items()
+    }
+    test = res.compare("lora", "full")
+    assert test["p_value"] < 0.05 and test["delta"] < 0 and "full fine-tuning" in test["verdict"]
+    assert res.chosen() == {arm: d.best for arm, d in res.pilot().items()}
+    assert res.command("ranks") == "lora-edu sweep --task sst2 --preset ranks"
+    assert res.file.name == "sst2-default.jsonl"
+    assert res.name("head") == "the linear probe"
+
+
+def test_a_comparison_that_does_not_exist_names_the_ones_that_do():
+    res = le.results("vit", profile="default")
+    with pytest.raises(ValueError, match=r"no paired test of 'full' against 'lora'.*'head'"):
+        res.compare("full", "lora")
+
+
+def test_reading_committed_results_leaves_the_session_profile_alone(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    le.results("sst2", profile="default").headline()
+    assert le.profile() == "smoke"
+    with pytest.raises(ValueError, match="not a profile"):
+        with le.config.at_profile("large"):
+            pass
+    assert le.profile() == "smoke"
