@@ -25,8 +25,8 @@ from lora_edu.stats import PER_EXAMPLE_FIELDS, SIGNIFICANCE, compare_records
 class ArmDecision:
     """What one arm's pilot decided.
 
-    ``means``: each rate's metric averaged over its seeds; ``seeds``: how many runs each rate
-    has; ``n_eval``: how many held-out examples every run was scored on (one number: a pilot
+    ``means``: each rate's metric averaged over its seeds, ``lows`` and ``highs`` its lowest
+    and highest seed; ``seeds``: how many runs each rate has; ``n_eval``: how many held-out examples every run was scored on (one number: a pilot
     whose rates saw different examples is refused); ``best``: the rate of the highest mean (a
     tie of means goes to the lower rate); ``p_values``: each other rate against the best, a
     paired bootstrap over the examples and seeds (None where the records keep no per-example
@@ -37,6 +37,8 @@ class ArmDecision:
     arm: str
     grid: tuple[float, ...]
     means: dict[float, float]
+    lows: dict[float, float]
+    highs: dict[float, float]
     seeds: dict[float, int]
     n_eval: int | None
     best: float
@@ -113,6 +115,8 @@ def decide_arm(
         arm=arm,
         grid=grid,
         means=means,
+        lows={lr: min(score(r) for r in runs) for lr, runs in by_rate.items()},
+        highs={lr: max(score(r) for r in runs) for lr, runs in by_rate.items()},
         seeds={lr: len(runs) for lr, runs in by_rate.items()},
         n_eval=n_eval,
         best=best,

@@ -174,6 +174,36 @@ TARGET_SHORT = {"query": "q", "key": "k", "value": "v", "attention.output.dense"
 METHOD_SHORT = {"lora": "LoRA", "full": "full FT", "head": "probe", "bitfit": "BitFit"}
 
 
+def pilot_curves(
+    decisions: dict[str, Any], ax: Any = None, names: dict[str, str] | None = None
+) -> Any:
+    """A learning-rate pilot as a picture: for each arm (``pilots.ArmDecision``, e.g. from
+    ``lora_edu.results(task).pilot()``) its metric (%) against the learning rate on a log axis,
+    the mean over seeds with the seeds' range as error bars, the best rate filled and the rates
+    tied with it (paired test, p ≥ 0.05) ringed."""
+    ax = _axes(ax)
+    for arm, decision in decisions.items():
+        color = METHOD_COLORS.get(arm.split("-")[0], None)
+        style = "--" if arm.endswith("all-linear") else "-"
+        rates = list(decision.grid)
+        means = [_percent(decision.means[lr]) for lr in rates]
+        lows = [_percent(decision.lows[lr]) for lr in rates]
+        highs = [_percent(decision.highs[lr]) for lr in rates]
+        err = [np.subtract(means, lows), np.subtract(highs, means)]
+        label = (names or {}).get(arm, METHOD_LABELS.get(arm, arm))
+        line = ax.errorbar(rates, means, yerr=err, ls=style, marker="o", ms=4, capsize=3,
+                           color=color, label=label)  # fmt: skip
+        color = line[0].get_color()
+        ax.plot([decision.best], [_percent(decision.means[decision.best])], "o", ms=9, color=color)
+        for lr in decision.tied:
+            ax.plot([lr], [_percent(decision.means[lr])], "o", ms=11, mfc="none", color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("metric on held-out examples (%)")
+    ax.legend(fontsize=8)
+    return ax
+
+
 def targets_label(targets: Sequence[str] | None) -> str:
     """``["query", "value"]`` → ``"q,v"``; ``["all-linear"]`` → ``"all-linear"``; other module
     names stay as given."""

@@ -188,3 +188,26 @@ def test_lora_bypass_diagram_draws_the_layer_to_scale():
         lora_bypass_diagram(d_in=8, d_out=4, r=6)
     with pytest.raises(ValueError, match="positive integer"):
         lora_bypass_diagram(r=0)
+
+
+def test_pilot_curves_draw_each_arm_with_its_seed_range_and_mark_the_best():
+    from lora_edu.pilots import decide_arm
+
+    def rec(lr, seed, correct):
+        return {"lr": lr, "seed": seed, "metric": correct.count("1") / len(correct),
+                "metric_name": "accuracy", "eval_correct": correct}  # fmt: skip
+
+    records = [rec(1e-3, 0, "1" * 80 + "0" * 20), rec(1e-3, 1, "1" * 84 + "0" * 16)]
+    records += [rec(1e-2, s, "1" * 60 + "0" * 40) for s in (0, 1)]
+    records += [rec(1e-4, s, "1" * 70 + "0" * 30) for s in (0, 1)]
+    decision = decide_arm("lora", [1e-4, 1e-3, 1e-2], records)
+    ax = plots.pilot_curves({"lora": decision})
+    assert ax.get_xscale() == "log"
+    line = ax.containers[0]  # the error bars of the one arm
+    x, y = line.lines[0].get_data()
+    assert list(x) == [1e-4, 1e-3, 1e-2] and np.allclose(y, [70, 82, 60])
+    best = [l for l in ax.lines if l.get_markersize() == 9]
+    assert best and best[0].get_data()[0][0] == 1e-3
+    segments = line.lines[2][0].get_segments()  # the bar at 1e-3 spans the seeds: 80 to 84
+    spans = {s[0, 0]: sorted(s[:, 1].tolist()) for s in segments}
+    assert np.allclose(spans[1e-3], [80, 84]) and np.allclose(spans[1e-2], [60, 60])
