@@ -10,9 +10,14 @@
 How it works: every adapter is its own set of ``LoRALinear`` layers wrapping the *same* base
 layers, so the base weights exist once. The active adapter's layers sit in the model; the others
 are kept aside (``model.lora_adapters``). Switching swaps a few module references and copies no
-weight. The names follow PEFT: the adapter of ``apply_lora`` or ``load_adapter`` is
-``"default"``, ``"__base__"`` routes an example around every adapter. Adapters here carry LoRA
-layers only (no ``bias`` training, no ``modules_to_save``): task heads live beside the encoder.
+weight. The adapters set aside still follow the model: ``model.to(torch.bfloat16)`` or
+``model.to("cuda")`` converts them too. The names follow PEFT: the adapter of ``apply_lora`` or
+``load_adapter`` is ``"default"``, ``"__base__"`` routes an example around every adapter. Adapters
+here carry LoRA layers only (no ``bias`` training, no ``modules_to_save``): task heads live beside
+the encoder.
+
+Imports the layer (``lora_layer``), the model-level code (``lora_model``) and the file format
+(``peft_format``); ``lora.load_adapter(..., adapter_name=...)`` is the one caller above it.
 """
 
 from __future__ import annotations
@@ -21,23 +26,16 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lora_edu.lora import (
-    LoRAConfig,
-    LoRALinear,
-    _config_of,
-    _lora_layers,
-    _set_submodule,
-    apply_lora,
-    load_adapter,
-    save_adapter,
-)
+from lora_edu.lora_layer import LoRALinear
+from lora_edu.lora_model import LoRAConfig, _config_of, _lora_layers, _set_submodule, apply_lora
+from lora_edu.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_one_adapter, save_adapter
 
 DEFAULT = "default"  # PEFT's name for the first adapter
 BASE = "__base__"  # PEFT's name, in adapter_names, for "no adapter"
@@ -50,22 +48,51 @@ class _Adapter:
     layers: dict[str, LoRALinear] = field(default_factory=dict)
 
 
-@dataclass
-class _Registry:
-    adapters: dict[str, _Adapter] = field(default_factory=dict)
-    active: str | None = None
+class _Registry(nn.Module):
+    """A model's adapters by name, and which one is active; the model's submodule
+    ``lora_adapters``.
+
+    The adapters set aside are plain attributes here, not submodules: their weights are not the
+    model's (not in its state dict, not in ``model.parameters()``). The registry itself is a
+    submodule so that every conversion of the model (``.to(dtype or device)``, ``.half()``,
+    ``.cuda()``) reaches it, and it converts the adapters set aside the same way (``_apply``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters: dict[str, _Adapter] = {}
+        self.active: str | None = None
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> _Registry:
+        for name, adapter in self.adapters.items():
+            if name != self.active:  # the active adapter's layers are in the model already
+                for layer in adapter.layers.values():
+                    _convert_set_aside(layer, fn)
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.adapters)}, active={self.active!r}"
+
+
+def _convert_set_aside(layer: LoRALinear, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``fn`` on an adapter layer's own tensors (A, B, its variant's), not on the base layer it
+    shares with the model: the model converts that one itself, once."""
+    for name, child in layer.named_children():
+        if name != "base_layer":
+            child._apply(fn)
+    layer._apply(fn, recurse=False)  # A and B; then the variant ties again what it shares
 
 
 def _registry(model: nn.Module) -> _Registry:
     """The model's adapters; a model that only went through ``apply_lora`` has one, "default"."""
-    registry = model.__dict__.get("lora_adapters")
-    if registry is None:
+    registry = getattr(model, "lora_adapters", None)
+    if not isinstance(registry, _Registry):
         registry = _Registry()
         layers = dict(_lora_layers(model))
         if layers:
             registry.adapters[DEFAULT] = _Adapter(_config_of(model), layers)
             registry.active = DEFAULT
-        model.__dict__["lora_adapters"] = registry  # a plain attribute: not a submodule
+        model.add_module("lora_adapters", registry)
     return registry
 
 
@@ -112,10 +139,7 @@ def _plug(model: nn.Module, name: str | None) -> None:
         return
     adapter = registry.adapters[name]
     for layer_name, layer in adapter.layers.items():
-        device = layer.base_layer.weight.device
-        if layer.lora_A.device != device:  # the model moved while this adapter was aside
-            layer.to(device)
-        layer.train(layer.base_layer.training)  # and may have switched train/eval meanwhile
+        layer.train(layer.base_layer.training)  # the model may have switched train/eval meanwhile
         _set_submodule(model, layer_name, layer)
     model.lora_config = adapter.config
     registry.active = name
@@ -451,7 +475,7 @@ def load_named_adapter(
     previous = registry.active
     _unplug(model)
     try:
-        names = load_adapter(model, directory)
+        names = load_one_adapter(model, directory)
         registry.adapters[adapter_name] = _Adapter(_config_of(model), dict(_lora_layers(model)))
         registry.active = adapter_name
         _unplug(model)
@@ -476,8 +500,6 @@ def split_head(
     import json
 
     from safetensors.torch import load_file, save_file
-
-    from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
     directory, dest = Path(directory), Path(dest)
     config = json.loads((directory / ADAPTER_CONFIG).read_text())

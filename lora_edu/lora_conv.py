@@ -11,6 +11,9 @@ input patch to ``c_out`` channels. LoRA factors its update the same way as for a
 Convolving with A then with the 1×1 B is convolving with ΔW, so merging is exact. The factors
 are stored under PEFT's names and shapes (``lora_A.weight``, ``lora_B.weight``), so adapters move
 between ``lora_edu`` and ``peft`` in both directions.
+
+Imports only the layer it extends (``lora_layer``); ``lora_model.apply_lora`` picks this class
+for an ``nn.Conv2d`` target.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_edu.lora import LoRALinear
+from lora_edu.lora_layer import LoRALinear
 
 
 class LoRAConv2d(LoRALinear):

@@ -1,6 +1,8 @@
 """Named adapters on one base: switching, deleting, one adapter per example, weighted combinations
 and the save_pretrained layout, checked against peft on a tiny random BERT (no download)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -134,6 +136,57 @@ def test_delete_and_the_errors_that_name_what_exists(ids):
     assert adapter_names(model) == [] and active_adapter(model) is None
     torch.testing.assert_close(logits(model, ids), logits(tiny_bert(), ids))
     assert not hasattr(model, "lora_config")
+
+
+# ------------------------------------------------------------------ dtype and device
+
+VERA_B = LoRAConfig(["query", "key", "value"], r=6, variant="vera")
+
+
+def lora_layers(model: nn.Module) -> list[LoRALinear]:
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+@pytest.mark.parametrize("second", [None, VERA_B], ids=["rslora", "vera"])
+def test_adapters_set_aside_follow_the_model_to_another_dtype(second, ids):
+    model = two_adapters(second)  # "b" is set aside
+    reference = copy.deepcopy(model)
+    set_adapter(reference, "b")
+    reference.to(torch.bfloat16)  # "b" converted while in the model
+    model.to(torch.bfloat16)  # "b" converted while set aside
+    set_adapter(model, "b")
+    for layer in lora_layers(model):
+        assert layer.lora_A.dtype == layer.lora_B.dtype == torch.bfloat16
+        assert all(p.dtype == torch.bfloat16 for p in layer.parameters())
+        if second is VERA_B:  # and VeRA's layers still read one shared pair
+            assert layer.lora_A.data_ptr() == layer.variant.vera_A.data_ptr()
+    torch.testing.assert_close(logits(model, ids), logits(reference, ids), rtol=0, atol=0)
+    set_adapter(model, "default")
+    assert all(layer.lora_A.dtype == torch.bfloat16 for layer in lora_layers(model))
+    # The adapters set aside are not the model's weights: its state dict holds the active one.
+    assert not [k for k in model.state_dict() if "lora_adapters" in k]
+
+
+def test_adapters_set_aside_move_with_the_model_to_another_device():
+    model = two_adapters()
+    model.to("meta")  # the meta device stands in for any device (no memory, no kernels needed)
+    aside = model.lora_adapters.adapters["b"].layers.values()
+    # moved now, not at the next switch: no copy stays behind in the old device's memory
+    assert all(p.device.type == "meta" for layer in aside for p in layer.parameters())
+    set_adapter(model, "b")
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adapters_set_aside_follow_the_model_to_cuda(ids):
+    model = two_adapters()
+    set_adapter(model, "b")
+    expected = logits(model, ids)
+    set_adapter(model, "default")
+    model.cuda()
+    set_adapter(model, "b")
+    torch.testing.assert_close(logits(model, ids.cuda()).cpu(), expected, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ one adapter per example

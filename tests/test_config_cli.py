@@ -106,4 +106,5 @@ def test_unknown_attribute_error():
 def test_every_exported_name_resolves():
     missing = [name for name in lora_edu.__all__ if not hasattr(lora_edu, name)]
     assert missing == []
-    assert lora_edu.LoRALinear.__module__ == "lora_edu.lora"
+    assert lora_edu.LoRALinear is lora_edu.lora.LoRALinear  # the public face of the layer
+    assert lora_edu.LoRALinear.__module__ == "lora_edu.lora_layer"

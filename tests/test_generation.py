@@ -826,11 +826,11 @@ def test_load_causal_lm_from_an_empty_folder_raises(tmp_path):
 
 @pytest.fixture
 def smoke(tmp_path, monkeypatch):
-    from lora_edu import experiments
+    from lora_edu import experiments, kept
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
     monkeypatch.setenv("LORA_EDU_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setattr(experiments, "_SMOKE_DIR", tmp_path / "smoke")
+    monkeypatch.setattr(kept, "_SMOKE_DIR", tmp_path / "smoke")
     return experiments
 
 
@@ -870,4 +870,6 @@ def test_e2e_presets_in_smoke(smoke):
     assert [run["target_modules"] for run in lora if run not in qv] == [["all-linear"]]
     assert all(run["lr"] == CAUSAL_LM_LR["lora"] for run in lora)
     # Nothing is read from or written into the repository: smoke results live in tmp_path.
-    assert smoke.results_file("e2e-dev").is_relative_to(smoke._smoke_dir())
+    from lora_edu.kept import _smoke_dir
+
+    assert smoke.results_file("e2e-dev").is_relative_to(_smoke_dir())

@@ -1,13 +1,16 @@
 """LoRA's descendants (lora_edu.variants), each checked against PEFT's implementation on a tiny
 randomly initialised BERT (no download): forward, gradients, merging and the adapter files."""
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lora_edu
 from lora_edu.lora import (
     ADAPTER_CONFIG,
     LoRAConfig,
@@ -24,7 +27,16 @@ from lora_edu.lora import (
     unload_lora,
     unmerge_lora,
 )
-from lora_edu.variants import LORA_PLUS_RATIO, AdaLoRA, DoRA, VeRA
+from lora_edu.variants import (
+    LORA_PLUS_RATIO,
+    VARIANTS,
+    AdaLoRA,
+    DoRA,
+    Variant,
+    VeRA,
+    register_variant,
+    variant_class,
+)
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -212,6 +224,80 @@ def test_a_variant_name_is_checked_and_travels_in_the_config():
     assert model.lora_config.record()["variant"] == "dora"
     with pytest.raises(ValueError, match="already has LoRA with"):
         apply_lora(model, ["value"], r=2, alpha=2)  # plain LoRA beside DoRA: one config per model
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+def test_variants_register_by_name_and_the_layer_finds_them_there():
+    assert list(VARIANTS) == ["dora", "vera", "adalora", "lora-fa", "lora-plus"]
+    assert all(variant_class(name).name == name for name in VARIANTS)
+    with pytest.raises(ValueError, match="no LoRA variant named 'dorra'; registered: 'dora', "):
+        variant_class("dorra")
+    with pytest.raises(ValueError, match="'dora' is taken by lora_edu.variants.dora.DoRA"):
+
+        @register_variant("dora")
+        class Impostor(Variant):
+            pass
+
+    @register_variant("test-half")  # a new variant plugs in without any change to the layer
+    class HalfUpdate(Variant):
+        def forward(self, layer, x, y):
+            return y + 0.5 * (layer.lora_forward(x, y) - y)
+
+    try:
+        torch.manual_seed(0)
+        half = LoRALinear(nn.Linear(6, 5), r=2, alpha=2, variant="test-half")
+        assert isinstance(half.variant, HalfUpdate)
+        with torch.no_grad():
+            half.lora_B.normal_()
+            x = torch.randn(3, 6)
+            y = half.base_layer(x)
+            torch.testing.assert_close(half(x) - y, 0.5 * (half.lora_forward(x, y) - y))
+    finally:
+        del VARIANTS["test-half"]
+
+
+#: The layer, its variants and the code around them; the import graph among them (imports
+#: inside functions count too) must have no cycle: the layer finds variants by name only.
+LAYER_MODULES = ("lora", "lora_layer", "lora_model", "lora_conv", "peft_format", "adapters")
+
+
+def imports_among(modules: dict[str, Path]) -> dict[str, set[str]]:
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_the_layer_its_variants_and_adapters_import_without_a_cycle():
+    root = Path(lora_edu.__file__).parent
+    modules = {f"lora_edu.{m}": root / f"{m}.py" for m in LAYER_MODULES}
+    modules["lora_edu.variants"] = root / "variants" / "__init__.py"
+    for path in (root / "variants").glob("[!_]*.py"):
+        modules[f"lora_edu.variants.{path.stem}"] = path
+    graph = imports_among(modules)
+    assert graph["lora_edu.lora_layer"] == {"lora_edu.variants.base"}  # the registry, no variant
+    assert graph["lora_edu.variants.base"] == set()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = path[path.index(name) :] + (name,)
+            raise AssertionError(f"import cycle: {' → '.join(cycle)}")
+        if name not in done:
+            for other in sorted(graph[name]):
+                visit(other, (*path, name))
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
 
 
 # ------------------------------------------------------------------------------------- VeRA

@@ -19,28 +19,46 @@ an SVD, so that one rank is one removable triplet (a column of P, a value, a row
 This module holds the layer; ``rank_allocator.py`` the regulariser, scores and schedule. Equal to
 PEFT (``peft.AdaLoraConfig``, ``RankAllocator``): initialisation (Λ = 0; P, Q ~ N(0, 0.02²)),
 scaling α / (r + 1e-5), the regulariser, the scores and the masks at each step.
+
+Imports ``variants.base`` and ``variants.rank_allocator`` (which builds on ``base`` only).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
 
-from lora_edu.variants.base import Variant
-
-if TYPE_CHECKING:
-    from lora_edu.lora import LoRALinear
+from lora_edu.variants.base import LoRALayer, Variant, register_variant
+from lora_edu.variants.rank_allocator import RankAllocator, orthogonality
 
 
+@register_variant("adalora")
 class AdaLoRA(Variant):
     """The singular values ``lora_E`` (r, 1) of one layer; its A and B are Q and P."""
 
     peft_keys = {"lora_E": "lora_E"}
     lora_key_suffix = ""  # PEFT stores AdaLoRA's A and B as bare parameters, not as .weight
 
-    def __init__(self, layer: LoRALinear) -> None:
+    @classmethod
+    def peft_config(cls, lora_fields: dict[str, Any]) -> dict[str, Any]:
+        """PEFT's ADALORA fields. The schedule fields describe no training (PEFT requires them);
+        pruned triplets are saved at full size with their singular value 0, so no
+        ``rank_pattern`` is needed."""
+        r, alpha, dropout = lora_fields["r"], lora_fields["lora_alpha"], lora_fields["lora_dropout"]
+        return {"peft_type": "ADALORA", "init_r": r, "target_r": r, "total_step": 1, "tinit": 0,
+                "tfinal": 0, "rank_pattern": None, "init_lora_weights": True, "lora_alpha": alpha,
+                "lora_dropout": dropout}  # fmt: skip
+
+    @classmethod
+    def allocator(
+        cls, layers: dict[str, LoRALayer], total_steps: int, **settings: Any
+    ) -> RankAllocator:
+        """The rank allocator of these AdaLoRA layers (settings: ``AdaLoRASchedule``)."""
+        return RankAllocator(layers, total_steps, **settings)
+
+    def __init__(self, layer: LoRALayer) -> None:
         super().__init__(layer)
         if layer.init == "pissa":
             raise ValueError("AdaLoRA initialises its own P, Λ, Q; init='pissa' is for LoRA")
@@ -50,12 +68,13 @@ class AdaLoRA(Variant):
         self.lora_E = nn.Parameter(layer.lora_A.new_zeros(layer.r, 1))  # ΔW = 0 at step 0
         self.scaling = layer.alpha / (layer.r + 1e-5)
 
-    def forward(self, layer: LoRALinear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, layer: LoRALayer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y + P Λ Q x · α / (r + 1e-5)``, computed in the dtype of P, Λ, Q, returned in ``y``'s."""
         x = layer.lora_dropout(x.to(layer.lora_A.dtype))
         update = x @ (layer.lora_A * self.lora_E).T @ layer.lora_B.T
-        return y + (update * layer.alpha / (layer.r + 1e-5)).to(y.dtype)
+        return (y + update * layer.alpha / (layer.r + 1e-5)).to(y.dtype)
 
-    def delta_weight(self, layer: LoRALinear) -> torch.Tensor:
+    def delta_weight(self, layer: LoRALayer) -> torch.Tensor:
         delta = layer.lora_B @ (layer.lora_A * self.lora_E) * self.scaling
         return delta.to(layer.base_layer.weight.dtype)
 
@@ -64,11 +83,9 @@ class AdaLoRA(Variant):
         return int((self.lora_E != 0).sum())
 
     @staticmethod
-    def orthogonality(layer: LoRALinear) -> torch.Tensor:
-        """‖Q Qᵀ − I‖_F + ‖Pᵀ P − I‖_F for this layer."""
-        A, B = layer.lora_A, layer.lora_B
-        eye = torch.eye(layer.r, device=A.device, dtype=A.dtype)
-        return torch.linalg.norm(A @ A.T - eye) + torch.linalg.norm(B.T @ B - eye)
+    def orthogonality(layer: LoRALayer) -> torch.Tensor:
+        """‖Q Qᵀ − I‖_F + ‖Pᵀ P − I‖_F for this layer (``rank_allocator.orthogonality``)."""
+        return orthogonality(layer)
 
     def extra_repr(self) -> str:
         return f"lora_E: ({self.lora_E.shape[0]}, 1), rank in use {self.rank()}"

@@ -12,22 +12,32 @@ has ``d_out`` entries. Normalising the other axis (``dim=0``) gives a different,
 
 As the paper's §4.3 recommends (and PEFT does), the norm is treated as a constant in the backward
 pass (``.detach()``): gradients reach ``m``, ``A`` and ``B`` but not through the norm.
+
+Imports ``variants.base`` only.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_edu.variants.base import Variant, write_weight
-
-if TYPE_CHECKING:
-    from lora_edu.lora import LoRALinear
+from lora_edu.variants.base import LoRALayer, Variant, register_variant
 
 
+def write_weight(layer: LoRALayer, value: torch.Tensor) -> None:
+    """Store ``value`` as the base layer's W: in place for an ``nn.Linear``, rounded to 4 bits
+    again for a quantised base (``lora_edu.quant.QuantizedLinear``)."""
+    base = layer.base_layer
+    if isinstance(base.weight, nn.Parameter):
+        base.weight.copy_(value)
+    else:
+        base.weight = value
+
+
+@register_variant("dora")
 class DoRA(Variant):
     """The magnitude ``m`` (d_out,) of one ``LoRALinear``, initialised to ``‖W + s·B A‖`` per
     output feature (``‖W‖`` when B = 0), so the layer's output is unchanged at step 0."""
@@ -35,22 +45,31 @@ class DoRA(Variant):
     #: this module's parameters under the names PEFT's adapter files use
     peft_keys = {"magnitude": "lora_magnitude_vector"}
 
-    def __init__(self, layer: LoRALinear) -> None:
+    def __init__(self, layer: LoRALayer) -> None:
         super().__init__(layer)
         with torch.no_grad():
             self.magnitude = nn.Parameter(self.weight_norm(layer).clone())
         self._norm_at_merge: torch.Tensor | None = None
 
-    @staticmethod
-    def weight_norm(layer: LoRALinear) -> torch.Tensor:
-        """``‖W + s·B A‖`` over each row (``in_features``): shape (d_out,), no gradient."""
-        weight = layer.base_layer.weight
-        return torch.linalg.norm(weight + layer.delta_weight().detach(), dim=1).detach()
+    @classmethod
+    def peft_config(cls, lora_fields: dict[str, Any]) -> dict[str, Any]:
+        """A DoRA adapter is a LORA adapter with ``use_dora``."""
+        return {**lora_fields, "use_dora": True}
 
-    def forward(self, layer: LoRALinear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def weight_norm(layer: LoRALayer) -> torch.Tensor:
+        """``‖W + s·B A‖`` over each row (``in_features``): shape (d_out,), no gradient, in the
+        dtype of A and B (as PEFT: float32 when they are kept in float32 on a bfloat16 base)."""
+        A, B = layer.lora_A.detach(), layer.lora_B.detach()
+        weight = layer.base_layer.weight.detach().to(A.dtype)
+        return torch.linalg.norm(weight + layer.scaling * (B @ A), dim=1)
+
+    def forward(self, layer: LoRALayer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The adapted output from the input ``x`` and the base layer's output ``y = W x + b``:
-        ``(m / ‖W + s·B A‖) ⊙ (W x + s·B A x) + b``, written as a correction added to ``y``."""
-        weight = layer.base_layer.weight
+        ``(m / ‖W + s·B A‖) ⊙ (W x + s·B A x) + b``, written as a correction added to ``y``.
+
+        Computed in the dtype of A and B, returned in ``y``'s: with A and B in float32 on a
+        bfloat16 base, attention would otherwise get a float32 query beside a bfloat16 key."""
         x = x.to(layer.lora_A.dtype)
         scale = self.magnitude / self.weight_norm(layer)  # (d_out,)
         if isinstance(layer.lora_dropout, nn.Identity) or not layer.training:
@@ -58,12 +77,12 @@ class DoRA(Variant):
             base = y if bias is None else y - bias  # W x, re-used from the base layer's output
         else:  # with dropout, both paths of the correction see the same dropped input (as PEFT)
             x = layer.lora_dropout(x)
-            base = F.linear(x, weight)
+            base = F.linear(x, layer.base_layer.weight.to(x.dtype))
         update = F.linear(F.linear(x, layer.lora_A), layer.lora_B) * layer.scaling
-        return y + (scale - 1) * base + scale * update
+        return (y + (scale - 1) * base + scale * update).to(y.dtype)
 
     @torch.no_grad()
-    def merge(self, layer: LoRALinear) -> None:
+    def merge(self, layer: LoRALayer) -> None:
         """W ← (m / ‖W + ΔW‖) ⊙ (W + ΔW); the norm is kept for ``unmerge``. A result holding
         NaN or Inf (a row with ‖W + ΔW‖ = 0, a non-finite m) raises ValueError, W untouched."""
         weight = layer.base_layer.weight
@@ -81,7 +100,7 @@ class DoRA(Variant):
         write_weight(layer, merged)
 
     @torch.no_grad()
-    def check_unmerge(self, layer: LoRALinear) -> None:
+    def check_unmerge(self, layer: LoRALayer) -> None:
         """Unmerging divides each row of W by ``m / ‖W + ΔW‖``: a factor of 0 (m = 0) or a
         non-finite one would write Inf or NaN into W. Raise ValueError instead."""
         if self._norm_at_merge is None:
@@ -99,7 +118,7 @@ class DoRA(Variant):
             )
 
     @torch.no_grad()
-    def unmerge(self, layer: LoRALinear) -> None:
+    def unmerge(self, layer: LoRALayer) -> None:
         """W ← W / (m / ‖W + ΔW‖) − ΔW, with the norm of the merge (exact up to rounding).
         A zero or non-finite factor raises ValueError (``check_unmerge``), W untouched."""
         self.check_unmerge(layer)
@@ -112,7 +131,7 @@ class DoRA(Variant):
         return f"magnitude: ({self.magnitude.shape[0]},), one per output feature"
 
 
-def _describe(layer: LoRALinear) -> str:
+def _describe(layer: LoRALayer) -> str:
     return f"layer ({type(layer.base_layer).__name__}, {layer.in_features} → {layer.out_features})"
 
 

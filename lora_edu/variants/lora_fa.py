@@ -10,13 +10,16 @@ an equal budget it runs at twice LoRA's rank.
 (PEFT's ``create_lorafa_optimizer`` implements a later method of the same name, Wang et al. 2025,
 which also rescales B's gradient; this module is the original, A frozen and nothing else.) The
 adapter file is a plain LoRA file: A and B are all it needs.
+
+Imports ``variants.base`` only.
 """
 
 from __future__ import annotations
 
-from lora_edu.variants.base import Variant
+from lora_edu.variants.base import Variant, register_variant
 
 
+@register_variant("lora-fa")
 class LoRAFA(Variant):
     """A frozen after initialisation; B trains."""
 

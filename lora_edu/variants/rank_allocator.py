@@ -1,20 +1,19 @@
 """AdaLoRA's budget allocator (Zhang et al. 2023): the orthogonality regulariser, the importance
 scores and the cubic budget schedule, for the ``AdaLoRA`` layers of a model (see ``adalora.py``).
 Equal to PEFT's ``RankAllocator``: the same triplets are masked at every step.
+
+Imports only ``variants.base``: ``adalora.py`` builds the allocator, so nothing here imports it back
+(a layer's singular values are read as ``layer.variant.lora_E``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from lora_edu.variants.adalora import AdaLoRA
-
-if TYPE_CHECKING:
-    from lora_edu.lora import LoRALinear
+from lora_edu.variants.base import LoRALayer
 
 
 @dataclass
@@ -31,6 +30,13 @@ class AdaLoRASchedule:
     orth_reg_weight: float = 0.5
 
 
+def orthogonality(layer: LoRALayer) -> torch.Tensor:
+    """‖Q Qᵀ − I‖_F + ‖Pᵀ P − I‖_F for one layer (Q = lora_A (r, d_in), P = lora_B (d_out, r))."""
+    A, B = layer.lora_A, layer.lora_B
+    eye = torch.eye(layer.r, device=A.device, dtype=A.dtype)
+    return torch.linalg.norm(A @ A.T - eye) + torch.linalg.norm(B.T @ B - eye)
+
+
 class RankAllocator:
     """Scores every triplet and masks the weakest to follow the budget (PEFT's algorithm).
 
@@ -39,7 +45,7 @@ class RankAllocator:
     number of optimizer steps done (1, 2, ..., ``total_step``).
     """
 
-    def __init__(self, layers: dict[str, LoRALinear], total_step: int, **settings: float) -> None:
+    def __init__(self, layers: dict[str, LoRALayer], total_step: int, **settings: float) -> None:
         s = AdaLoRASchedule(**settings)
         self.layers, self.total_step, self.s = layers, total_step, s
         self.tinit, self.tfinal = int(s.tinit * total_step), int(s.tfinal * total_step)
@@ -56,7 +62,7 @@ class RankAllocator:
         self.avg_unc: dict[str, torch.Tensor] = {}
         self.rank_pattern: dict[str, torch.Tensor] | None = None
 
-    def _params(self, name: str, layer: LoRALinear) -> dict[str, nn.Parameter]:
+    def _params(self, name: str, layer: LoRALayer) -> dict[str, nn.Parameter]:
         return {
             f"{name}.A": layer.lora_A,
             f"{name}.B": layer.lora_B,
@@ -65,7 +71,7 @@ class RankAllocator:
 
     def regularizer(self) -> torch.Tensor:
         """orth_reg_weight × the mean of ‖Q Qᵀ − I‖_F and ‖Pᵀ P − I‖_F over every P and Q."""
-        total = sum(AdaLoRA.orthogonality(layer) for layer in self.layers.values())
+        total = sum(orthogonality(layer) for layer in self.layers.values())
         return self.s.orth_reg_weight * total / (2 * len(self.layers))
 
     def budget(self, step: int) -> tuple[int, bool]:
