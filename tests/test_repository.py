@@ -180,10 +180,13 @@ def test_the_readme_timings_are_the_measured_ones(tmp_path):
     """The Quickstart's test times and the notebook table's time column are generated from the
     committed measurements (docs/timings.json, written by a timed pytest run): every notebook was
     timed in both profiles, both runs passed, and regenerating the README changes nothing."""
+    import os
     import shutil
 
     from lora_edu.timings import read_timings, update_readme_timings
 
+    if os.environ.get("LORA_EDU_TIMINGS"):
+        pytest.skip("this run is measuring the timings it would check (LORA_EDU_TIMINGS is set)")
     timings = read_timings()
     names = {p.name for p in NOTEBOOKS}
     for profile in ("smoke", "default"):
