@@ -128,7 +128,7 @@ def quickstart_paragraph(timings: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name in ("smoke", "default"):
         if name not in timings:
-            lines.append(f"`{COMMANDS[name]}` has not been timed yet.")
+            lines.append(f"- `{COMMANDS[name]}` has not been timed yet.")
             continue
         t = timings[name]
         notebooks = sum(t["notebooks"].values())
@@ -138,7 +138,7 @@ def quickstart_paragraph(timings: dict[str, dict[str, Any]]) -> str:
             else ""
         )
         lines.append(
-            f"`{t['command']}` took **{_duration(t['total_seconds'])}** ({unit}"
+            f"- `{t['command']}` took **{_duration(t['total_seconds'])}** ({unit}"
             f"the {len(t['notebooks'])} notebooks {_duration(notebooks)}; {_counts(t['outcomes'])})"
             f" on {t['date']} at commit `{t['commit']}`, on {t['machine']}."
         )
