@@ -250,6 +250,11 @@ class LoRALinear(nn.Module):
 
         Merging twice would add ΔW twice: a second call warns and does nothing (as PEFT does).
         A ΔW holding NaN or Inf (a diverged run) raises ValueError instead of spoiling W.
+
+        On a 4-bit base (``QuantizedLinear``) the merged W + ΔW is rounded to 4 bits again, so
+        the merged output differs a little from the unmerged one (PEFT warns the same for a
+        QLoRA merge). The original codes and scales are kept as ``base_layer.before_merge``
+        (another 4-bit copy while merged) for ``unmerge``.
         """
         if self.merged:
             warnings.warn("LoRALinear is already merged; merge() did nothing", stacklevel=2)
@@ -260,10 +265,14 @@ class LoRALinear(nn.Module):
                 "ΔW = scaling · B A holds NaN or Inf (training diverged?); refusing to merge it "
                 "into the base weight. Inspect lora_A / lora_B, or lower the learning rate."
             )
+        four_bit = isinstance(self.base_layer, QuantizedLinear)
+        original = self.base_layer.quantized if four_bit else None
         if self.variant is not None:
             self.variant.merge(self)
         else:
             self.base_layer.weight += delta
+        if four_bit:  # writing W + ΔW built new codes; the original ones stay for unmerge
+            self.base_layer.before_merge = original
         self.merged = True
 
     @torch.no_grad()
@@ -272,14 +281,23 @@ class LoRALinear(nn.Module):
 
         Subtracts the *current* ΔW, so change A or B only while unmerged. Unmerging a layer that
         is not merged warns and does nothing.
+
+        On a 4-bit base nothing is subtracted: the codes and scales kept by ``merge`` are put
+        back, so W is bit for bit the 4-bit weight it was before the merge (subtracting ΔW from
+        the rounded W + ΔW and rounding again would move the frozen base for good, by about 2 %
+        of |W| a cycle). A variant still runs its own ``unmerge`` first (DoRA clears the norm it
+        kept), and its result is then replaced by the original codes.
         """
         if not self.merged:
             warnings.warn("LoRALinear is not merged; unmerge() did nothing", stacklevel=2)
             return
+        original = getattr(self.base_layer, "before_merge", None)
         if self.variant is not None:
             self.variant.unmerge(self)
-        else:
+        elif original is None:
             self.base_layer.weight -= self.delta_weight()
+        if original is not None:
+            self.base_layer.quantized, self.base_layer.before_merge = original, None
         self.merged = False
 
     def _apply(self, fn: Any, recurse: bool = True) -> LoRALinear:

@@ -722,6 +722,8 @@ def unload_lora(model: nn.Module) -> nn.Module:
     for name, layer in layers:
         if not layer.merged:
             layer.merge()
+        if isinstance(layer.base_layer, QuantizedLinear):
+            layer.base_layer.before_merge = None  # no unmerge after unloading: free the codes
         _set_submodule(model, name, layer.base_layer)
     if hasattr(model, "lora_config"):
         del model.lora_config

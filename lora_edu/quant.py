@@ -22,6 +22,11 @@ neighbouring levels). **Double quantisation** stores the block scales themselves
 their mean is subtracted and the rest quantised in blocks of 256 with bitsandbytes' 8-bit
 "dynamic" table, so a scale costs 8/64 + 32/(64·256) ≈ 0.127 bits per weight instead of 0.5.
 
+**Training memory.** A frozen layer still needs W in its backward pass (∂L/∂x = ∂L/∂y · W).
+``QuantizedLinear`` runs the matmul through ``Linear4bit``, which keeps only the 4-bit codes and
+scales between forward and backward and dequantises W again when the gradient needs it, as
+bitsandbytes' ``MatMul4Bit`` does; a float W kept for backward would cost what a float base costs.
+
 Everything here matches ``bitsandbytes.functional.quantize_4bit``/``dequantize_4bit`` bit for bit
 (tables, codes and dequantised weights; see tests/test_quant.py), and needs only torch. One
 exception: with double quantisation, bitsandbytes' CPU kernel rounds a few block scales (under
@@ -32,7 +37,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -226,11 +232,62 @@ def dequantize_nf4(q: Quantized4bit) -> torch.Tensor:
     return dequantize_4bit(q)
 
 
+#: the tensors of a ``Quantized4bit`` (codes, then scales); None where a part is not used
+STORED = ("packed", "absmax", "scale_codes", "scale_absmax")
+
+
+class Linear4bit(torch.autograd.Function):
+    """``y = x Wᵀ + b`` with W (d_out, d_in) held in 4 bits, saving only the codes and scales.
+
+    The base weight is frozen, so its backward needs no weight gradient, only
+
+        ∂L/∂x = ∂L/∂y · W        (..., d_out) @ (d_out, d_in) → (..., d_in)
+
+    ``F.linear(x, W)`` would keep the float W for that (4 bytes a weight, as much as a
+    full-precision base). Here the forward dequantises W, uses it and drops it; the backward
+    dequantises it again from the codes (bitsandbytes' ``MatMul4Bit`` does the same). What stays
+    between the passes is the 4-bit tensor: 0.5 byte a weight plus its scales. ``x`` is not
+    saved (only a weight gradient would need it). The price is time: W is dequantised twice a
+    training step instead of once.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, q: Quantized4bit, dtype: torch.dtype, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.q, ctx.dtype, ctx.x_dtype = q, dtype, x.dtype
+        # Through save_for_backward, so autograd (and saved_tensors_hooks) sees what is kept.
+        ctx.save_for_backward(*(getattr(q, part) for part in STORED))
+        return F.linear(x, _dequantize(q, dtype, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """∂L/∂x = ∂L/∂y · W (W dequantised again), and ∂L/∂b = Σ ∂L/∂y if the bias trains."""
+        q = replace(ctx.q, **dict(zip(STORED, ctx.saved_tensors, strict=True)))
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:  # in grad_y's dtype (bfloat16 under autocast), as F.linear
+            grad_x = (grad_y @ _dequantize(q, ctx.dtype, grad_y.dtype)).to(ctx.x_dtype)
+        if ctx.needs_input_grad[3]:  # a bias that trains (the base's own stays frozen)
+            grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+        return grad_x, None, None, grad_bias
+
+
+def _dequantize(q: Quantized4bit, dtype: torch.dtype, compute: torch.dtype) -> torch.Tensor:
+    """W in float32, rounded to the layer's dtype, then cast to the dtype of the matmul."""
+    return dequantize_4bit(q).to(dtype).to(compute)
+
+
 class QuantizedLinear(nn.Module):
-    """A frozen ``nn.Linear`` whose weight is kept in 4 bits and dequantised at each forward.
+    """A frozen ``nn.Linear`` whose weight is kept in 4 bits and dequantised when used.
 
     ``weight`` reads the dequantised float32 weight (a new tensor each time; assign to it, or use
     ``set_weight``, to store a new weight, rounded to 4 bits again). The bias stays in float.
+    The forward runs ``Linear4bit``: no float copy of W is kept, neither on the module nor for
+    the backward pass, which is QLoRA's saving in training memory.
+
+    ``before_merge`` holds the codes and scales a LoRA merge replaced (``LoRALinear.merge``
+    writes W + ΔW, rounded to 4 bits), so that ``LoRALinear.unmerge`` can put them back bit for
+    bit; None while nothing is merged.
     """
 
     def __init__(
@@ -250,6 +307,7 @@ class QuantizedLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
         if self.bias is not None:
             self.bias.requires_grad_(False)
+        self.before_merge: Quantized4bit | None = None
         self.set_weight(linear.weight.detach())
 
     def set_weight(self, weight: torch.Tensor) -> None:
@@ -272,17 +330,18 @@ class QuantizedLinear(nn.Module):
         self.set_weight(value.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), self.bias)
+        """x (..., d_in) → (..., d_out), in x's dtype: ``x Wᵀ + b`` through ``Linear4bit``."""
+        return Linear4bit.apply(x, self.quantized, self.dtype, self.bias)
 
     def _apply(self, fn, recurse: bool = True):  # .to(device) moves the codes and scales too
         super()._apply(fn, recurse)
         # Only the device follows: a dtype cast (model.half()) must not round codes or scales.
         device = fn(torch.empty(0)).device
-        q = self.quantized
-        for name in ("packed", "absmax", "scale_codes", "scale_absmax"):
-            tensor = getattr(q, name)
-            if tensor is not None:
-                setattr(q, name, tensor.to(device))
+        for q in filter(None, (self.quantized, self.before_merge)):
+            for name in STORED:
+                tensor = getattr(q, name)
+                if tensor is not None:
+                    setattr(q, name, tensor.to(device))
         return self
 
     def extra_repr(self) -> str:

@@ -15,6 +15,7 @@ from lora_edu.lora import (
     count_parameters,
     mark_only_lora_trainable,
     merge_lora,
+    unmerge_lora,
 )
 from lora_edu.models import load_text_model
 
@@ -252,3 +253,67 @@ def test_apply_lora_with_quantize_gives_qlora(minilm):
     with pytest.raises(ValueError, match="quantize must be None"):
         LoRAConfig(["query"], quantize="nf3")
     merge_lora(model)  # merges into the 4-bit base, rounding again
+
+
+def _codes_and_scales(q: quant.Quantized4bit) -> dict:
+    """Every stored part of a 4-bit tensor, cloned (a later rewrite cannot change these)."""
+    parts = ("packed", "absmax", "scale_codes", "scale_absmax")
+    return {
+        "scale_offset": q.scale_offset,
+        **{p: None if getattr(q, p) is None else getattr(q, p).clone() for p in parts},
+    }
+
+
+@pytest.mark.parametrize("variant", [None, "dora"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_merge_then_unmerge_restores_the_4bit_base_bit_for_bit(variant, double_quant):
+    """Merging rounds W + ΔW to 4 bits; unmerging used to subtract ΔW and round again, which
+    moved the frozen base for good (|W − W₀| / |W₀| ≈ 0.02 a cycle). Now it puts the original
+    codes and scales back: the base is bit for bit what it was, cycle after cycle."""
+    torch.manual_seed(0)
+    q = quant.QuantizedLinear(nn.Linear(128, 96), "nf4", double_quant=double_quant)
+    layer = LoRALinear(q, r=4, alpha=8, variant=variant)
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.05)
+        if variant == "dora":
+            layer.variant.magnitude.mul_(1.1)
+    original, w0 = _codes_and_scales(q.quantized), q.weight
+    x = torch.randn(6, 128)
+    with torch.no_grad():
+        unmerged = layer(x)
+        for _ in range(3):
+            layer.merge()
+            assert not torch.equal(q.weight, w0)  # W + ΔW (rescaled by DoRA), in 4 bits
+            merged = layer(x)
+            assert 0 < (merged - unmerged).abs().max() < 0.1 * unmerged.abs().max()
+            layer.unmerge()
+            restored = _codes_and_scales(q.quantized)
+            for part, value in original.items():
+                same = (
+                    value == restored[part]
+                    if not torch.is_tensor(value)
+                    else (torch.equal(value, restored[part]))
+                )
+                assert same, f"{part} changed by merge → unmerge"
+            assert torch.equal(q.weight, w0)
+            torch.testing.assert_close(layer(x), unmerged, rtol=0, atol=0)
+
+
+def test_merge_lora_and_unmerge_lora_leave_a_qlora_model_s_base_as_it_was():
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(up=nn.Linear(64, 64), act=nn.ReLU(), down=nn.Linear(64, 32)))
+    apply_lora(model, LoRAConfig(["up", "down"], r=4, quantize="nf4"))
+    for name in ("up", "down"):
+        with torch.no_grad():
+            model.get_submodule(name).lora_B.normal_(std=0.05)
+    bases = {n: m for n, m in model.named_modules() if isinstance(m, quant.QuantizedLinear)}
+    before = {n: _codes_and_scales(m.quantized) for n, m in bases.items()}
+    merge_lora(model)
+    unmerge_lora(model)
+    for name, module in bases.items():
+        after = _codes_and_scales(module.quantized)
+        assert torch.equal(after["packed"], before[name]["packed"]), name
+        assert torch.equal(after["scale_codes"], before[name]["scale_codes"]), name
+        assert after["scale_offset"] == before[name]["scale_offset"], name
