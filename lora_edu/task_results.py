@@ -35,6 +35,7 @@ from lora_edu.experiments import (
     run_presets,
     sweep_command,
 )
+from lora_edu.grid import run_key
 from lora_edu.pilots import ArmDecision
 from lora_edu.report import aggregate
 
@@ -61,9 +62,7 @@ class TaskResults:
         committed), else only what is in the file."""
         names = list(presets) or ["headline"]
         with self._profile():
-            if train and self.profile is None:
-                return run_presets(self.task, names, progress=False)
-            return [rec for name in names for rec in preset_records(self.task, name)]
+            return _read_or_train(self.task, names, train and self.profile is None)
 
     def grid(self, *presets: str) -> list[dict[str, Any]]:
         """The run configurations of the named sweeps (``headline`` when none is named)."""
@@ -94,8 +93,7 @@ class TaskResults:
         """The learning-rate pilot, arm by arm: each rate's mean over seeds, the best, the rates
         tied with it (``pilots.ArmDecision``). Its runs are trained first where missing."""
         with self._profile():
-            if self.profile is None:
-                run_presets(f"{self.task}-dev", ["lr-pilot"], progress=False)
+            _read_or_train(f"{self.task}-dev", ["lr-pilot"], self.profile is None)
             return pilot_decisions(self.task)
 
     def chosen(self) -> dict[str, float]:
@@ -115,6 +113,17 @@ class TaskResults:
         """The results file of the task's headline at this profile."""
         with self._profile():
             return results_file(self.task, "headline")
+
+
+def _read_or_train(task: str, names: list[str], train: bool) -> list[dict[str, Any]]:
+    """The records of ``task``'s presets ``names`` from its results file; with ``train``, when
+    some are missing, the missing runs are trained first (``run_presets``). Committed results
+    are read without loading any dataset."""
+    grid = preset_grid(task, names)
+    found = {run_key(rec): rec for name in names for rec in preset_records(task, name)}
+    if train and len(found) < len(grid):
+        return run_presets(task, names, progress=False)
+    return list(found.values())
 
 
 def results(task: str, profile: str | None = None) -> TaskResults:

@@ -40,3 +40,19 @@ def test_reading_committed_results_leaves_the_session_profile_alone(monkeypatch)
         with le.config.at_profile("large"):
             pass
     assert le.profile() == "smoke"
+
+
+def test_committed_results_read_without_any_dataset(monkeypatch, tmp_path):
+    """A learner without the datasets still reads the committed default results: nothing is
+    loaded while every run of the asked sweeps is in the file."""
+    from lora_edu import data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a dataset was loaded to read committed results")
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
+    monkeypatch.setattr(data, "load_sst2", no_data)
+    res = le.results("sst2")
+    assert set(res.headline()) == {"head", "bitfit", "lora", "full"}
+    assert res.pilot()["lora"].best == experiments.lr_pilot_chosen("sst2")["lora"]
