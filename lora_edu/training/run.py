@@ -177,31 +177,6 @@ class TrainSettings:
             return None
         return self.default_lr[self.method] if self.lr is None else self.lr
 
-    @classmethod
-    def from_arguments(cls, args: Mapping[str, Any], task: str = "?") -> TrainSettings:
-        """The settings from a dict of a ``finetune_*`` call's arguments, the form ``_run`` took
-        before ``TrainSettings`` (``diffusion.finetune_denoiser`` still builds one): each field
-        read by name; ``args["loop"]`` holds the loop's keywords (``task`` names the call in
-        their errors)."""
-        return cls(
-            method=args["method"],
-            epochs=args["epochs"],
-            lr=args["lr"],
-            default_lr=args["default_lr"],
-            batch_size=args["batch_size"],
-            seed=args["seed"],
-            lora=args.get("lora"),
-            device=args.get("device"),
-            progress=args.get("progress", True),
-            return_model=args.get("return_model", False),
-            head=args.get("head", "classifier"),
-            loss_fn=args.get("loss_fn"),
-            final=args.get("final"),
-            loop=LoopSettings.from_keywords(
-                f"the finetune_* function of task {task!r}", args.get("loop", {})
-            ),  # fmt: skip
-        )
-
 
 def _run(
     task: str,
@@ -211,14 +186,11 @@ def _run(
     collate: Collate,
     evaluate: Callable[[nn.Module], dict[str, Any]] | None,
     extra: dict[str, Any],
-    settings: TrainSettings | Mapping[str, Any],
+    settings: TrainSettings,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Shared tail of the ``finetune_*`` functions: prepare ``model`` for ``settings.method``,
     train it on examples ``0..n_train-1`` (batches from ``collate``), evaluate it, build the
-    record (module docstring). ``extra`` are task-specific record entries. ``settings`` may also
-    be a dict of the call's arguments (``TrainSettings.from_arguments``)."""
-    if not isinstance(settings, TrainSettings):
-        settings = TrainSettings.from_arguments(settings, task)
+    record (module docstring). ``extra`` are task-specific record entries."""
     method, loop = settings.method, settings.loop
     device = config.device() if settings.device is None else torch.device(settings.device)
     targets = prepare_model(model, method, settings.lora, head=settings.head)
