@@ -416,6 +416,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(args: argparse.Namespace) -> int:
+    from lora_edu.budget import next_runs, results_path, run_study
+    from lora_edu.store import read_results
+
+    path = Path(args.out) if args.out else results_path(args.task)
+    try:
+        if args.plan:
+            records = read_results(path) if path.exists() else []
+            todo = next_runs(args.task, records, args.arms)
+            print(f"{len(records)} runs in {path}; {len(todo)} planned next:")
+            for arm, lr, seed in todo:
+                print(f"  {arm:<10} lr={lr}  seed={seed}")
+            return 0
+        run_study(args.task, arms=args.arms, max_runs=args.max_runs, out=path,
+                  progress=not args.quiet)  # fmt: skip
+    except ValueError as err:
+        return _fail("budget", err)
+    return 0
+
+
 def _timings(args: argparse.Namespace) -> int:
     from lora_edu.timings import quickstart_paragraph, read_timings, update_readme_timings
 
@@ -679,6 +699,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme", type=_timings_readme, default=None, help="also write them into this README"
     )
     tm.set_defaults(func=_timings)
+
+    bg = sub.add_parser(
+        "budget",
+        help="the budget study: LoRA against full fine-tuning at 1-8x the default steps",
+        description="Trains each arm of the study (lora_edu.budget) once per learning rate and "
+        "seed for 8x the task's default steps, scoring it after 1x, 2x, 4x and 8x; runs what "
+        "the study still needs (rates at the grid's edge extend it, chosen rates get a third "
+        "seed), one at a time, appending each to data/results/budget/<task>-<profile>.jsonl. "
+        "Stop it at any time: it resumes where it stopped.",
+    )
+    bg.add_argument("task", choices=("sst2", "e2e"), help="which task's study")
+    bg.add_argument(
+        "--arms",
+        type=lambda text: [a for a in text.split(",") if a],
+        default=None,
+        help="comma-separated arms to run (default: all, in the plan's order)",
+    )
+    bg.add_argument("--max-runs", type=_whole(1), default=None, help="stop after this many runs")
+    bg.add_argument("--plan", action="store_true", help="print the runs still needed, run none")
+    bg.add_argument("--out", default=None, help="the results file (default: the study's own)")
+    bg.add_argument("--quiet", action="store_true", help="no progress bars")
+    bg.set_defaults(func=_budget)
 
     fg = sub.add_parser(
         "figures",

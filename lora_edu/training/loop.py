@@ -9,7 +9,8 @@ Methods (``prepare_model``) — what trains; the ``classifier`` head always does
 * ``"bitfit"``: every bias (including LayerNorm biases, as in BitFit) and the classifier.
 
 The loop (``fit``): AdamW on the trainable parameters, learning rate warmed up linearly over the
-first ``warmup_ratio`` of the steps then decayed linearly towards 0, gradients clipped to norm
+first ``warmup_ratio`` of the steps then decayed linearly towards 0 (``schedule="constant"``:
+held at its peak instead), gradients clipped to norm
 ``max_grad_norm``, examples reshuffled each epoch by a generator seeded with ``seed``, bf16
 autocast on CUDA only (CPU and MPS run in float32), one evaluation after each epoch.
 
@@ -122,6 +123,18 @@ def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def constant_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor for step ``step``: the same linear warm-up as ``linear_schedule``,
+    then 1 to the end. A model saved after any step is then the model a run of that many steps
+    would have produced, which lets one run stand for several training budgets."""
+    del total_steps  # the same signature as linear_schedule
+    return (step + 1) / (warmup_steps + 1) if step < warmup_steps else 1.0
+
+
+#: The learning-rate schedules ``fit`` offers, by name.
+SCHEDULES = {"linear": linear_schedule, "constant": constant_schedule}
+
+
 def _logits(output: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
@@ -183,6 +196,9 @@ def fit(
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     head_lr: float | None = None,
+    schedule: str = "linear",
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Callable[[nn.Module, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (already on ``device``, trainable parameters already chosen) on examples
     ``0..n_train-1``, reshuffled each epoch by a generator seeded with ``seed``, minimising
@@ -190,8 +206,11 @@ def fit(
     ``evaluate(model)`` after each epoch and, with ``eval_every``, also before the first step and
     every ``eval_every`` steps (``history["evals"]``: one ``{step, ...scores}`` each, the data of
     a live learning curve; ``on_eval(history)`` is called after each). ``head_lr`` trains the
-    ``classifier`` at its own learning rate (default: ``lr``, like everything else). Returns
-    ``history``, timings, memory and ``steps``."""
+    ``classifier`` at its own learning rate (default: ``lr``, like everything else).
+    ``schedule``: ``"linear"`` (warm-up, then linear decay to 0) or ``"constant"`` (warm-up, then
+    the peak rate to the end; ``SCHEDULES``). ``on_checkpoint(model, step)`` is called after
+    each step listed in ``checkpoints`` (0: before the first step), with the model in eval
+    mode; its time counts as evaluation. Returns ``history``, timings, memory and ``steps``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter requires grad; call prepare_model(model, method) first")
@@ -205,10 +224,18 @@ def fit(
     steps_per_epoch = math.ceil(n_train / batch_size)
     total = epochs * steps_per_epoch
     warmup = int(warmup_ratio * total)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}")
+    outside = sorted(s for s in checkpoints if not 0 <= s <= total)
+    if outside:
+        raise ValueError(f"checkpoints {outside} lie outside the run's steps 0..{total}")
+    if checkpoints and on_checkpoint is None:
+        raise ValueError("checkpoints= needs on_checkpoint= to call at them")
+    checkpoint_steps = set(checkpoints)
     # One group at lr, plus one per factor a LoRA variant asks for (LoRA+: B at 16 × lr).
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr, weight_decay, head_lr=head_lr))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: linear_schedule(step, warmup, total)
+        optimizer, lambda step: SCHEDULES[schedule](step, warmup, total)
     )
     # AdaLoRA: an orthogonality term in the loss, and rank allocation after each step.
     allocator = adalora_allocator(model, total)
@@ -225,9 +252,19 @@ def fit(
         if on_eval is not None:
             on_eval(history)
 
+    def checkpoint_at(step: int) -> None:
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        model.eval()
+        on_checkpoint(model, step)
+        model.train()
+        eval_seconds += time.perf_counter() - start
+
     periodic = evaluate is not None and eval_every is not None and eval_every > 0
     if periodic:
         evaluate_at(0)
+    if 0 in checkpoint_steps:
+        checkpoint_at(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -252,6 +289,11 @@ def fit(
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{history['loss'][-1]:.4f}", refresh=False)
             step = len(history["loss"])
+            if step in checkpoint_steps:
+                _sync(device)
+                train_seconds += time.perf_counter() - start
+                checkpoint_at(step)
+                start = time.perf_counter()
             # The end of an epoch is evaluated below anyway: never twice at one step.
             if periodic and step % eval_every == 0 and step % steps_per_epoch:
                 _sync(device)

@@ -88,6 +88,15 @@ class LoopSettings:
     on_eval: Callable[[dict[str, Any]], None] | None = field(
         default=None, metadata={"help": "called with the history after each evaluation"}
     )
+    schedule: str = field(
+        default="linear", metadata={"help": "after warm-up: linear (decay to 0) or constant"}
+    )
+    checkpoints: tuple[int, ...] = field(
+        default=(), metadata={"help": "steps after which on_checkpoint is called (0: before)"}
+    )
+    on_checkpoint: Callable[[nn.Module, int], None] | None = field(
+        default=None, metadata={"help": "on_checkpoint(model, step), the model in eval mode"}
+    )
 
     @classmethod
     def from_keywords(
@@ -220,6 +229,9 @@ def _run(
             on_eval=loop.on_eval,
             loss_fn=settings.loss_fn,
             head_lr=loop.head_lr,
+            schedule=loop.schedule,
+            checkpoints=loop.checkpoints,
+            on_checkpoint=loop.on_checkpoint,
         )
     final = dict(result["history"]["epochs"][-1])
     # Per-example verdicts are kept once, for the final model, not in every epoch's history.
@@ -246,6 +258,7 @@ def _run(
         "weight_decay": loop.weight_decay,
         "max_grad_norm": loop.max_grad_norm,
         **({"head_lr": loop.head_lr} if loop.head_lr is not None else {}),
+        **({"schedule": loop.schedule} if loop.schedule != "linear" else {}),
         **extra,
         "n_train": n_train,
         "metric": final.get("metric"),
