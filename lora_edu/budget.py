@@ -28,7 +28,7 @@ the CLI and ``budget_report``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +155,6 @@ def _sst2_data(plan: BudgetPlan) -> tuple[Any, Any, Any]:
     return shuffled.select(range(plan.n_train)), dev, test
 
 
-def _bits(correct: Iterable[bool]) -> str:
-    return "".join("1" if c else "0" for c in correct)
-
-
 def _run_sst2(plan: BudgetPlan, arm: Arm, lr: float, seed: int, progress: bool) -> dict[str, Any]:
     from lora_edu.lora import LoRAConfig
     from lora_edu.models import load_text_model
@@ -178,7 +174,7 @@ def _run_sst2(plan: BudgetPlan, arm: Arm, lr: float, seed: int, progress: bool) 
         for split, score in scorers.items():
             scores = score(net)
             point[f"{split}_metric"] = scores["metric"]
-            point[f"{split}_correct"] = _bits(scores["eval_correct"])
+            point[f"{split}_correct"] = scores["eval_correct"]  # "0110…", one per example
         points.append(point)
 
     record = finetune_text_classifier(

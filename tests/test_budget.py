@@ -1,0 +1,187 @@
+"""The budget study (``lora_edu.budget``): the loop's constant schedule and checkpoints it relies
+on, the rule that decides which runs it still needs, and one real run per task in smoke."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lora_edu.budget import (
+    BUDGET_MULTIPLES,
+    PILOT_SEEDS,
+    RATE_LADDER,
+    THIRD_SEED,
+    budget_plan,
+    budget_view,
+    next_runs,
+    run_budget,
+)
+from lora_edu.training.loop import constant_schedule, fit
+
+
+def test_constant_schedule_warms_up_then_holds():
+    factors = [constant_schedule(s, warmup_steps=2, total_steps=10) for s in range(10)]
+    assert factors == pytest.approx([1 / 3, 2 / 3] + [1.0] * 8)
+
+
+def _toy():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
+
+    def collate(indices):
+        return {"input": x[indices]}, y[indices]
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, input):
+            return self.net(input)
+
+    return Wrap(), collate
+
+
+def test_fit_calls_checkpoints_in_eval_mode_with_a_constant_rate():
+    model, collate = _toy()
+    seen = []
+
+    def checkpoint(net, step):
+        seen.append((step, net.training, net.net.weight.detach().clone()))
+
+    result = fit(model, 32, collate, None, epochs=1, lr=0.1, batch_size=4, seed=0,
+                 device=torch.device("cpu"), progress=False, warmup_ratio=0.25,
+                 schedule="constant", checkpoints=(0, 2, 8), on_checkpoint=checkpoint)  # fmt: skip
+    assert [s for s, _, _ in seen] == [0, 2, 8] and not any(t for _, t, _ in seen)
+    assert result["history"]["lr"] == pytest.approx([0.1 / 3, 0.2 / 3] + [0.1] * 6)
+    assert model.training  # back in training mode after each checkpoint
+    assert not torch.equal(seen[0][2], seen[1][2]) and torch.equal(seen[2][2], model.net.weight)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
+        ({"checkpoints": (9,), "on_checkpoint": print}, r"checkpoints \[9\] lie outside .*0\.\.8"),
+        ({"checkpoints": (2,)}, "needs on_checkpoint"),
+    ],
+)
+def test_fit_refuses_a_bad_schedule_or_checkpoint(kwargs, message):
+    model, collate = _toy()
+    with pytest.raises(ValueError, match=message):
+        fit(model, 32, collate, None, epochs=1, lr=0.1, batch_size=4, seed=0,
+            device=torch.device("cpu"), progress=False, **kwargs)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- which runs next
+
+N = 400  # held-out examples of the synthetic records
+
+
+def _record(arm, lr, seed, accuracy_by_multiple):
+    """A study record whose held-out verdicts have the given accuracy at each budget (the
+    examples right drawn at random, so two records of one accuracy still differ)."""
+    rng = np.random.default_rng(hash((arm, lr, seed)) % 2**32)
+    points = []
+    for m in BUDGET_MULTIPLES:
+        acc = accuracy_by_multiple(m) if callable(accuracy_by_multiple) else accuracy_by_multiple
+        right = rng.permutation(N) < round(acc * N)
+        points.append({"step": m, "multiple": m, "dev_metric": right.mean(),
+                       "dev_correct": "".join("1" if r else "0" for r in right)})  # fmt: skip
+    return {"arm": arm, "lr": lr, "seed": seed, "method": "lora", "metric_name": "accuracy",
+            "checkpoints": points}  # fmt: skip
+
+
+def _pilot(arm, accuracy_of_rate, rates):
+    return [_record(arm, lr, s, accuracy_of_rate(lr)) for lr in rates for s in PILOT_SEEDS]
+
+
+def test_next_runs_starts_with_every_start_rate_at_two_seeds(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    arm = budget_plan("sst2").arms[0]
+    todo = next_runs("sst2", [], [arm.name])
+    assert todo == [(arm.name, lr, s) for lr in arm.start_rates for s in PILOT_SEEDS]
+
+
+def test_next_runs_gives_the_clear_winner_its_third_seed_only(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    arm = budget_plan("sst2").arms[0]
+    low, mid, high = arm.start_rates
+    accuracy = {low: 0.70, mid: 0.90, high: 0.72}
+    records = _pilot(arm.name, accuracy.get, arm.start_rates)
+    assert next_runs("sst2", records, [arm.name]) == [(arm.name, mid, THIRD_SEED)]
+    records.append(_record(arm.name, mid, THIRD_SEED, 0.9))
+    assert next_runs("sst2", records, [arm.name]) == []
+
+
+def test_next_runs_extends_the_grid_where_a_budget_prefers_its_edge(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    arm = budget_plan("sst2").arms[0]
+    low, mid, high = arm.start_rates
+    above = RATE_LADDER[RATE_LADDER.index(high) + 1]
+
+    def accuracy_of(lr):  # the middle rate wins at x1-x4, the highest one at x8
+        return lambda m: {low: 0.7, mid: 0.9, high: 0.95 if m == 8 else 0.7}[lr]
+
+    records = _pilot(arm.name, accuracy_of, arm.start_rates)
+    assert next_runs("sst2", records, [arm.name]) == [(arm.name, above, s) for s in PILOT_SEEDS]
+    records += _pilot(arm.name, lambda lr: 0.6, [above])
+    # now every best is inside the grid: third seeds where a rate is chosen (mid, high)
+    assert next_runs("sst2", records, [arm.name]) == [
+        (arm.name, mid, THIRD_SEED), (arm.name, high, THIRD_SEED)
+    ]  # fmt: skip
+
+
+def test_next_runs_runs_both_rates_of_a_tie(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    arm = budget_plan("sst2").arms[0]
+    low, mid, high = arm.start_rates
+    accuracy = {low: 0.60, mid: 0.850, high: 0.845}  # 0.5 points apart on 400 examples: a tie
+    records = _pilot(arm.name, accuracy.get, arm.start_rates)
+    assert next_runs("sst2", records, [arm.name]) == [
+        (arm.name, mid, THIRD_SEED), (arm.name, high, THIRD_SEED)
+    ]  # fmt: skip
+
+
+def test_budget_view_reads_one_budget_and_refuses_a_missing_one():
+    record = _record("lora-qv", 1e-3, 0, lambda m: 0.5 + m / 100)
+    view = budget_view(record, 4)
+    assert view["metric"] == pytest.approx(0.54) and len(view["eval_correct"]) == N
+    record["checkpoints"] = record["checkpoints"][:2]
+    with pytest.raises(ValueError, match="lora-qv lr 0.001 seed 0 has no ×8"):
+        budget_view(record, 8)
+
+
+def test_an_unknown_task_or_arm_is_named():
+    with pytest.raises(ValueError, match="covers sst2 and e2e, not 'mnist'"):
+        budget_plan("mnist")
+    with pytest.raises(ValueError, match="no arm 'qlora'; its arms: lora-qv, full"):
+        next_runs("sst2", [], ["qlora"])
+
+
+# --------------------------------------------------------------------------- real runs (smoke)
+
+
+def test_an_sst2_run_scores_every_budget_on_both_splits(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    plan = budget_plan("sst2")
+    record = run_budget("sst2", "lora-qv", 2e-3, 0, progress=False)
+    assert [p["step"] for p in record["checkpoints"]] == list(plan.steps)
+    for point in record["checkpoints"]:
+        for split, n in (("dev", record["n_dev"]), ("test", record["n_test"])):
+            assert len(point[f"{split}_correct"]) == n
+            assert point[f"{split}_metric"] == pytest.approx(point[f"{split}_correct"].count("1") / n)
+    assert record["n_train"] == plan.steps[-1] * plan.batch_size and record["lr"] == 2e-3
+
+
+def test_an_e2e_run_scores_bleu_and_the_old_task_before_and_after(monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    record = run_budget("e2e", "lora-qv", 5e-3, 0, progress=False)
+    first, *rest = record["checkpoints"]
+    assert first["step"] == 0 and "test_metric" not in first  # before training: the old task only
+    assert [p["multiple"] for p in rest] == list(BUDGET_MULTIPLES)
+    assert all(0 <= p["test_metric"] <= 1 and len(p["test_generations"]) == record["n_test"]
+               for p in rest)  # fmt: skip
+    assert all(np.isfinite(p["forget_loss"]) for p in record["checkpoints"])
