@@ -208,7 +208,7 @@ def _e2e_data(plan: BudgetPlan) -> tuple[Any, Any, Any, Any]:
 
 
 def _run_e2e(plan: BudgetPlan, arm: Arm, lr: float | None, seed: int, progress: bool) -> dict:
-    from lora_edu.generate import corpus_bleu, generate
+    from lora_edu.generate import bleu_statistics, corpus_bleu, generate
     from lora_edu.lora import LoRAConfig
     from lora_edu.models import load_causal_lm
     from lora_edu.training.causal_lm import causal_lm_loss, finetune_causal_lm
@@ -218,10 +218,13 @@ def _run_e2e(plan: BudgetPlan, arm: Arm, lr: float | None, seed: int, progress: 
     tokenizer, model = load_causal_lm("smollm2")
     points: list[dict[str, Any]] = []
 
-    def answers(net: Any, data: Any) -> tuple[list[str], float]:
+    def answer(point: dict[str, Any], net: Any, split: str, data: Any) -> None:
         hyps = generate(net, tokenizer, list(data["prompt"]), max_new_tokens=max_new_tokens,
                         batch_size=32, progress=False)  # fmt: skip
-        return hyps, corpus_bleu(hyps, [list(r) for r in data["references"]])
+        references = [list(r) for r in data["references"]]
+        point[f"{split}_metric"] = corpus_bleu(hyps, references)
+        point[f"{split}_bleu_stats"] = bleu_statistics(hyps, references)
+        point[f"{split}_generations"] = hyps
 
     def checkpoint(net: Any, step: int) -> None:
         # The old task (the instruction set's test answers): what fine-tuning made worse.
@@ -231,8 +234,8 @@ def _run_e2e(plan: BudgetPlan, arm: Arm, lr: float | None, seed: int, progress: 
             "forget_loss": causal_lm_loss(net, tokenizer, old)["eval_loss"],
         }
         if step > 0 or arm.method == "none":
-            _, point["dev_metric"] = answers(net, dev_mrs)
-            point["test_generations"], point["test_metric"] = answers(net, test_mrs)
+            answer(point, net, "dev", dev_mrs)
+            answer(point, net, "test", test_mrs)
         points.append(point)
 
     if arm.method == "none":  # the prompted model: every budget is step 0
@@ -270,7 +273,7 @@ def run_budget(
     ``seed``), its settings, and ``checkpoints``: one entry per budget with ``step``,
     ``multiple``, ``dev_metric``/``test_metric`` (accuracy, or BLEU / 100 for E2E) and the
     per-example data a paired test needs (SST-2: ``dev_correct``/``test_correct`` as strings of
-    0/1; E2E: ``test_generations``, and ``forget_loss``: the loss on the instruction set's test
+    0/1; E2E: ``dev_``/``test_bleu_stats`` and ``_generations``, and ``forget_loss``: the loss on the instruction set's test
     answers, also at step 0)."""
     plan = budget_plan(task)
     arm = plan.arm(arm_name)
@@ -308,12 +311,12 @@ def budget_view(record: dict[str, Any], multiple: int, split: str = "dev") -> di
             f"{record['arm']} lr {record['lr']} seed {record['seed']} has no ×{multiple} result"
         )
     view = {"lr": record["lr"], "seed": record["seed"], "metric": point[f"{split}_metric"],
-            "metric_name": record["metric_name"] if f"{split}_correct" in point else "bleu",
-            "method": record["method"]}  # fmt: skip
-    if f"{split}_correct" in point:
-        view["eval_correct"] = [c == "1" for c in point[f"{split}_correct"]]
-    if "test_generations" in point and split == "test":
-        view["generations"] = point["test_generations"]
+            "metric_name": record["metric_name"], "method": record["method"]}  # fmt: skip
+    for kept, field in ((f"{split}_correct", "eval_correct"),
+                        (f"{split}_bleu_stats", "eval_bleu_stats"),
+                        (f"{split}_generations", "generations")):  # fmt: skip
+        if kept in point:
+            view[field] = point[kept]
     return view
 
 

@@ -255,6 +255,18 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
     return float(_bleu().corpus_score(list(hypotheses), _reference_streams(references)).score)
 
 
+def bleu_statistics(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]]
+) -> list[list[int]]:
+    """sacrebleu's sufficient statistics of each hypothesis (hypothesis and reference length,
+    matched and total n-grams for n = 1..4): summed over any subset of inputs they give that
+    subset's corpus BLEU exactly, which is what a paired bootstrap resamples
+    (``stats.paired_bootstrap(..., metric="bleu")``)."""
+    _check_pairs(hypotheses, references)
+    rows = _bleu()._extract_corpus_statistics(list(hypotheses), _reference_streams(references))
+    return [[int(v) for v in row] for row in rows]
+
+
 def _bleu() -> Any:
     """sacrebleu's BLEU with its default 13a tokenisation. ``force=True`` only silences its
     warning about hypotheses ending in " ." (the E2E references are tokenised, so the models

@@ -72,6 +72,14 @@ def _per_example(run: Any, metric: str, name: str) -> np.ndarray:
     """One run's per-example data: verdicts ``(n,)`` for accuracy, ``(n, 3)`` counts for F1."""
     if metric == "accuracy":
         return _as_verdicts(run, name).astype(float)
+    if metric == "bleu":
+        stats = np.asarray(run, dtype=float)
+        if stats.ndim != 2 or stats.shape[1] != 10:
+            raise ValueError(
+                f"{name}: BLEU needs sacrebleu's 10 statistics per example "
+                f"(generate.bleu_statistics), got shape {stats.shape}"
+            )
+        return stats
     if metric == "mean":
         values = np.asarray(run, dtype=float)
         if values.ndim != 1:
@@ -92,6 +100,12 @@ def _score(data: np.ndarray, weights: np.ndarray, metric: str) -> np.ndarray:
     """The metric of one run under each resample's example weights ``(samples, n)``."""
     if metric in ("accuracy", "mean"):
         return weights @ data / weights.sum(axis=1)
+    if metric == "bleu":  # corpus BLEU / 100 of each resample, from its summed statistics
+        from sacrebleu.metrics import BLEU
+
+        bleu = BLEU()
+        return np.array([bleu._compute_score_from_stats(row.tolist()).score / 100
+                         for row in weights @ data])  # fmt: skip
     hits, predicted, true = (weights @ data).T
     total = predicted + true
     return np.divide(2 * hits, total, out=np.zeros_like(total), where=total > 0)
@@ -111,7 +125,9 @@ def paired_bootstrap(
     ``runs_a`` and ``runs_b`` hold one entry per run (seed): for ``metric="accuracy"`` its
     per-example verdicts (a record's ``eval_correct``); for ``metric="entity_f1"`` its
     per-sentence ``(hits, predicted, true)`` entity counts (``eval_entity_counts``); for
-    ``metric="mean"`` one number per example (a style sample's ink share), averaged. The examples
+    ``metric="bleu"`` its per-example BLEU statistics (``generate.bleu_statistics``; the
+    metric is corpus BLEU / 100, recomputed from each resample's summed statistics, as in
+    Koehn 2004); for ``metric="mean"`` one number per example (a style sample's ink share), averaged. The examples
     are resampled with replacement ``samples`` times, the same resample for every run; each time
     the mean metric of A's runs minus that of B's runs is recomputed. With ``resample_runs``
     each resample also draws each side's runs with replacement (a two-level bootstrap), so that
@@ -121,8 +137,10 @@ def paired_bootstrap(
     side, and the two-sided ``p_value``: twice the share of resamples whose difference has the
     other sign (or is zero), counted as ``(k + 1) / (samples + 1)`` so that it is never 0, capped
     at 1."""
-    if metric not in ("accuracy", "entity_f1", "mean"):
-        raise ValueError(f"metric must be 'accuracy', 'entity_f1' or 'mean', got {metric!r}")
+    if metric not in ("accuracy", "entity_f1", "mean", "bleu"):
+        raise ValueError(
+            f"metric must be 'accuracy', 'entity_f1', 'mean' or 'bleu', got {metric!r}"
+        )
     if not runs_a or not runs_b:
         raise ValueError("paired_bootstrap needs at least one run on each side")
     data_a = [_per_example(run, metric, f"runs_a[{i}]") for i, run in enumerate(runs_a)]
@@ -164,13 +182,14 @@ PER_EXAMPLE_FIELDS = {
     "accuracy_at_iou": "eval_correct",  # detection: class right and box overlap ≥ 0.5
     "zero_shot_accuracy": "eval_correct",  # image–text matching
     "entity_f1": "eval_entity_counts",
+    "bleu": "eval_bleu_stats",  # generation: sacrebleu's statistics per input (budget study)
     # a style adapter's samples: each called the style's digit, or inside the style's ink band
     "digit_share": "eval_correct",
     "thick_share": "eval_correct",
     "ink_share": "eval_values",  # each sample's share of inked pixels
 }
 #: The ``paired_bootstrap`` metric of each record metric that is not a share of examples right.
-_BOOTSTRAP_METRIC = {"entity_f1": "entity_f1", "ink_share": "mean"}
+_BOOTSTRAP_METRIC = {"entity_f1": "entity_f1", "ink_share": "mean", "bleu": "bleu"}
 #: The significance level of every "A beats B" verdict in the notebooks and the README.
 SIGNIFICANCE = 0.05
 

@@ -172,7 +172,9 @@ def test_an_sst2_run_scores_every_budget_on_both_splits(tmp_path, monkeypatch):
     for point in record["checkpoints"]:
         for split, n in (("dev", record["n_dev"]), ("test", record["n_test"])):
             assert len(point[f"{split}_correct"]) == n
-            assert point[f"{split}_metric"] == pytest.approx(point[f"{split}_correct"].count("1") / n)
+            assert point[f"{split}_metric"] == pytest.approx(
+                point[f"{split}_correct"].count("1") / n
+            )
     assert record["n_train"] == plan.steps[-1] * plan.batch_size and record["lr"] == 2e-3
 
 
@@ -182,6 +184,33 @@ def test_an_e2e_run_scores_bleu_and_the_old_task_before_and_after(monkeypatch):
     first, *rest = record["checkpoints"]
     assert first["step"] == 0 and "test_metric" not in first  # before training: the old task only
     assert [p["multiple"] for p in rest] == list(BUDGET_MULTIPLES)
-    assert all(0 <= p["test_metric"] <= 1 and len(p["test_generations"]) == record["n_test"]
-               for p in rest)  # fmt: skip
+    for point in rest:
+        assert 0 <= point["test_metric"] <= 1 and 0 <= point["dev_metric"] <= 1
+        for split in ("dev", "test"):
+            n = record[f"n_{split}"]
+            assert len(point[f"{split}_generations"]) == len(point[f"{split}_bleu_stats"]) == n
     assert all(np.isfinite(p["forget_loss"]) for p in record["checkpoints"])
+
+
+def test_bleu_statistics_sum_to_corpus_bleu_and_pair_runs_over_seeds():
+    from lora_edu.generate import bleu_statistics, corpus_bleu
+    from lora_edu.stats import compare_records
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    refs = [[" ".join(rng.choice(words, 8))] for _ in range(60)]
+    good = [r[0].replace(r[0].split()[3], "zz", 1) for r in refs]  # one word wrong
+    bad = [" ".join(rng.permutation(r[0].split())) for r in refs]  # the words, shuffled
+    stats = np.array(bleu_statistics(good, refs))
+    from sacrebleu.metrics import BLEU
+
+    assert BLEU()._compute_score_from_stats(stats.sum(0).tolist()).score == pytest.approx(
+        corpus_bleu(good, refs)
+    )
+    runs = {name: {"metric_name": "bleu", "eval_bleu_stats": bleu_statistics(h, refs)}
+            for name, h in (("good", good), ("bad", bad))}  # fmt: skip
+    result = compare_records([runs["good"]] * 2, [runs["bad"]] * 2, samples=300)
+    assert result["delta"] == pytest.approx(
+        (corpus_bleu(good, refs) - corpus_bleu(bad, refs)) / 100
+    )
+    assert result["p_value"] < 0.01 and result["ci_low"] > 0

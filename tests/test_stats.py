@@ -79,7 +79,7 @@ def test_paired_bootstrap_entity_f1_is_the_micro_f1_difference():
     with pytest.raises(ValueError, match="same examples"):
         paired_bootstrap(["0101"], ["010"])
     with pytest.raises(ValueError, match="metric must be"):
-        paired_bootstrap(["01"], ["01"], metric="bleu")
+        paired_bootstrap(["01"], ["01"], metric="chrf")
 
 
 def test_resampling_the_runs_widens_the_interval_by_the_seed_spread():
