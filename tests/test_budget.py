@@ -3,6 +3,8 @@ on, the rule that decides which runs it still needs, and one real run per task i
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -83,13 +85,16 @@ N = 400  # held-out examples of the synthetic records
 def _record(arm, lr, seed, accuracy_by_multiple):
     """A study record whose held-out verdicts have the given accuracy at each budget (the
     examples right drawn at random, so two records of one accuracy still differ)."""
-    rng = np.random.default_rng(hash((arm, lr, seed)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((arm, lr, seed)).encode()))
     points = []
     for m in BUDGET_MULTIPLES:
         acc = accuracy_by_multiple(m) if callable(accuracy_by_multiple) else accuracy_by_multiple
-        right = rng.permutation(N) < round(acc * N)
-        points.append({"step": m, "multiple": m, "dev_metric": right.mean(),
-                       "dev_correct": "".join("1" if r else "0" for r in right)})  # fmt: skip
+        point = {"step": m, "multiple": m}
+        for split in ("dev", "test"):
+            right = rng.permutation(N) < round(acc * N)
+            point[f"{split}_metric"] = right.mean()
+            point[f"{split}_correct"] = "".join("1" if r else "0" for r in right)
+        points.append(point)
     return {"arm": arm, "lr": lr, "seed": seed, "method": "lora", "metric_name": "accuracy",
             "checkpoints": points}  # fmt: skip
 
@@ -214,3 +219,25 @@ def test_bleu_statistics_sum_to_corpus_bleu_and_pair_runs_over_seeds():
         (corpus_bleu(good, refs) - corpus_bleu(bad, refs)) / 100
     )
     assert result["p_value"] < 0.01 and result["ci_low"] > 0
+
+
+def test_the_report_shows_each_budget_at_its_chosen_rate_and_pairs_the_arms(monkeypatch):
+    from lora_edu.budget_report import budget_gaps, budget_table, markdown_table
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    plan = budget_plan("sst2")
+    lora, full = plan.arm("lora-qv"), plan.arm("full")
+    # LoRA's middle rate wins clearly and trails full fine-tuning by 10 points at x1, 0 at x8
+    records = _pilot("lora-qv", lambda lr: (lambda m: 0.8 + 0.0125 * m) if lr == lora.start_rates[1]
+                     else 0.6, lora.start_rates)  # fmt: skip
+    records += _pilot("full", lambda lr: 0.9 if lr == full.start_rates[1] else 0.6,
+                      full.start_rates)  # fmt: skip
+    rows = budget_table("sst2", records)
+    best = {(r["arm"], r["multiple"]): r for r in rows if r["chosen"] == "best"}
+    assert best["lora-qv", 1]["lr"] == lora.start_rates[1] and best["full", 8]["seeds"] == 2
+    assert best["lora-qv", 8]["test"] == pytest.approx(0.9, abs=0.01)
+    assert "| lora-qv | ×1 | 250 |" in markdown_table(rows)
+    gaps = {g["multiple"]: g for g in budget_gaps("sst2", records, "lora-qv", "full", samples=300)}
+    assert gaps[1]["verdict"] == "full" and gaps[1]["ci_high"] < 0
+    assert gaps[1]["delta"] == pytest.approx(-0.0875, abs=0.01)
+    assert gaps[8]["verdict"] == "tie"
