@@ -110,6 +110,7 @@ import torch
 from torch import nn
 
 from lora_edu.lora import (
+    LoRAConfig,
     LoRALinear,
     _resolve_targets,
     apply_lora,
@@ -121,6 +122,8 @@ from lora_edu.models import CAUSAL_LMS
 from lora_edu.numpy_lora import lora_backward, lora_forward
 
 MODES = ("full", "lora", "peft", "floor")
+#: What a memory worker can build: the benchmark's modes, and LoRA on a 4-bit (NF4) base.
+MEMORY_MODES = (*MODES, "qlora")
 INFERENCE = ("base", "unmerged", "merged")
 #: ratio name → (section, numerator, denominator), all medians.
 RATIOS = {
@@ -427,8 +430,8 @@ def build_mode(base: nn.Module, mode: str, config: BenchConfig) -> nn.Module:
 
     A classifier's head (``HEAD``) trains in every mode; a causal LM has no new head, so its
     ``lm_head`` stays frozen and lora/peft train A and B only, floor only the scalar."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"mode must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
     causal = is_causal_lm(base)
     heads = [] if causal else [HEAD]
     model = copy.deepcopy(base)
@@ -437,8 +440,9 @@ def build_mode(base: nn.Module, mode: str, config: BenchConfig) -> nn.Module:
     targets = config.targets[0] if len(config.targets) == 1 else list(config.targets)
     if mode == "full":
         model.requires_grad_(True)
-    elif mode == "lora":
-        apply_lora(model, targets, r=config.r, alpha=config.alpha)
+    elif mode in ("lora", "qlora"):
+        quantize = "nf4" if mode == "qlora" else None  # qlora: every other linear layer in NF4
+        apply_lora(model, LoRAConfig(targets, r=config.r, alpha=config.alpha, quantize=quantize))
         mark_only_lora_trainable(model, modules_to_save=heads)
     elif mode == "peft":
         from peft import LoraConfig, get_peft_model
@@ -649,10 +653,16 @@ def _reset_peak_rss() -> bool:
 def measure_peak_memory(config: BenchConfig, mode: str) -> dict[str, Any]:
     """In *this* process: build ``mode``, run ``MEMORY_STEPS`` training steps and return
     ``{"peak_memory_mb", "method"}``, the peak growth above the loaded model. Call it in a fresh
-    process (``python -m lora_edu.bench --worker MODE``): memory freed earlier distorts the peak."""
+    process (``python -m lora_edu.bench --worker MODE``): memory freed earlier distorts the peak.
+
+    On Linux it also returns ``model_mb`` (resident memory the built model added to the process
+    after its imports) and ``peak_total_mb`` (the training peak above those imports: the model
+    plus what training adds), the numbers that compare a 4-bit base with a float32 one."""
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    gc.collect()
+    baseline_kb = _proc_status_kb("VmRSS")  # the interpreter with torch and transformers loaded
     model = build_mode(bench_model(config.model, config.seed), mode, config).to(device).train()
     batch = make_batch(model, config.batch, config.seq, device, config.seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
@@ -680,7 +690,11 @@ def measure_peak_memory(config: BenchConfig, mode: str) -> dict[str, Any]:
             step()
         peak = unit * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         method = "ru_maxrss growth (a lower bound)"
-    return {"peak_memory_mb": (peak - before) / 2**20, "method": method}
+    result = {"peak_memory_mb": (peak - before) / 2**20, "method": method}
+    if device.type == "cpu" and baseline_kb is not None and method.startswith("peak RSS"):
+        result["model_mb"] = (before - 1024 * baseline_kb) / 2**20
+        result["peak_total_mb"] = (peak - 1024 * baseline_kb) / 2**20
+    return result
 
 
 def _config_flags(config: BenchConfig) -> list[str]:
@@ -1086,7 +1100,7 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 if a ratio misses its target"
     )
-    parser.add_argument("--worker", choices=MODES, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=MEMORY_MODES, default=None, help=argparse.SUPPRESS)
 
 
 def _config_from(args: argparse.Namespace) -> BenchConfig:

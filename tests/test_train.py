@@ -55,7 +55,7 @@ RECORD_KEYS = {
     "lora_targets", "lr", "lr_is_default", "epochs", "batch_size", "max_length", "seed",
     "warmup_ratio", "weight_decay", "max_grad_norm", "n_train", "n_eval", "num_labels", "steps",
     "metric_name", "metric", "trainable_params", "total_params", "trainable_percent",
-    "train_seconds", "eval_seconds", "peak_memory_mb", "process_peak_rss_mb", "device",
+    "train_seconds", "eval_seconds", "peak_memory_mb", "device",
     "precision_mode", "history", "torch_version",
 }  # fmt: skip
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -151,15 +150,6 @@ def _autocast(device: torch.device) -> torch.autocast:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # Windows has no resource module
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
 
 
 @torch.inference_mode()
@@ -333,7 +323,6 @@ def fit(
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "peak_memory_mb": peak,
-        "process_peak_rss_mb": _peak_rss_mb(),
         **({} if allocator is None else {"adalora_ranks": allocator.ranks()}),
     }
 
@@ -350,7 +339,6 @@ def _evaluate_only(
         "train_seconds": 0.0,
         "eval_seconds": time.perf_counter() - start,
         "peak_memory_mb": None,
-        "process_peak_rss_mb": _peak_rss_mb(),
     }
 
 

@@ -36,7 +36,7 @@ JSON-ready dict:
 | ``train_seconds`` | wall time of the training steps only (data already tokenised; evaluation excluded) |
 | ``eval_seconds`` | wall time of all evaluations |
 | ``peak_memory_mb`` | CUDA: ``torch.cuda.max_memory_allocated`` during training; None on CPU/MPS |
-| ``process_peak_rss_mb`` | the process's resident-memory high-water mark since it started (``resource``), NOT the training alone; None where unavailable |
+| (``process_peak_rss_mb``) | in records written before 2026-12: the process's resident-memory high-water mark since it started, which cannot compare runs (a long process keeps its maximum); no longer recorded — peak training memory is measured in a fresh process per run (``lora_edu.bench``) |
 | ``device``, ``precision_mode`` | e.g. ``"cpu"`` and ``"float32"`` / ``"bf16-autocast"`` |
 | ``history`` | ``loss`` and ``lr`` per step; ``epochs``: one ``{epoch, train_loss, metric}`` per epoch |
 | ``torch_version`` | for reproducing the run |
@@ -270,7 +270,6 @@ def _run(
         "eval_seconds": result["eval_seconds"],
         "steps": result["steps"],
         "peak_memory_mb": result["peak_memory_mb"],
-        "process_peak_rss_mb": result["process_peak_rss_mb"],
         "device": str(device),
         "precision_mode": "bf16-autocast" if device.type == "cuda" else "float32",
         "torch_version": torch.__version__,
