@@ -355,7 +355,8 @@ def next_runs(task: str, records: Sequence[dict[str, Any]], arms: Sequence[str] 
                 todo.append((arm.name, None, 0))
             continue
         grid = sorted(set(arm.start_rates) | {r["lr"] for r in records if r["arm"] == arm.name})
-        missing = [(arm.name, lr, s) for lr in grid for s in PILOT_SEEDS
+        # seed by seed: every rate's first seed before any rate's second (an early look at all)
+        missing = [(arm.name, lr, s) for s in PILOT_SEEDS for lr in grid
                    if (arm.name, lr, s) not in done]  # fmt: skip
         if missing:
             todo += missing
@@ -369,7 +370,7 @@ def next_runs(task: str, records: Sequence[dict[str, Any]], arms: Sequence[str] 
                 if rate is not None:
                     extend.add(rate)
         if extend:
-            todo += [(arm.name, lr, s) for lr in sorted(extend) for s in PILOT_SEEDS]
+            todo += [(arm.name, lr, s) for s in PILOT_SEEDS for lr in sorted(extend)]
             continue
         chosen = sorted({lr for d in decisions.values() for lr in (d.best, *d.tied)})
         todo += [(arm.name, lr, THIRD_SEED) for lr in chosen

@@ -107,7 +107,7 @@ def test_next_runs_starts_with_every_start_rate_at_two_seeds(monkeypatch):
     monkeypatch.setenv("LORA_EDU_PROFILE", "default")
     arm = budget_plan("sst2").arms[0]
     todo = next_runs("sst2", [], [arm.name])
-    assert todo == [(arm.name, lr, s) for lr in arm.start_rates for s in PILOT_SEEDS]
+    assert todo == [(arm.name, lr, s) for s in PILOT_SEEDS for lr in arm.start_rates]
 
 
 def test_next_runs_gives_the_clear_winner_its_third_seed_only(monkeypatch):
