@@ -311,11 +311,13 @@ def paired_bootstrap(
     *,
     samples: int = 1000,
     seed: int = 0,
-) -> dict[str, float]:
+    keep_deltas: bool = False,
+) -> dict[str, Any]:
     """Paired bootstrap for corpus BLEU (Koehn 2004): resample the test inputs with replacement
     ``samples`` times and score both systems on the same resample. Returns ``bleu_a``,
     ``bleu_b``, ``delta`` (a − b), the 95 % interval of the delta, and ``p_value``: the two-sided
-    share of resamples whose delta has the other sign than the observed one (×2, capped at 1)."""
+    share of resamples whose delta has the other sign than the observed one (×2, capped at 1);
+    with ``keep_deltas`` also ``deltas``, every resample's delta (to draw their histogram)."""
     import numpy as np
 
     _check_pairs(hypotheses_a, references)
@@ -344,6 +346,7 @@ def paired_bootstrap(
         "ci_low": float(np.percentile(deltas, 2.5)),
         "ci_high": float(np.percentile(deltas, 97.5)),
         "p_value": float(min(1.0, 2 * other_side)),
+        **({"deltas": deltas.tolist()} if keep_deltas else {}),
     }
 
 

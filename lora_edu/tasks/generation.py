@@ -17,8 +17,8 @@ def _e2e_budget() -> dict[str, Any]:
     # n_eval: test (or validation) pairs for the held-out loss; n_generate: MRs decoded for BLEU
     # (None: every MR of the split). One LoRA step of batch 8 takes about 3 s on a 2-core CPU.
     return by_profile(
-        smoke={"n_train": 16, "n_eval": 16, "n_generate": 8, "epochs": 1, "batch_size": 8,
-               "max_new_tokens": 16},
+        smoke={"n_train": 8, "n_eval": 8, "n_generate": 4, "epochs": 1, "batch_size": 4,
+               "max_new_tokens": 8},
         default={"n_train": 480, "n_eval": 200, "n_generate": None, "epochs": 1, "batch_size": 8,
                  "max_new_tokens": 48},
         full={"n_train": None, "n_eval": None, "n_generate": None, "epochs": 5, "batch_size": 8,
