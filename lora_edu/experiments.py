@@ -462,7 +462,7 @@ def _e2e_table3() -> list[dict[str, Any]]:
     """The Table-3-style grid on the E2E test MRs: zero-shot, LoRA r ∈ E2E_RANKS on q, v, LoRA on
     all linear layers, full fine-tuning; each method at its pilot learning rate. The headline
     comparison comes first (zero-shot, then LoRA r=8 and full fine-tuning seed by seed), then the
-    other ranks and the all-linear row (one seed each)."""
+    other ranks and the all-linear row (one seed each; not in smoke)."""
     lrs = e2e_chosen_lrs()
     seeds = by_profile(smoke=[0], default=list(E2E_HEADLINE_SEEDS))
     ranks = by_profile(smoke=[8], default=list(E2E_RANKS))
@@ -474,7 +474,8 @@ def _e2e_table3() -> list[dict[str, Any]]:
     for seed in seeds:
         runs += lora(8, LLAMA_QV, seed) + make_grid(["full"], seeds=[seed], lr=lrs["full"])
     runs += [run for r in ranks if r != 8 for run in lora(r, LLAMA_QV, 0)]
-    return runs + lora(E2E_ALL_LINEAR_RANK, ("all-linear",), 0)
+    all_linear = lora(E2E_ALL_LINEAR_RANK, ("all-linear",), 0)
+    return runs + by_profile(smoke=[], default=all_linear)  # smoke: the headline rows only
 
 
 # ------------------------------------------------------------------ LoRA's variants (notebook 12)
