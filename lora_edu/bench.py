@@ -214,6 +214,10 @@ class BenchConfig:
     warmup: int | None = field(default=None, metadata={"help": "untimed rounds first"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: as is)"})
     memory: bool = field(default=True, metadata={"help": "peak memory in worker processes"})
+    checkpointing: bool = field(
+        default=False,
+        metadata={"help": "memory workers: recompute activations in backward (HF models)"},
+    )
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "weights of new layers, inputs"})
     new_tokens: int | None = field(default=None, metadata={"help": "decode: new tokens per prompt"})
@@ -664,6 +668,8 @@ def measure_peak_memory(config: BenchConfig, mode: str) -> dict[str, Any]:
     gc.collect()
     baseline_kb = _proc_status_kb("VmRSS")  # the interpreter with torch and transformers loaded
     model = build_mode(bench_model(config.model, config.seed), mode, config).to(device).train()
+    if config.checkpointing:  # keep only each block's input; recompute the rest in backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     batch = make_batch(model, config.batch, config.seq, device, config.seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     step = _train_step_fn(model, optimizer, batch, _autocast(device))
@@ -704,6 +710,7 @@ def _config_flags(config: BenchConfig) -> list[str]:
         *("--targets", ",".join(config.targets), "--device", config.device),
         *("--seed", str(config.seed)),
         *(("--threads", str(config.threads)) if config.threads else ()),
+        *(("--checkpointing",) if config.checkpointing else ()),
     ]
 
 
@@ -1088,6 +1095,11 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=defaults.memory,
         help="measure peak memory in one worker process per mode (default: yes)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="memory workers: gradient checkpointing (recompute activations in backward)",
     )
     parser.add_argument("--json", default=None, help="also write the full result to this file")
     parser.add_argument(
