@@ -23,6 +23,7 @@ COMMANDS = (
     "_book",
     "_student_version",
     "_slides",
+    "_budget",
 )
 
 
@@ -121,6 +122,9 @@ BAD = {
     "figures-readme-missing": (["figures", "--readme", "{tmp}/NOPE.md"], "NOPE.md"),
     "figures-readme-without-markers": (["figures", "--readme", "{tmp}/README.md"], "README.md"),
     "figures-out-is-a-file": (["figures", "--out", "{tmp}/file.txt"], "file.txt"),
+    # the budget study: a task it does not cover, no runs at all
+    "budget-unknown-task": (["budget", "mnist"], "'mnist'"),
+    "budget-zero-runs": (["budget", "sst2", "--max-runs", "0"], "'0'"),
 }
 
 
@@ -260,3 +264,11 @@ def test_student_version_of_an_untagged_notebook_is_one_line_on_stderr(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("lora-edu student-version: 01_untagged.ipynb has no cell tagged")
     assert not (tmp_path / "out" / untagged.name).exists()
+
+
+def test_budget_names_an_unknown_arm_and_lists_the_arms(capsys, tmp_path):
+    code = cli.main(
+        ["budget", "sst2", "--arms", "qlora", "--plan", "--out", str(tmp_path / "x.jsonl")]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "no arm 'qlora'" in err and "lora-qv, full, lora-all, head" in err
