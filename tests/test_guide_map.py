@@ -52,12 +52,14 @@ def map_rows() -> list[tuple[str, list[str]]]:
 
 @cache
 def notebook_sections(name: str) -> frozenset[str]:
-    """The numbers of a notebook's numbered ``## N.`` markdown headings."""
+    """The numbers of a notebook's numbered markdown headings: ``## N.``, or ``## 9.1`` (the FAQ
+    uses the guide's own question numbers)."""
     notebook = json.loads((ROOT / "notebooks" / name).read_text(encoding="utf-8"))
     numbers = set()
     for cell in notebook["cells"]:
         if cell["cell_type"] == "markdown":
             numbers.update(re.findall(r"^## (\d+)\. ", "".join(cell["source"]), flags=re.M))
+            numbers.update(re.findall(r"^## (\d+\.\d+) ", "".join(cell["source"]), flags=re.M))
     return frozenset(numbers)
 
 
@@ -125,7 +127,7 @@ def test_every_notebook_link_points_at_a_notebook_and_its_sections_exist():
                 problems.append(f"{number}: the link to {name} is labelled {label!r}")
             # The § numbers written after a link (up to the next link) are that notebook's sections.
             end = found[i + 1].start() if i + 1 < len(found) else len(where)
-            for section in re.findall(r"§(\d+)", where[link.end() : end]):
+            for section in re.findall(r"§(\d+(?:\.\d+)?)", where[link.end() : end]):
                 if section not in notebook_sections(name):
                     problems.append(f"{number}: {name} has no section {section}")
     for link in links:  # links outside the numbered rows too
