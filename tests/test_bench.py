@@ -154,7 +154,7 @@ def test_run_bench_end_to_end_through_the_command_line(tmp_path, capsys):
     assert set(result) == TOP_KEYS
     assert set(result["config"]) == {
         *("model", "batch", "seq", "r", "alpha", "targets", "device", "precision"),
-        *("reps", "warmup", "lr", "seed", "threads", "memory"),
+        *("reps", "warmup", "lr", "seed", "threads", "memory", "checkpointing"),
     }
     assert set(result["machine"]) == {
         *("python", "platform", "processor", "cpu_count", "torch", "transformers", "peft"),
@@ -195,6 +195,19 @@ def test_peak_memory_in_a_worker_process():
     found = bench.peak_memory_in_workers(config, ["lora"])["lora"]
     assert "error" not in found, found
     assert found["peak_memory_mb"] >= 0 and found["method"]
+
+
+def test_the_qlora_memory_mode_quantises_the_base_and_reports_the_model_and_the_peak():
+    from lora_edu.quant import QuantizedLinear
+
+    config = bench.BenchConfig(**TINY)
+    model = bench.build_mode(bench.bench_model(config.model, config.seed), "qlora", config)
+    quantised = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert quantised and all(not p.requires_grad for m in quantised for p in m.parameters())
+    found = bench.peak_memory_in_workers(config, ["qlora"])["qlora"]
+    assert "error" not in found, found
+    if found["method"].startswith("peak RSS"):  # Linux: the model and the training peak, apart
+        assert 0 <= found["model_mb"] <= found["peak_total_mb"]
 
 
 def test_a_model_object_skips_the_memory_workers():
