@@ -68,32 +68,26 @@ SST2_NOISE_POINTS = 100 * binomial_se(0.85, 872)
 SINGLE_RUN_TIE_POINTS = 2 * math.sqrt(2) * SST2_NOISE_POINTS
 
 
+#: The shape each metric's per-example data must have: the width of its rows (None: one number
+#: per example) and what the rows are, for the error message.
+_PER_EXAMPLE_SHAPES = {
+    "mean": (None, "a mean needs one value per example"),
+    "entity_f1": (3, "entity F1 needs one (hits, predicted, true) triple per example"),
+    "bleu": (10, "BLEU needs sacrebleu's 10 statistics per example (generate.bleu_statistics)"),
+}
+
+
 def _per_example(run: Any, metric: str, name: str) -> np.ndarray:
-    """One run's per-example data: verdicts ``(n,)`` for accuracy, ``(n, 3)`` counts for F1."""
+    """One run's per-example data: verdicts ``(n,)`` for accuracy, values ``(n,)`` for a mean,
+    ``(n, 3)`` entity counts for F1, ``(n, 10)`` BLEU statistics."""
     if metric == "accuracy":
         return _as_verdicts(run, name).astype(float)
-    if metric == "bleu":
-        stats = np.asarray(run, dtype=float)
-        if stats.ndim != 2 or stats.shape[1] != 10:
-            raise ValueError(
-                f"{name}: BLEU needs sacrebleu's 10 statistics per example "
-                f"(generate.bleu_statistics), got shape {stats.shape}"
-            )
-        return stats
-    if metric == "mean":
-        values = np.asarray(run, dtype=float)
-        if values.ndim != 1:
-            raise ValueError(
-                f"{name}: a mean needs one value per example, got shape {values.shape}"
-            )
-        return values
-    counts = np.asarray(run, dtype=float)
-    if counts.ndim != 2 or counts.shape[1] != 3:
-        raise ValueError(
-            f"{name}: entity F1 needs one (hits, predicted, true) triple per example, got shape "
-            f"{counts.shape}"
-        )
-    return counts
+    width, what = _PER_EXAMPLE_SHAPES[metric]
+    data = np.asarray(run, dtype=float)
+    fits = data.ndim == 1 if width is None else data.ndim == 2 and data.shape[1] == width
+    if not fits:
+        raise ValueError(f"{name}: {what}, got shape {data.shape}")
+    return data
 
 
 def _score(data: np.ndarray, weights: np.ndarray, metric: str) -> np.ndarray:
