@@ -9,8 +9,9 @@ Two choices make that possible, and the notebook says so:
   (SST-2: 8,000 sentences at ×1 … 64,000 at ×8; E2E: 480 … 3,840 pairs), so more budget means
   more data, as in Biderman et al. 2024 ("LoRA Learns Less and Forgets Less");
 * **a constant learning rate after a short warm-up** (``training.loop.constant_schedule``): the
-  model after ``s`` steps is then the model a run of ``s`` steps gives. The headline runs decay
-  the rate to 0 instead, so the study's ×1 is close to, not equal to, the headline.
+  model after ``s`` steps has had the schedule a run of ``s`` steps would have had (only the
+  order of its examples differs). The headline runs decay the rate to 0 instead, so the study's
+  ×1 is close to, not equal to, the headline.
 
 The rates are chosen by one procedure for every arm and budget (``next_runs``): each rate of the
 arm's grid runs with seeds 0 and 1; at each budget the best mean on the held-out examples is
@@ -222,7 +223,7 @@ def _run_e2e(plan: BudgetPlan, arm: Arm, lr: float | None, seed: int, progress: 
         hyps = generate(net, tokenizer, list(data["prompt"]), max_new_tokens=max_new_tokens,
                         batch_size=32, progress=False)  # fmt: skip
         references = [list(r) for r in data["references"]]
-        point[f"{split}_metric"] = corpus_bleu(hyps, references)
+        point[f"{split}_metric"] = corpus_bleu(hyps, references) / 100  # like every metric
         point[f"{split}_bleu_stats"] = bleu_statistics(hyps, references)
         point[f"{split}_generations"] = hyps
 
@@ -279,11 +280,6 @@ def run_budget(
     arm = plan.arm(arm_name)
     run = _run_sst2 if task == "sst2" else _run_e2e
     result = run(plan, arm, lr, seed, progress)
-    if task == "e2e":
-        for point in result["checkpoints"]:
-            for split in ("dev", "test"):
-                if f"{split}_metric" in point:
-                    point[f"{split}_metric"] /= 100  # BLEU / 100, like every record's metric
     record = {
         "study": "budget", "task": task, "profile": profile(), "arm": arm.name,
         "targets": arm.targets if isinstance(arm.targets, str | None) else list(arm.targets),

@@ -124,8 +124,8 @@ def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def constant_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate factor for step ``step``: the same linear warm-up as ``linear_schedule``,
-    then 1 to the end. A model saved after any step is then the model a run of that many steps
-    would have produced, which lets one run stand for several training budgets."""
+    then 1 to the end. A model saved after any step has then had the schedule a run of that many
+    steps would have had, which lets one run stand for several training budgets."""
     del total_steps  # the same signature as linear_schedule
     return (step + 1) / (warmup_steps + 1) if step < warmup_steps else 1.0
 
