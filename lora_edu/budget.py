@@ -325,9 +325,11 @@ def _ladder_neighbour(rate: float, direction: int) -> float | None:
 def arm_decisions(
     records: Sequence[dict[str, Any]], arm: Arm, grid: Sequence[float]
 ) -> dict[int, ArmDecision]:
-    """The pilot decision of ``arm`` at each budget, from the runs of ``grid`` on the held-out
-    examples (every rate needs its runs)."""
-    runs = [r for r in records if r["arm"] == arm.name and r["lr"] in grid]
+    """The pilot decision of ``arm`` at each budget, from its runs of ``grid`` with the pilot
+    seeds (``PILOT_SEEDS``) on the held-out examples; every rate needs those runs. A third seed,
+    added where a rate was chosen, does not move the decision that chose it."""
+    runs = [r for r in records
+            if r["arm"] == arm.name and r["lr"] in grid and r["seed"] in PILOT_SEEDS]  # fmt: skip
     return {
         m: decide_arm(arm.name, grid, [budget_view(r, m) for r in runs], equal_eval=True)
         for m in BUDGET_MULTIPLES

@@ -45,8 +45,7 @@ def chosen_rates(task: str, records: Sequence[dict[str, Any]], arm: str) -> dict
     spec = budget_plan(task).arm(arm)
     if spec.method == "none":
         return {m: [None] for m in BUDGET_MULTIPLES}
-    pilot = [r for r in records if r["seed"] in (0, 1)]
-    decisions = arm_decisions(pilot, spec, _arm_grid(pilot, arm))
+    decisions = arm_decisions(records, spec, _arm_grid(records, arm))
     return {m: [d.best, *sorted(d.tied)] for m, d in decisions.items()}
 
 

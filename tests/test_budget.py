@@ -121,6 +121,20 @@ def test_next_runs_gives_the_clear_winner_its_third_seed_only(monkeypatch):
     assert next_runs("sst2", records, [arm.name]) == []
 
 
+def test_a_third_seed_does_not_move_the_choice_that_asked_for_it(monkeypatch):
+    """The rate is chosen on the pilot seeds only, in ``next_runs`` and in the report alike: a
+    poor third seed at the chosen rate asks for no other rate's third seed."""
+    from lora_edu.budget_report import chosen_rates
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    arm = budget_plan("sst2").arms[0]
+    low, mid, high = arm.start_rates
+    records = _pilot(arm.name, {low: 0.70, mid: 0.90, high: 0.72}.get, arm.start_rates)
+    records.append(_record(arm.name, mid, THIRD_SEED, 0.3))  # mean over 3 seeds 0.70 < 0.72
+    assert next_runs("sst2", records, [arm.name]) == []
+    assert all(rates == [mid] for rates in chosen_rates("sst2", records, arm.name).values())
+
+
 def test_next_runs_extends_the_grid_where_a_budget_prefers_its_edge(monkeypatch):
     monkeypatch.setenv("LORA_EDU_PROFILE", "default")
     arm = budget_plan("sst2").arms[0]
