@@ -138,13 +138,13 @@ def _option(dest: str) -> str:
 def _check_sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The checks of ``sweep`` that involve several options."""
     if args.preset:
-        from lora_edu.experiments import PRESETS
+        from lora_edu.tasks.registry import all_presets, task_presets
 
-        presets = PRESETS.get(args.task, {})
+        presets = task_presets(args.task)
         if not presets:
             parser.error(
                 f"argument --preset: task {args.task!r} has no presets; tasks with presets: "
-                f"{', '.join(PRESETS)}"
+                f"{', '.join(all_presets())}"
             )
         unknown = [name for name in args.preset if name not in presets]
         if unknown:
@@ -183,7 +183,8 @@ def _check_book(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from lora_edu.experiments import preset_grid, results_file
+    from lora_edu.kept import results_file
+    from lora_edu.presets import preset_grid
     from lora_edu.sweep import make_grid, run_sweep, summary_table, unique_runs
 
     for dest, default in GRID_DEFAULTS.items():
@@ -381,10 +382,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _preset_help() -> str:
     """Each task's presets, for ``sweep --help`` (the compression tasks in one entry)."""
-    from lora_edu.experiments import PRESETS
+    from lora_edu.tasks.registry import all_presets
 
     seen: dict[str, str] = {}
-    for task, presets in PRESETS.items():
+    for task, presets in all_presets().items():
         name = "sst2-ffn<rank>" if task.startswith("sst2-ffn") else task
         seen[name] = ", ".join(presets)
     return "; ".join(f"{task}: {names}" for task, names in seen.items())
@@ -475,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         type=_csv(_name, "preset names"),
         default=None,
-        help="named grids of lora_edu.experiments instead of the options above, e.g. "
+        help="named grids (declared beside each task in lora_edu.tasks) instead of the options above, e.g. "
         f"headline,ranks ({_preset_help()})",
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -4,9 +4,9 @@ People call ``finetune_text_classifier``, ``finetune_token_classifier`` and ``fi
 the defaults on their own data, so every default here is a measured choice, not a habit:
 
 * **learning rates**: each method's best rate in this project's learning-rate pilot on a task of
-  that kind (``experiments.LR_PILOT_LRS``; ``lora-edu sweep --task T-dev --preset lr-pilot``),
+  that kind (the rates each task registers with ``tasks.registry.register_pilot``; ``lora-edu sweep --task T-dev --preset lr-pilot``),
   scored on held-out *training* examples, never on the split the headline reports. A test checks
-  that they equal ``experiments.lr_pilot_chosen`` on the committed pilot results;
+  that they equal ``presets.lr_pilot_chosen`` on the committed pilot results;
 * **LoRA's targets** and **epochs**: those of the task's headline comparison;
 * **the head's learning rate** beside LoRA, BitFit or full fine-tuning (``head_lr``): None trains
   the new, randomly initialised head at the method's rate; a number gives it its own.
@@ -24,6 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+#: LoRA's target sets, by the names the encoders give their linear layers: BERT-style query and
+#: value (the LoRA paper's choice) and Llama's, BERT's attention output projection (``output.dense`` alone
+#: would also match the MLP's), the TinyViT's attention projections and with them its MLP.
+QV = ("query", "value")
+ATTN_OUT = "attention.output.dense"
+VIT_ATTENTION = ("query", "key", "value", "output")
+VIT_ATTENTION_MLP = (*VIT_ATTENTION, "fc1", "fc2")
+#: SmolLM2's (Llama's) query and value projections.
+LLAMA_QV = ("q_proj", "v_proj")
 
 #: The one learning rate per method that every task used before the learning-rate pilot.
 FORMER_LR: dict[str, float] = {"lora": 2e-3, "full": 1e-4, "head": 3e-3, "bitfit": 1e-3}
@@ -63,7 +73,7 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
     # probe 1e-2, BitFit 3e-3, LoRA r=8 on q, v 1e-3 (2e-3 within 0.2 points), full 1e-4.
     "text": TaskDefaults(
         lr={"head": 1e-2, "bitfit": 3e-3, "lora": 1e-3, "full": 1e-4},
-        target_modules=("query", "value"),
+        target_modules=QV,
         epochs=2,
         head_lr=None,
         evidence="SST-2 learning-rate pilot (sst2-dev, preset lr-pilot)",
@@ -88,7 +98,7 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
     # LoRA r=8 on the attention projections 2e-3, full 3e-4.
     "image": TaskDefaults(
         lr={"head": 3e-2, "bitfit": 1e-2, "lora": 2e-3, "full": 3e-4},
-        target_modules=("query", "key", "value", "output"),
+        target_modules=VIT_ATTENTION,
         epochs=20,
         head_lr=None,
         evidence="ViT learning-rate pilot (vit-dev, preset lr-pilot)",
@@ -101,5 +111,5 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
 #: the image classifier's.
 DETECTION_LR: dict[str, float] = {"head": 3e-2, "lora": 1e-2, "full": 3e-3}
 
-#: The task each kind's defaults were piloted on (``experiments.lr_pilot_chosen(task)``).
+#: The task each kind's defaults were piloted on (``presets.lr_pilot_chosen(task)``).
 PILOT_TASK = {"text": "sst2", "token": "conll2003", "image": "vit"}

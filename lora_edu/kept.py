@@ -18,7 +18,7 @@ from typing import Any
 from lora_edu.config import adapters_dir, profile, results_dir
 from lora_edu.grid import KEY_FIELDS, adapter_slug, key_value
 from lora_edu.runner import run_sweep
-from lora_edu.tasks.text import COMPRESSION_RANKS
+from lora_edu.tasks.registry import preset_file
 
 _SMOKE_DIR: Path | None = None
 
@@ -30,21 +30,14 @@ def _smoke_dir() -> Path:
     return _SMOKE_DIR
 
 
-#: Presets whose results have a file of their own (task, preset) → its name, instead of the task's.
-PRESET_FILES = {
-    ("sst2", "variants"): "variants",
-    ("sst2-distill", "distillation"): "distillation",
-    ("sst2", "distillation-labels"): "distillation",
-    **{(f"sst2-ffn{rank}", "compression"): "compression" for rank in COMPRESSION_RANKS},
-}
-
-
 def results_file(task: str, presets: str | Sequence[str] = ()) -> Path:
     """The results file of ``task`` at the active profile: ``data/results/TASK-PROFILE.jsonl``
     (see ``config.results_dir``), or in ``smoke`` a file in a temporary folder made once per
-    process. A preset listed in ``PRESET_FILES`` has its own file (``variants-default.jsonl``)."""
+    process. A preset that its task registered with a file of its own
+    (``tasks.registry.register_presets(files=...)``) keeps its results there
+    (``variants-default.jsonl``)."""
     names = [presets] if isinstance(presets, str) else list(presets)
-    own = {PRESET_FILES.get((task, name), task) for name in names}
+    own = {preset_file(task, name) for name in names}
     if len(own) > 1:
         raise ValueError(
             f"presets {names} of {task} keep their results in different files ({sorted(own)}); "

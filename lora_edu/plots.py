@@ -247,7 +247,7 @@ def target_sets_bar(records: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     if not groups:
         raise ValueError(
             "no LoRA records to plot; target_sets_bar compares LoRA target sets (e.g. the "
-            "'targets' preset of lora_edu.experiments)"
+            "'targets' preset of SST-2 in lora_edu.tasks.text)"
         )
     samples = [np.array([_percent(r["metric"]) for r in g]) for g in groups]
     means = [s.mean() for s in samples]

@@ -25,7 +25,8 @@ LONG_MODULES = {
 #: The tasks' plug-in modules, which the generic machinery must never import.
 PLUGINS = {f"lora_edu.tasks.{m}" for m in ("text", "token", "images", "generation", "styles")}
 GENERIC = ("lora_edu.grid", "lora_edu.store", "lora_edu.runner", "lora_edu.report",
-           "lora_edu.tasks.registry", "lora_edu.tasks.common", "lora_edu.cluster")  # fmt: skip
+           "lora_edu.tasks.registry", "lora_edu.tasks.common", "lora_edu.cluster",
+           "lora_edu.presets", "lora_edu.kept", "lora_edu.pilots")  # fmt: skip
 
 
 def _name(path: Path) -> str:
@@ -119,6 +120,22 @@ def test_the_runner_store_and_report_never_import_a_task_plugin():
     graph = imports()
     for name in GENERIC:
         assert not graph[name] & PLUGINS, (name, graph[name] & PLUGINS)
+
+
+def test_presets_are_declared_beside_their_tasks():
+    """Every named sweep is registered by a task's plug-in module, next to the task's spec:
+    nothing else calls ``register_presets`` or ``register_pilot``."""
+    callers = {
+        name
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) in ("register_presets", "register_pilot")
+    }
+    assert callers and callers <= PLUGINS, callers - PLUGINS
+    from lora_edu.tasks.registry import all_presets, task_names
+
+    assert set(all_presets()) <= set(task_names())  # presets only for registered tasks
 
 
 def test_the_layer_imports_no_variant_by_name():

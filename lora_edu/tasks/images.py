@@ -1,8 +1,9 @@
 """Image tasks on the MNIST-pretrained TinyViT: ``vit`` (adapted to scikit-learn's 8×8 digits,
 other writers; ``vit-dev`` for its pilot), ``detection`` (single-object localisation: one digit
 on a 56×56 canvas, a box-and-class head) and ``matching`` (a CLIP-style dual encoder with
-MiniLM-L6, zero-shot on held-out phrasings), each with a ``-dev`` twin. Imports
-``tasks.common`` and ``tasks.registry``; data, models and training on use.
+MiniLM-L6, zero-shot on held-out phrasings), each with a ``-dev`` twin, and their presets
+(notebooks 08 and 17). Imports ``tasks.common``, ``tasks.registry`` and ``presets``; data,
+models and training on use.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from lora_edu.config import by_profile
+from lora_edu.defaults import QV, VIT_ATTENTION, VIT_ATTENTION_MLP
+from lora_edu.presets import former_lr_grid, headline_grid, lora_runs, lr_pilot_grid
 from lora_edu.tasks.common import DEV_SIZE, _dev_data, _subset
-from lora_edu.tasks.registry import TaskSpec, register_task
+from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
 
 
 def _vit_budget() -> dict[str, Any]:
@@ -184,4 +187,52 @@ register_task(
         _matching_finetune,
         _matching_budget,
     ),  # fmt: skip
+)
+
+
+# ------------------------------------------------------------------ the image tasks' presets
+
+#: The learning-rate pilots (each on its ``-dev`` twin). Every grid whose best sat at an end was
+#: extended beyond it: the ViT's linear probe twice and BitFit once; detection's three arms, two
+#: rates each (a box head and its backbone want higher rates); matching's LoRA twice and its full
+#: fine-tuning once, upward. Matching runs on the ViT task's 8×8 digits, so its grids sit around
+#: the ViT pilot's choices.
+IMAGE_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
+    "vit": {
+        "lora": (1e-3, 2e-3, 5e-3),
+        "full": (5e-5, 1e-4, 3e-4, 1e-3),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+        "bitfit": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+    },
+    "detection": {
+        "lora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+        "full": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+    },
+    "matching": {
+        "lora": (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+        "full": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
+        "head": (1e-3, 3e-3, 1e-2, 3e-2),
+    },
+}
+#: LoRA's targets in each headline (r = 8, α = 16): the ViT's attention projections; matching
+#: adapts query and value in both towers.
+IMAGE_LORA_TARGETS = {"vit": VIT_ATTENTION, "detection": VIT_ATTENTION, "matching": QV}
+#: The ViT's rank sweep (``default``/``full``), on the attention projections and with the MLP.
+VIT_RANKS = (1, 2, 4, 8, 16)
+
+
+for _task, _rates in IMAGE_PILOT_LRS.items():
+    register_pilot(_task, _rates, lora_targets=IMAGE_LORA_TARGETS[_task])
+    register_presets(_task, {"headline": headline_grid(_task)})
+    register_presets(f"{_task}-dev", {"lr-pilot": lr_pilot_grid(_task)})
+register_presets(
+    "vit",
+    {
+        "former-lr": former_lr_grid("vit"),
+        "ranks": lambda: lora_runs(
+            by_profile(smoke=[1, 8], default=list(VIT_RANKS)),
+            targets=[VIT_ATTENTION, VIT_ATTENTION_MLP],
+        ),
+    },
 )

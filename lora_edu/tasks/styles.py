@@ -1,9 +1,10 @@
 """Style adapters of the digit denoiser (notebook 16): the tasks ``style-thick`` and
 ``style-sevens`` (a LoRA for the UNet trained on thick-stroke digits, or on sevens, its samples
 scored by numbers), each with a ``-dev`` twin sampling other noise for choosing learning rates;
-and the kept adapters they stand for (``styled_denoiser``, ``save_style_figure``). Imports
-``styles``, ``tasks.registry`` and ``tasks.images`` (the frozen digit classifier), and
-``experiments`` for the kept adapters; the diffusion model and training on use.
+their presets (the pilot and the headline); and the kept adapters they stand for
+(``styled_denoiser``, ``save_style_figure``). Imports ``styles``, ``tasks.registry``,
+``tasks.images`` (the frozen digit classifier), ``presets`` and ``kept``; the diffusion model
+and training on use.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lora_edu.styles import STYLE_METRICS, STYLES, style_budget
+from lora_edu.grid import make_grid
+from lora_edu.kept import kept_adapters, kept_run_record
+from lora_edu.presets import headline_grid, lr_pilot_grid, preset_grid
+from lora_edu.styles import DENOISER_TARGETS, STYLE_METRICS, STYLES, style_budget
 from lora_edu.tasks.images import _pretrained_image_tower
-from lora_edu.tasks.registry import TaskSpec, register_task
+from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
 
 if TYPE_CHECKING:  # torch is imported only when a denoiser is built
     from torch import nn
@@ -68,10 +72,37 @@ for _style in STYLES:
         )
 
 
+#: The learning-rate pilots of the style adapters (``style-<name>-dev``): a style adapter for
+#: the digit denoiser (pretrained at 1e-3), against tuning every weight of the UNet. The thick
+#: style's LoRA and full fine-tuning grids were extended twice each, downward: its score
+#: saturates near 95 %, best at low rates (LoRA 1e-4, full fine-tuning 1e-5); the sevens
+#: style's LoRA twice and its full fine-tuning once, upward, until at 3e-2 the classifier called
+#: none of LoRA's samples a 7 and at 1e-3 only 14 % of full fine-tuning's.
+STYLE_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
+    "thick": {"lora": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3), "full": (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)},
+    "sevens": {
+        "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+        "full": (3e-5, 1e-4, 3e-4, 1e-3),
+    },
+}
+
+
+def _style_headline(task: str) -> Callable[[], list[dict[str, Any]]]:
+    """The base denoiser as it is (its samples scored once), then LoRA and full fine-tuning at
+    their pilot rates, three seeds each (``presets.headline_grid``). LoRA adapts the attention
+    projections and the residual blocks' convolutions, as image-generation LoRAs do."""
+    headline = headline_grid(task)
+    return lambda: make_grid(["none"]) + headline()
+
+
+for _style, _rates in STYLE_PILOT_LRS.items():
+    register_pilot(f"style-{_style}", _rates, lora_targets=DENOISER_TARGETS)
+    register_presets(f"style-{_style}", {"headline": _style_headline(f"style-{_style}")})
+    register_presets(f"style-{_style}-dev", {"lr-pilot": lr_pilot_grid(f"style-{_style}")})
+
+
 def style_adapter_run(style: str) -> dict[str, Any]:
     """The run whose adapter stands for ``style``: LoRA, seed 0, of the style's ``headline``."""
-    from lora_edu.experiments import preset_grid
-
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
     grid = preset_grid(f"style-{style}", "headline")
@@ -86,7 +117,6 @@ def styled_denoiser(progress: bool = False) -> nn.Module:
     adapter's run measured."""
     from lora_edu.adapters import load_named_adapter
     from lora_edu.diffusion import style_budget_denoiser
-    from lora_edu.experiments import kept_adapters, kept_run_record
 
     unet = style_budget_denoiser(progress)
     unet.style_records = {}

@@ -1,20 +1,31 @@
 """SST-2 sentiment (MiniLM-L6; BERT-base at ``full``): the headline task ``sst2``, its pilot
 twin ``sst2-dev``, and notebook 14's set-ups built on the fully fine-tuned model
 (``sst2_teacher``): ``sst2-distill`` (a student on its soft labels) and ``sst2-ffn<rank>`` (its
-feed-forward weights truncated, then healed with LoRA). Imports ``tasks.common`` and
-``tasks.registry``; data, models and training on use.
+feed-forward weights truncated, then healed with LoRA); beside them, their presets (the named
+sweeps of notebooks 06, 09, 12 and 14: headline, pilot, ranks, α, targets, variants,
+distillation, compression). Imports ``tasks.common``, ``tasks.registry`` and ``presets``;
+data, models and training on use.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lora_edu.config import by_profile, cache_dir, profile
-from lora_edu.defaults import FORMER_LR
+from lora_edu.defaults import ATTN_OUT, FORMER_LR, QV
+from lora_edu.grid import make_grid
+from lora_edu.presets import (
+    choice_of,
+    former_lr_grid,
+    headline_grid,
+    lora_runs,
+    lr_pilot_grid,
+    variant_name,
+)
 from lora_edu.tasks.common import DEV_SIZE, FULL_TEXT_MODEL, _dev_data, _text_task_data
-from lora_edu.tasks.registry import TaskSpec, register_task
+from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
 
 
 def _sst2_budget() -> dict[str, Any]:
@@ -130,4 +141,171 @@ for _rank in COMPRESSION_RANKS:
             _text_task_data(_load_sst2, _sst2_budget),
             _compressed_finetune(_rank),
         ),
+    )
+
+
+# ------------------------------------------------------------------ SST-2's presets
+
+#: The learning-rate pilot of the SST-2 headline (``sst2-dev``): rates a factor 2–3 apart around
+#: the one rate every task used before the pilot (``FORMER_LR``). The linear probe's and BitFit's
+#: grids were extended while their best sat at an end.
+SST2_PILOT_LRS: dict[str, tuple[float, ...]] = {
+    "lora": (5e-4, 1e-3, 2e-3, 5e-3),
+    "full": (5e-5, 1e-4, 2e-4),
+    "head": (1e-3, 3e-3, 1e-2, 3e-2),
+    "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
+}
+
+#: The ranks of the rank sweep (``default``/``full``), and the ranks at which α = r and α = 2r
+#: run besides α = 16: the ends and the middle of the sweep.
+SST2_RANKS = (1, 2, 4, 8, 16, 32, 64)
+ALPHA_RANKS = (1, 8, 64)
+
+#: LoRA paper Table 5 at our scale: each set gets the rank that gives q,v at r=8's budget
+#: (73,728 trainable LoRA parameters on MiniLM-L6); all-linear cannot hit it exactly (41,472
+#: per unit of rank: r=2 is 82,944, r=1 41,472), so it takes the nearest rank above.
+TABLE5_TARGETS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (16, ("query",)),
+    (16, ("key",)),
+    (16, ("value",)),
+    (16, (ATTN_OUT,)),
+    (8, ("query", "key")),
+    (8, QV),
+    (4, ("query", "key", "value", ATTN_OUT)),
+    (2, ("all-linear",)),
+)
+
+#: The adapters the paper figures read (A and B kept): q,v at r = 4, 8, 64 (two seeds for 8, 64).
+PAPER_ADAPTERS: tuple[tuple[int, int], ...] = ((4, 0), (8, 0), (8, 1), (64, 0), (64, 1))
+
+#: The variant comparison on SST-2 at LoRA r=8 on q, v's budget (73,728 adapter parameters):
+#: name → (rank, ``make_grid`` keywords). LoRA-FA trains B only, so twice the rank gives the same
+#: budget; DoRA adds one magnitude per output feature (+4,608). VeRA trains r + d_out numbers per
+#: layer and cannot reach the budget at a sensible cost (r=256 gives 7,680): that is its point.
+#: AdaLoRA starts every matrix at rank 12 and prunes to an average of 8 (LoRA's budget at the
+#: end; 12/8 = PEFT's defaults). QLoRA is LoRA r=8 on a base whose linear layers are stored in
+#: NF4 (``lora_edu.quant``). ``presets.variant_name`` says which entry a record is.
+VARIANT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
+    "lora": (8, {}),
+    "rslora": (8, {"use_rslora": True}),
+    "pissa": (8, {"init": "pissa"}),
+    "dora": (8, {"variant": "dora"}),
+    "lora-plus": (8, {"variant": "lora-plus"}),
+    "lora-fa": (16, {"variant": "lora-fa"}),
+    "vera": (256, {"variant": "vera"}),
+    "adalora": (12, {"variant": "adalora"}),
+    "qlora": (8, {"quantize": "nf4"}),
+}
+#: Three learning rates per variant, a factor 2–2.5 apart, around LoRA's 2e-3: lower for rsLoRA
+#: (scaling α/√r is 2.8× α/r at r=8) and LoRA+ (B learns at 16× the rate), higher for VeRA
+#: (only scaling vectors train; its paper uses 1e-2 and above). PiSSA starts on W's principal
+#: directions, where large steps change the model most: its grid starts lower too. A grid whose
+#: best rate was at an end was extended beyond that end, one rate at a time, while that held
+#: (LoRA, DoRA downward; rsLoRA, LoRA+, QLoRA upward once; LoRA-FA, AdaLoRA upward twice): a
+#: best value at the edge of a grid is not an optimum.
+VARIANT_PILOT_LRS: dict[str, tuple[float, ...]] = {
+    "lora": (5e-4, 1e-3, 2e-3, 5e-3),
+    "rslora": (5e-4, 1e-3, 2e-3, 5e-3),
+    "pissa": (5e-4, 1e-3, 2e-3),
+    "dora": (5e-4, 1e-3, 2e-3, 5e-3),
+    "lora-plus": (2e-4, 5e-4, 1e-3, 2e-3),
+    "lora-fa": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+    "vera": (5e-3, 1e-2, 2e-2),
+    "adalora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+    "qlora": (1e-3, 2e-3, 5e-3, 1e-2),
+}
+#: Seeds of the variant comparison (each variant at its pilot learning rate).
+VARIANT_SEEDS = (0, 1)
+#: Seeds of the distillation study: LoRA r=8 on q, v from soft labels, against the same runs of
+#: the SST-2 headline (hard labels, same budget, same learning rate).
+DISTILL_SEEDS = (0, 1)
+
+
+def _variant_runs(name: str, lr: float, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    r, settings = VARIANT_RUNS[name]
+    return make_grid(["lora"], [r], [16], [QV], seeds, lr=lr, **settings)
+
+
+def _variants_pilot() -> list[dict[str, Any]]:
+    """Every variant at each pilot learning rate, seed 0, scored on held-out training sentences
+    (task ``sst2-dev``), never on the validation set that the comparison reports."""
+    lrs = by_profile(
+        smoke={k: v[1:2] for k, v in VARIANT_PILOT_LRS.items()}, default=VARIANT_PILOT_LRS
+    )
+    return [
+        run for name, rates in lrs.items() for lr in rates for run in _variant_runs(name, lr, [0])
+    ]
+
+
+def variants_chosen_lrs() -> dict[str, float]:
+    """Each variant's learning rate: the one with the best held-out accuracy in the pilot
+    (``sst2-dev``; a tie goes to the lower rate). Raises, naming the command, while the pilot is
+    incomplete, except in ``smoke``, where a variant without pilot runs takes its middle rate."""
+    middle = {name: rates[1] for name, rates in VARIANT_PILOT_LRS.items()}
+    return choice_of(
+        "sst2-dev",
+        "variants-pilot",
+        variant_name,
+        middle.__getitem__,
+        keep=lambda rec: rec["method"] == "lora",
+    )
+
+
+def _variants() -> list[dict[str, Any]]:
+    """Every variant at its pilot learning rate, on the reported SST-2 validation set."""
+    lrs = variants_chosen_lrs()
+    seeds = by_profile(smoke=[0], default=list(VARIANT_SEEDS), full=[0, 1, 2])
+    return [run for name in VARIANT_RUNS for run in _variant_runs(name, lrs[name], seeds)]
+
+
+def _alphas() -> list[dict[str, Any]]:
+    """α = r (scaling 1) and α = 2r (scaling 2) at ``ALPHA_RANKS``; α = 16 is the ``ranks``
+    preset."""
+    ranks = by_profile(smoke=[1, 8], default=list(ALPHA_RANKS))
+    return [run for r in ranks for run in lora_runs([r], alphas=[r, 2 * r])]
+
+
+def _table5() -> list[dict[str, Any]]:
+    sets = by_profile(smoke=TABLE5_TARGETS[-3::2], default=TABLE5_TARGETS)  # smoke: q,v; all-linear
+    return [run for r, targets in sets for run in lora_runs([r], targets=[targets])]
+
+
+def _distillation() -> list[dict[str, Any]]:
+    return lora_runs([8], seeds=by_profile(smoke=[0], default=list(DISTILL_SEEDS)))
+
+
+def _compression() -> list[dict[str, Any]]:
+    """The compressed teacher as it is, and healed by LoRA r=8 on q, v (one seed)."""
+    return make_grid(["none"]) + lora_runs([8])
+
+
+register_pilot("sst2", SST2_PILOT_LRS, lora_targets=QV)
+register_presets(
+    "sst2",
+    {
+        "headline": headline_grid("sst2"),
+        "former-lr": former_lr_grid("sst2"),
+        "ranks": lambda: lora_runs(by_profile(smoke=[1, 8], default=list(SST2_RANKS))),
+        "alphas": _alphas,
+        "targets": _table5,
+        # with r = 16 from the ``targets`` preset, Wq alone is seen at r = 1, 16, 64
+        "query-ranks": lambda: lora_runs(
+            by_profile(smoke=[8], default=[1, 64]), targets=[("query",)]
+        ),
+        "paper-adapters": lambda: [
+            run for r, seed in PAPER_ADAPTERS for run in lora_runs([r], seeds=[seed])
+        ],
+        "variants": _variants,
+        # the distillation study's hard-label side, with per-sentence verdicts, in its own file
+        "distillation-labels": _distillation,
+    },
+    files={"variants": "variants", "distillation-labels": "distillation"},
+)
+register_presets("sst2-dev", {"variants-pilot": _variants_pilot, "lr-pilot": lr_pilot_grid("sst2")})
+register_presets(
+    "sst2-distill", {"distillation": _distillation}, files={"distillation": "distillation"}
+)
+for _rank in COMPRESSION_RANKS:
+    register_presets(
+        f"sst2-ffn{_rank}", {"compression": _compression}, files={"compression": "compression"}
     )

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_edu.defaults import LLAMA_QV
 from lora_edu.lora import LoRAConfig
 from lora_edu.models import load_causal_lm
 from lora_edu.training.loop import (
@@ -37,11 +38,11 @@ from lora_edu.training.run import LoopSettings, TrainSettings, _run, lora_or_def
 #: linear decay), from a first calibration on E2E (120 steps): LoRA 2e-3, full fine-tuning 5e-5.
 #: A full-model rate far above 1e-4 damages a 135M model's pretrained knowledge; LoRA's update
 #: starts at zero and needs a much larger step. The E2E presets do not rely on these: they use
-#: the rates chosen per method on validation data (``experiments.e2e_chosen_lrs``).
+#: the rates chosen per method on validation data (``tasks.generation.e2e_chosen_lrs``).
 CAUSAL_LM_LR: dict[str, float] = {"lora": 2e-3, "full": 5e-5}
 
-#: The attention projections of Llama-style models, LoRA's default targets there (the paper's q, v).
-LLAMA_QV = ("q_proj", "v_proj")
+#: The attention projections of Llama-style models, LoRA's default targets there (the paper's
+#: q, v): ``defaults.LLAMA_QV``.
 
 
 def _lm_collate(

@@ -1,0 +1,238 @@
+"""The pieces every task's presets are built from, and the learning-rate pilot that decides the
+headlines' rates. The presets themselves live beside their tasks (``lora_edu.tasks.*``, through
+``tasks.registry.register_presets``); this module is what those declarations call.
+
+    preset_grid("sst2", ["headline", "ranks"])   # the runs of named sweeps, each once
+    lr_pilot_chosen("sst2")                      # each arm's rate: the pilot's best
+
+A headline runs every arm at the rate its pilot chose, and the pilot is itself a preset of the
+task's ``-dev`` twin, so the two meet here: ``headline_grid`` reads ``pilot_decisions``, which
+reads the pilot's records through its grid.
+
+Imports ``config``, ``defaults``, ``grid``, ``pilots``, ``kept`` (where results are kept),
+``store`` and the task registry; never a task module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lora_edu.config import by_profile, profile
+from lora_edu.defaults import FORMER_LR
+from lora_edu.grid import make_grid, unique_runs
+from lora_edu.kept import results_file
+from lora_edu.pilots import ArmDecision, decide_arm
+from lora_edu.store import read_results
+from lora_edu.tasks.registry import (
+    headline_arms,
+    headline_lora_targets,
+    pilot_rates,
+    task_presets,
+)
+
+Grid = list[dict[str, Any]]
+
+#: Seeds of each task's headline rows (every arm at its pilot learning rate).
+HEADLINE_SEEDS = (0, 1, 2)
+
+
+def preset_grid(task: str, names: str | Sequence[str]) -> Grid:
+    """The runs of one or more presets of ``task``, in order, each run once."""
+    presets = task_presets(task)
+    if not presets:
+        from lora_edu.tasks.registry import all_presets
+
+        raise ValueError(
+            f"no presets for task {task!r}; expected one of {', '.join(all_presets())}"
+        )
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in presets]
+    if unknown:
+        raise ValueError(
+            f"unknown preset(s) {unknown} for {task}; expected some of {', '.join(presets)}"
+        )
+    return unique_runs(run for name in names for run in presets[name]())
+
+
+def sweep_command(task: str, names: str | Sequence[str]) -> str:
+    """The shell command that runs these presets (at the profile in ``LORA_EDU_PROFILE``)."""
+    names = [names] if isinstance(names, str) else list(names)
+    return f"lora-edu sweep --task {task} --preset {','.join(names)}"
+
+
+def lora_runs(
+    ranks: Sequence[int],
+    alphas: Sequence[float] = (16,),
+    targets: Sequence[Sequence[str]] = (("query", "value"),),
+    seeds: Sequence[int] = (0,),
+) -> Grid:
+    """LoRA at each rank × α × target set × seed, at LoRA's rate from before the pilot (the rate
+    every study beyond the headline ran at)."""
+    return make_grid(["lora"], ranks, alphas, targets, seeds, lr=FORMER_LR["lora"])
+
+
+def arm_runs(task: str, arm: str, lr: float, seeds: int | Sequence[int] = 0) -> Grid:
+    """The runs of one arm of ``task``'s pilot or headline at ``lr``: ``arm`` is a method, or
+    ``lora-all-linear`` (LoRA r = 8 on every linear layer); LoRA is r = 8, α = 16 on the
+    headline's targets."""
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if arm == "lora-all-linear":
+        return make_grid(["lora"], [8], [16], [("all-linear",)], seeds, lr=lr)
+    if arm == "lora":
+        return make_grid(["lora"], [8], [16], [headline_lora_targets(task)], seeds, lr=lr)
+    return make_grid([arm], seeds=seeds, lr=lr)
+
+
+def headline_grid(task: str) -> Callable[[], Grid]:
+    """Every headline arm (``headline_arms``) at its pilot rate (``lr_pilot_chosen``) on the
+    reported evaluation set, ``HEADLINE_SEEDS`` each. Seed by seed, so that a sweep stopped
+    half-way leaves whole comparisons behind."""
+
+    def grid() -> Grid:
+        lrs = lr_pilot_chosen(task)
+        seeds = by_profile(smoke=[0], default=list(HEADLINE_SEEDS))
+        return [
+            run
+            for seed in seeds
+            for arm in headline_arms(task)
+            for run in arm_runs(task, arm, lrs[arm], seed)
+        ]
+
+    return grid
+
+
+def former_lr_grid(task: str) -> Callable[[], Grid]:
+    """The headline methods at the one learning rate per method that every task used before the
+    pilot (``FORMER_LR``), seeds 0 and 1: what the comparison looked like before it was fair."""
+
+    def grid() -> Grid:
+        seeds = by_profile(smoke=[0], default=[0, 1])
+        return [
+            run
+            for arm in pilot_rates(task)
+            if arm != "lora-all-linear"
+            for run in arm_runs(task, arm, FORMER_LR[arm], seeds)
+        ]
+
+    return grid
+
+
+def lr_pilot_grid(task: str) -> Callable[[], Grid]:
+    """Every arm of ``task``'s pilot at each of its rates, seed 0 (smoke: one rate per arm); the
+    runs belong to the ``-dev`` twin, scored on held-out training examples."""
+
+    def grid() -> Grid:
+        rates = pilot_rates(task)
+        lrs = by_profile(smoke={arm: r[1:2] for arm, r in rates.items()}, default=rates)
+        return [
+            run for arm, rates in lrs.items() for lr in rates for run in arm_runs(task, arm, lr)
+        ]
+
+    return grid
+
+
+# ------------------------------------------------------------------ what a pilot decides
+
+
+def pilot_arm(record: dict[str, Any]) -> str:
+    """Which arm of the learning-rate pilot a run is: its method, or ``lora-all-linear``."""
+    if record["method"] == "lora" and list(record.get("target_modules") or []) == ["all-linear"]:
+        return "lora-all-linear"
+    return record["method"]
+
+
+def variant_name(record: dict[str, Any]) -> str:
+    """Which LoRA variant a LoRA record is: rsLoRA, PiSSA and QLoRA are settings of plain LoRA
+    (``use_rslora``, ``init``, ``quantize``), the others a ``variant`` (plain LoRA: ``lora``)."""
+    if record.get("quantize"):
+        return "qlora"
+    if record.get("use_rslora"):
+        return "rslora"
+    if record.get("init") == "pissa":
+        return "pissa"
+    return record.get("variant") or "lora"
+
+
+def decisions_of(
+    dev_task: str,
+    preset: str,
+    name_of: Callable[[dict[str, Any]], str],
+    *,
+    keep: Callable[[dict[str, Any]], bool] = lambda rec: True,
+    score: Callable[[dict[str, Any]], float] = lambda rec: rec["metric"],
+    equal_eval: bool = True,
+) -> dict[str, ArmDecision]:
+    """What a learning-rate pilot decides (``pilots.decide_arm``): for each arm (``name_of`` a
+    run) of the preset's grid, every rate's mean ``score`` over the pilot's seeds, the best rate
+    (a tie of means goes to the lower rate) and the rates a paired test cannot tell apart from
+    it, among the records ``keep`` accepts. While a run is missing it raises, naming the runs and
+    the command to run first, except in ``smoke``, where an incomplete arm is left out."""
+    grid = preset_grid(dev_task, preset)
+    path = results_file(dev_task, preset)
+
+    def ident(rec: dict[str, Any]) -> tuple[str, float, int]:
+        return name_of(rec), float(rec["lr"]), int(rec.get("seed", 0))
+
+    wanted = {ident(run) for run in grid}
+    records = [rec for rec in read_results(path) if ident(rec) in wanted and keep(rec)]
+    missing = sorted(wanted - {ident(rec) for rec in records})
+    if missing and profile() != "smoke":
+        raise ValueError(
+            f"the learning-rate pilot is incomplete in {path} (missing "
+            f"{', '.join(f'{arm} at lr {lr:g} seed {seed}' for arm, lr, seed in missing)}); run "
+            f"`{sweep_command(dev_task, preset)}` first"
+        )
+    incomplete = {arm for arm, _, _ in missing}
+    decisions = {}
+    for arm in dict.fromkeys(name_of(run) for run in grid):
+        if arm in incomplete:
+            continue
+        rates = sorted({float(run["lr"]) for run in grid if name_of(run) == arm})
+        mine = [rec for rec in records if name_of(rec) == arm]
+        decisions[arm] = decide_arm(arm, rates, mine, score=score, equal_eval=equal_eval)
+    return decisions
+
+
+def choice_of(
+    dev_task: str,
+    preset: str,
+    name_of: Callable[[dict[str, Any]], str],
+    fallback: Callable[[str], float],
+    **options: Any,
+) -> dict[str, float]:
+    """Each arm's best rate (``decisions_of``, with its ``options``); in ``smoke`` an arm whose
+    pilot runs are incomplete takes ``fallback(arm)``."""
+    decisions = decisions_of(dev_task, preset, name_of, **options)
+    return {
+        arm: decisions[arm].best if arm in decisions else fallback(arm)
+        for arm in dict.fromkeys(name_of(run) for run in preset_grid(dev_task, preset))
+    }
+
+
+def _plain_lora_or_baseline(record: dict[str, Any]) -> bool:
+    """A headline method's run: a baseline, or plain LoRA at r = 8 (not one of the variants that
+    share the SST-2 pilot's file)."""
+    return record["method"] != "lora" or (record["r"] == 8 and variant_name(record) == "lora")
+
+
+def pilot_decisions(task: str) -> dict[str, ArmDecision]:
+    """The learning-rate pilot of ``task``'s headline, arm by arm (``pilots.ArmDecision``: each
+    rate's mean over the seeds, the best, the rates tied with it by a paired test, whether the
+    best sits at the grid's edge), from the committed results of ``task``-dev."""
+    return decisions_of(f"{task}-dev", "lr-pilot", pilot_arm, keep=_plain_lora_or_baseline)
+
+
+def lr_pilot_chosen(task: str) -> dict[str, float]:
+    """Each pilot arm's learning rate on ``task`` (``sst2``, ``conll2003``, ``vit``, ...): the one
+    with the best metric on the held-out training examples of the ``-dev`` task, a tie going to
+    the lower rate. Raises, naming the missing runs and the command, while the pilot is
+    incomplete, except in ``smoke``, where an arm without its pilot runs takes ``FORMER_LR``
+    (LoRA's for ``lora-all-linear``)."""
+    return choice_of(
+        f"{task}-dev",
+        "lr-pilot",
+        pilot_arm,
+        lambda arm: FORMER_LR["lora" if arm.startswith("lora") else arm],
+        keep=_plain_lora_or_baseline,
+    )
