@@ -111,6 +111,21 @@ def _in_grid(record: dict[str, Any], grid: Sequence[dict[str, Any]]) -> bool:
     return False
 
 
+def in_grid_order(
+    records: Sequence[dict[str, Any]], grid: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One record per run of ``grid``, in the grid's order (as ``run_sweep`` returns them): the
+    first record with the run's configuration and seed; runs without a record are left out."""
+    ordered, used = [], set()
+    for run in grid:
+        for i, rec in enumerate(records):
+            if i not in used and rec.get("seed", 0) == run.get("seed", 0) and _in_grid(rec, [run]):
+                ordered.append(rec)
+                used.add(i)
+                break
+    return ordered
+
+
 def preset_records(task: str, preset: str) -> list[dict[str, Any]]:
     """The runs of ``task``'s ``preset`` already in its results file at the active profile, in
     the file's order; nothing is trained (``run_presets`` trains what is missing). Empty while

@@ -55,6 +55,10 @@ class ArmDecision:
         """Whether every other rate was compared with the best by a paired test."""
         return all(p is not None for p in self.p_values.values())
 
+    def describe(self, scale: float = 100.0) -> str:
+        """One line a reader can check (``describe``)."""
+        return describe(self, scale)
+
 
 def _n_eval(records: Sequence[dict[str, Any]]) -> int | None:
     sizes = set()

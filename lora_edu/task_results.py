@@ -7,10 +7,15 @@ through a few documented names instead of the bookkeeping behind them.
     res.compare("lora", "full")["verdict"]        # a paired test on the same sentences
     res.pilot()["lora"].best, res.chosen()         # the learning-rate pilot's decision
     res.records("ranks")                           # the runs of a named sweep
+    select(res.records("ranks"), r=8)              # the records with these fields
+    aggregate(records)                             # one row per configuration, over seeds
 
 In the ``default`` profile everything is read from the committed ``data/results/``; in
 ``smoke`` the runs are trained first at a tiny size (numbers not meaningful).
 ``results(task, profile="default")`` reads the committed results from any session.
+
+The record helpers a notebook needs beside them are re-exported here (``select``,
+``every_seed``, ``aggregate``, ``training_memory_mb``), so that one import line serves.
 
 Imports ``config``, ``experiments`` (the presets and the pilots), ``kept`` and ``report``.
 """
@@ -25,19 +30,30 @@ from typing import Any
 
 from lora_edu.config import at_profile
 from lora_edu.experiments import (
+    ARM_NAMES,
     arm_name,
+    every_seed,
+    headline_arms,
     headline_comparisons,
+    in_grid_order,
+    kept_adapters,
     pilot_arm,
     pilot_decisions,
     preset_grid,
     preset_records,
     results_file,
     run_presets,
+    select,
     sweep_command,
+    training_memory_mb,
 )
 from lora_edu.grid import run_key
 from lora_edu.pilots import ArmDecision
 from lora_edu.report import aggregate
+
+__all__ = [
+    "TaskResults", "aggregate", "every_seed", "results", "select", "training_memory_mb",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,26 @@ class TaskResults:
         """How the notebooks name an arm of this task (``arm_name``)."""
         return arm_name(self.task, arm)
 
+    def arms(self) -> tuple[str, ...]:
+        """The arms of the headline (``lora`` or ``lora-all-linear``, ``full``, ``head``, ...)."""
+        with self._profile():
+            return headline_arms(self.task)
+
+    @staticmethod
+    def arm(record: dict[str, Any]) -> str:
+        """Which arm of a pilot or headline a record is (``lora-all-linear`` or its method)."""
+        return pilot_arm(record)
+
+    def names(self) -> dict[str, str]:
+        """Every arm's name on this task (``name``), for legends."""
+        return {arm: arm_name(self.task, arm) for arm in ARM_NAMES}
+
+    def adapters(self, runs: list[dict[str, Any]], progress: bool = False) -> list[Path]:
+        """The kept float16 adapter folders of ``runs`` (grid entries of this task's presets,
+        e.g. ``grid("paper-adapters")``), trained first where missing (in ``smoke``)."""
+        with self._profile():
+            return kept_adapters(self.task, runs, progress=progress)
+
     def command(self, *presets: str) -> str:
         """The shell command that trains (or, committed, re-reads) the named sweeps."""
         return sweep_command(self.task, list(presets) or ["headline"])
@@ -116,14 +152,14 @@ class TaskResults:
 
 
 def _read_or_train(task: str, names: list[str], train: bool) -> list[dict[str, Any]]:
-    """The records of ``task``'s presets ``names`` from its results file; with ``train``, when
-    some are missing, the missing runs are trained first (``run_presets``). Committed results
-    are read without loading any dataset."""
+    """The records of ``task``'s presets ``names``, one per run in the grid's order (as
+    ``run_presets`` returns them); with ``train``, when some are missing, the missing runs are
+    trained first (``run_presets``). Committed results are read without loading any dataset."""
     grid = preset_grid(task, names)
     found = {run_key(rec): rec for name in names for rec in preset_records(task, name)}
     if train and len(found) < len(grid):
         return run_presets(task, names, progress=False)
-    return list(found.values())
+    return in_grid_order(list(found.values()), grid)
 
 
 def results(task: str, profile: str | None = None) -> TaskResults:

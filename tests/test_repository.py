@@ -94,6 +94,52 @@ def test_no_notebook_uses_a_private_name_of_the_package(notebook):
     assert private == [], f"{notebook.name} uses private names: {private}"
 
 
+#: The modules that read, match or keep results: a notebook reads its results through
+#: ``lora_edu.results(task)`` and at most a handful of these names.
+RESULT_MODULES = {
+    f"lora_edu.{m}"
+    for m in ("experiments", "sweep", "store", "report", "study_report", "task_results", "kept",
+              "pilots", "budget_report", "runner", "grid", "presets")
+}  # fmt: skip
+MAX_RESULT_NAMES = 5
+
+
+def _result_names(notebook: Path) -> set[str]:
+    """The result-reading names a notebook uses: imported from ``RESULT_MODULES``, or read as
+    attributes of one of them imported as a module (``from lora_edu import experiments``)."""
+    names = {
+        f"{module}.{name}"
+        for _, module, name in _lora_edu_imports(notebook)
+        if module in RESULT_MODULES or f"{module}.{name}" in RESULT_MODULES
+    }
+    as_modules = {n.rsplit(".", 1)[1] for n in names if n in RESULT_MODULES}
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            for module in as_modules:
+                for attr in re.findall(rf"\b{module}\.(\w+)", "".join(cell["source"])):
+                    names.add(f"lora_edu.{module}.{attr}")
+    return {n for n in names if n not in RESULT_MODULES}
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_reads_results_through_a_handful_of_names(notebook):
+    names = _result_names(notebook)
+    assert len(names) <= MAX_RESULT_NAMES, f"{notebook.name}: {sorted(names)}"
+
+
+def test_the_result_name_count_sees_module_imports(tmp_path):
+    fake = tmp_path / "99_fake.ipynb"
+    code = (
+        "from lora_edu import experiments\nfrom lora_edu.sweep import aggregate\n"
+        "experiments.select(r)\nexperiments.run_presets('sst2', 'x')\nexperiments.select(q)"
+    )
+    fake.write_text(json.dumps({"cells": [{"cell_type": "code", "source": [code]}]}))
+    assert _result_names(fake) == {
+        "lora_edu.experiments.select", "lora_edu.experiments.run_presets", "lora_edu.sweep.aggregate"
+    }  # fmt: skip
+
+
 def _block(readme: str, marker: str) -> list[str]:
     """The lines of the code block that follows ``<!-- quickstart:MARKER -->``."""
     after = readme.split(f"<!-- quickstart:{marker} -->\n```bash\n", 1)[1]
