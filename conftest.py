@@ -19,4 +19,5 @@ def pytest_configure(config):
     if path:
         from lora_edu.timings import TimingsPlugin
 
-        config.pluginmanager.register(TimingsPlugin(path), "lora_edu_timings")
+        merge = os.environ.get("LORA_EDU_TIMINGS_MERGE") == "1"
+        config.pluginmanager.register(TimingsPlugin(path, merge=merge), "lora_edu_timings")

@@ -12,6 +12,14 @@ expects no change, so the figures cannot drift from the measurement.
     LORA_EDU_TIMINGS=docs/timings.json python -m pytest                          # smoke
     LORA_EDU_TIMINGS=docs/timings.json LORA_EDU_PROFILE=default python -m pytest notebooks
     lora-edu timings --readme README.md
+
+A notebook that changed alone is re-timed without rerunning every other one: with
+``LORA_EDU_TIMINGS_MERGE=1`` the run's notebooks replace theirs in the profile's entry (the
+others keep theirs), the session total is corrected by the difference, and the entry lists them
+under ``remeasured`` with the commit and date of their run:
+
+    LORA_EDU_TIMINGS=docs/timings.json LORA_EDU_TIMINGS_MERGE=1 LORA_EDU_PROFILE=default \
+        python -m pytest notebooks/14_one_base_many_tasks.ipynb
 """
 
 from __future__ import annotations
@@ -75,8 +83,9 @@ def _commit() -> str:
 class TimingsPlugin:
     """A pytest plugin that adds up the time of each notebook and of the unit tests."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, merge: bool = False) -> None:
         self.path = Path(path)
+        self.merge = merge
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = defaultdict(float)
         self.outcomes: dict[str, int] = defaultdict(int)
@@ -104,8 +113,26 @@ class TimingsPlugin:
             "exit_status": int(exitstatus),
         }
         timings = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if self.merge and profile() in timings:
+            entry = _merged(timings[profile()], entry)
         timings[profile()] = entry
         self.path.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with ``new``'s notebooks re-timed: their seconds replace the old ones, the session
+    total moves by the difference, and each is listed under ``remeasured`` (commit and date)."""
+    before = sum(old["notebooks"].get(name, 0.0) for name in new["notebooks"])
+    after = sum(new["notebooks"].values())
+    return {
+        **old,
+        "notebooks": dict(sorted({**old["notebooks"], **new["notebooks"]}.items())),
+        "total_seconds": round(old["total_seconds"] - before + after, 1),
+        "remeasured": {
+            **old.get("remeasured", {}),
+            **{name: f"{new['commit']} {new['date']}" for name in new["notebooks"]},
+        },
+    }
 
 
 def read_timings(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
@@ -140,7 +167,12 @@ def quickstart_paragraph(timings: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"- `{t['command']}` took **{_duration(t['total_seconds'])}** ({unit}"
             f"the {len(t['notebooks'])} notebooks {_duration(notebooks)}; {_counts(t['outcomes'])})"
-            f" on {t['date']} at commit `{t['commit']}`, on {t['machine']}."
+            f" on {t['date']} at commit `{t['commit']}`, on {t['machine']}"
+            + (
+                f"; re-timed since, alone: {', '.join(sorted(t['remeasured']))}."
+                if t.get("remeasured")
+                else "."
+            )
         )
     return "\n".join(lines)
 

@@ -43,6 +43,23 @@ def test_the_plugin_adds_up_each_notebook_and_the_unit_tests(tmp_path, monkeypat
     assert smoke["command"] == "python -m pytest" and smoke["exit_status"] == 1
 
 
+def test_a_merged_run_retimes_only_its_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps(_timings()))
+    plugin = TimingsPlugin(path, merge=True)
+    plugin.pytest_runtest_logreport(_report("notebooks/02_b.ipynb::Cell 0", "call", 90.0))
+    plugin.pytest_runtest_logreport(_report("notebooks/03_c.ipynb::Cell 0", "call", 20.0))
+    plugin.pytest_sessionfinish(None, 0)
+    entry = json.loads(path.read_text())["default"]
+    assert entry["notebooks"] == {"01_a.ipynb": 8.0, "02_b.ipynb": 90.0, "03_c.ipynb": 20.0}
+    assert entry["total_seconds"] == 1800.0 - 1790.0 + 110.0
+    assert set(entry["remeasured"]) == {"02_b.ipynb", "03_c.ipynb"}
+    assert entry["commit"] == "abc"  # the whole run's own commit stays
+    TimingsPlugin(path).pytest_sessionfinish(None, 0)  # without merge: replaced whole
+    assert "remeasured" not in json.loads(path.read_text())["default"]
+
+
 def _timings() -> dict:
     run = {"command": "python -m pytest", "machine": "2 CPU cores (x), no GPU", "commit": "abc",
            "date": "2026-12-07", "total_seconds": 600.0, "unit_tests_seconds": 200.0,

@@ -1,8 +1,8 @@
 """SST-2 sentiment (MiniLM-L6; BERT-base at ``full``): the headline task ``sst2``, its pilot
-twin ``sst2-dev``, and notebook 14's set-ups built on the fully fine-tuned model
+twin ``sst2-dev``, and notebook 18's set-ups built on the fully fine-tuned model
 (``sst2_teacher``): ``sst2-distill`` (a student on its soft labels) and ``sst2-ffn<rank>`` (its
 feed-forward weights truncated, then healed with LoRA); beside them, their presets (the named
-sweeps of notebooks 06, 09, 12 and 14: headline, pilot, ranks, α, targets, variants,
+sweeps of notebooks 06, 09, 12, 14 and 18: headline, pilot, ranks, α, targets, variants,
 distillation, compression). Imports ``tasks.common``, ``tasks.registry`` and ``presets``;
 data, models and training on use.
 """
@@ -69,7 +69,7 @@ def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
 
 
 def sst2_teacher(progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
-    """The fully fine-tuned SST-2 classifier that notebook 14 distils and compresses (and
+    """The fully fine-tuned SST-2 classifier that notebook 18 distils and compresses (and
     notebook 02 studies), trained once: (tokenizer, classifier in eval mode, its training
     record).
 
