@@ -16,6 +16,9 @@ Three groups, following the LoRA paper (Hu et al. 2021, arXiv:2106.09685):
    :func:`subspace_similarity_grid` (the heatmaps of the paper's Figures 3 and 4).
 3. §7.3 "how does ΔW relate to W?": :func:`projection_norm`, :func:`amplification_factor`,
    :func:`random_projection_norm`, :func:`delta_w_report` (the rows of Table 7).
+4. What an update does to given inputs (e.g. a vocabulary's embeddings): :func:`relative_shift`
+   (‖ΔW x‖ / ‖W x‖ per input), against :func:`random_input_directions` (the same singular values
+   and output directions, random input directions: a null for "does ΔW point at these inputs?").
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "relative_shift",
+    "random_input_directions",
     "amplification_factor",
     "delta_w_report",
     "effective_rank",
@@ -359,3 +364,26 @@ def random_column_projection_null(W: Any, r: int, samples: int = 1000, seed: int
             for _ in range(samples)
         ]
     )
+
+
+def relative_shift(delta_W: Any, W: Any, X: Any) -> np.ndarray:
+    """For each row ``x`` of ``X (n, d_in)``, how far the update moves it relative to what the
+    weight makes of it: ``‖ΔW x‖ / ‖W x‖`` (``delta_W``, ``W``: ``(d_out, d_in)``)."""
+    D, W, X = _as_matrix(delta_W, "delta_W"), _as_matrix(W, "W"), _as_matrix(X, "X")
+    if not (D.shape == W.shape and X.shape[1] == W.shape[1]):
+        raise ValueError(
+            f"delta_W {D.shape} and W {W.shape} must have one shape and X {X.shape} rows of "
+            f"length d_in = {W.shape[1]}"
+        )
+    return np.linalg.norm(X @ D.T, axis=1) / np.linalg.norm(X @ W.T, axis=1)
+
+
+def random_input_directions(delta_W: Any, r: int, rng: np.random.Generator) -> np.ndarray:
+    """A null for ``delta_W``: its top ``r`` singular values and left singular vectors (what it
+    writes, and how strongly) with ``r`` random orthonormal input directions instead of its own,
+    ``U_r S_r Qᵀ``. Anything ``delta_W`` does to particular inputs that this does as well is not
+    about where ``delta_W`` reads."""
+    D = _as_matrix(delta_W, "delta_W")
+    r = _check_count(r, "rank", "r", min(D.shape), D.shape)
+    U, S, _ = _svd(D)
+    return (U[:, :r] * S[:r]) @ _random_orthonormal(D.shape[1], r, rng).T

@@ -376,3 +376,27 @@ def test_random_projection_null_and_column_space_projection():
     for null in (random_projection_null, random_column_projection_null):
         with pytest.raises(ValueError, match="samples must be at least 1"):
             null(W, 3, samples=0)
+
+
+def test_relative_shift_is_the_ratio_of_norms_row_by_row():
+    from lora_edu.analysis import relative_shift
+
+    rng = np.random.default_rng(0)
+    W, D, X = rng.normal(size=(5, 4)), rng.normal(size=(5, 4)), rng.normal(size=(3, 4))
+    expected = [np.linalg.norm(D @ x) / np.linalg.norm(W @ x) for x in X]
+    np.testing.assert_allclose(relative_shift(D, W, X), expected)
+    with pytest.raises(ValueError, match="rows of length d_in = 4"):
+        relative_shift(D, W, X[:, :3])
+
+
+def test_random_input_directions_keep_the_spectrum_and_outputs_but_not_the_inputs():
+    from lora_edu.analysis import random_input_directions
+
+    rng = np.random.default_rng(1)
+    D = rng.normal(size=(8, 2)) @ rng.normal(size=(2, 6))  # rank 2
+    N = random_input_directions(D, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(singular_values(N)[:2], singular_values(D)[:2], rtol=1e-10)
+    U = np.linalg.svd(D)[0][:, :2]
+    np.testing.assert_allclose(U @ U.T @ N, N, atol=1e-10)  # writes into D's output space
+    Vd, Vn = np.linalg.svd(D)[2][:2].T, np.linalg.svd(N)[2][:2].T
+    assert subspace_similarity(Vd.T, Vn.T, 2, 2) < 0.99  # reads elsewhere
