@@ -40,16 +40,15 @@ from lora_edu.experiments import (
     pilot_arm,
     pilot_decisions,
     preset_grid,
-    preset_records,
     results_file,
     run_presets,
     select,
     sweep_command,
     training_memory_mb,
 )
-from lora_edu.grid import run_key
 from lora_edu.pilots import ArmDecision
 from lora_edu.report import aggregate
+from lora_edu.store import read_results
 
 __all__ = [
     "TaskResults", "aggregate", "every_seed", "results", "select", "training_memory_mb",
@@ -156,10 +155,11 @@ def _read_or_train(task: str, names: list[str], train: bool) -> list[dict[str, A
     ``run_presets`` returns them); with ``train``, when some are missing, the missing runs are
     trained first (``run_presets``). Committed results are read without loading any dataset."""
     grid = preset_grid(task, names)
-    found = {run_key(rec): rec for name in names for rec in preset_records(task, name)}
+    on_disk = [rec for rec in read_results(results_file(task, names)) if rec.get("task") == task]
+    found = in_grid_order(on_disk, grid)
     if train and len(found) < len(grid):
         return run_presets(task, names, progress=False)
-    return in_grid_order(list(found.values()), grid)
+    return found
 
 
 def results(task: str, profile: str | None = None) -> TaskResults:
