@@ -218,6 +218,10 @@ class BenchConfig:
         default=False,
         metadata={"help": "memory workers: recompute activations in backward (HF models)"},
     )
+    chunked_loss: bool = field(
+        default=False,
+        metadata={"help": "memory workers, causal LMs: the loss 128 tokens at a time"},
+    )
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "weights of new layers, inputs"})
     new_tokens: int | None = field(default=None, metadata={"help": "decode: new tokens per prompt"})
@@ -530,11 +534,20 @@ def _train_step_fn(
     optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     autocast: Callable[[], AbstractContextManager],
+    chunked_loss: bool = False,
 ) -> Callable[[], None]:
+    """One AdamW step on ``batch``; ``chunked_loss``: a causal LM's loss by
+    ``training.chunked_loss.chunked_lm_loss`` (the same loss, without the whole batch's logits)."""
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss = model(**batch).loss
+            if chunked_loss:
+                from lora_edu.training.chunked_loss import chunked_lm_loss
+
+                loss = chunked_lm_loss(model, **batch)
+            else:
+                loss = model(**batch).loss
         loss.backward()
         optimizer.step()
 
@@ -660,19 +673,22 @@ def measure_peak_memory(config: BenchConfig, mode: str) -> dict[str, Any]:
     process (``python -m lora_edu.bench --worker MODE``): memory freed earlier distorts the peak.
 
     On Linux it also returns ``model_mb`` (resident memory the built model added to the process
-    after its imports) and ``peak_total_mb`` (the training peak above those imports: the model
+    after its imports and after a tiny model of the same kind was built and trained once, so that
+    code loaded by the first model of a family does not count as the model) and ``peak_total_mb`` (the training peak above those imports: the model
     plus what training adds), the numbers that compare a 4-bit base with a float32 one."""
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.chunked_loss and model_kind(config.model) != "causal":
+        raise ValueError(f"chunked_loss is for causal LMs, got {config.model!r}")
+    # Code that loads on the first model of a family (transformers' model classes, kernels)
+    # added ~150 MB to the first model's count; a tiny model of the same kind loads it first.
+    _train_once(
+        replace(config, model=TINY_OF[model_kind(config.model)], batch=2, seq=8), mode, device
+    )
     gc.collect()
-    baseline_kb = _proc_status_kb("VmRSS")  # the interpreter with torch and transformers loaded
-    model = build_mode(bench_model(config.model, config.seed), mode, config).to(device).train()
-    if config.checkpointing:  # keep only each block's input; recompute the rest in backward
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    batch = make_batch(model, config.batch, config.seq, device, config.seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    step = _train_step_fn(model, optimizer, batch, _autocast(device))
+    baseline_kb = _proc_status_kb("VmRSS")  # the interpreter, torch and the model code loaded
+    model, step = _training_step(config, mode, device)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -703,6 +719,27 @@ def measure_peak_memory(config: BenchConfig, mode: str) -> dict[str, Any]:
     return result
 
 
+#: The tiny random model of each kind, which ``measure_peak_memory`` builds and trains first.
+TINY_OF = {"text": "tiny-bert", "causal": "tiny-llama"}
+
+
+def _training_step(
+    config: BenchConfig, mode: str, device: torch.device
+) -> tuple[nn.Module, Callable[[], None]]:
+    """The model ``config`` names, built for ``mode`` on ``device``, and its training step."""
+    model = build_mode(bench_model(config.model, config.seed), mode, config).to(device).train()
+    if config.checkpointing:  # keep only each block's input; recompute the rest in backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    batch = make_batch(model, config.batch, config.seq, device, config.seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    return model, _train_step_fn(model, optimizer, batch, _autocast(device), config.chunked_loss)
+
+
+def _train_once(config: BenchConfig, mode: str, device: torch.device) -> None:
+    _, step = _training_step(config, mode, device)
+    step()
+
+
 def _config_flags(config: BenchConfig) -> list[str]:
     return [
         *("--model", config.model, "--batch", str(config.batch), "--seq", str(config.seq)),
@@ -711,6 +748,7 @@ def _config_flags(config: BenchConfig) -> list[str]:
         *("--seed", str(config.seed)),
         *(("--threads", str(config.threads)) if config.threads else ()),
         *(("--checkpointing",) if config.checkpointing else ()),
+        *(("--chunked-loss",) if config.chunked_loss else ()),
     ]
 
 
@@ -1100,6 +1138,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         "--checkpointing",
         action="store_true",
         help="memory workers: gradient checkpointing (recompute activations in backward)",
+    )
+    parser.add_argument(
+        "--chunked-loss",
+        action="store_true",
+        help="memory workers, causal LMs: the loss 128 tokens at a time, without the whole "
+        "batch's logits (training.chunked_loss)",
     )
     parser.add_argument("--json", default=None, help="also write the full result to this file")
     parser.add_argument(

@@ -558,3 +558,15 @@ def test_peak_memory_of_a_causal_lm_runs_the_workers_steps():
     finally:
         torch.set_num_threads(threads)
     assert found["peak_memory_mb"] >= 0 and found["method"]
+
+
+def test_a_memory_worker_can_train_with_checkpointing_and_the_chunked_loss():
+    config = bench.BenchConfig(
+        **TINY | {"model": "tiny-llama"}, checkpointing=True, chunked_loss=True
+    )
+    assert "--chunked-loss" in bench._config_flags(config)
+    found = bench.peak_memory_in_workers(config, ["lora", "qlora"])
+    assert all("error" not in f for f in found.values()), found
+    with pytest.raises(ValueError, match="chunked_loss is for causal LMs"):
+        bench.measure_peak_memory(bench.BenchConfig(**TINY, chunked_loss=True), "lora")
+

@@ -9,6 +9,7 @@ Read it in this order (each module imports only those above it, plus the layers 
   one training loop), ``predict`` and the evaluation helpers, the batch builders (collates);
 * ``run``: the settings of one ``finetune_*`` call as objects (``TrainSettings``,
   ``LoopSettings``) and ``_run``, which trains with them and writes the record;
+* ``chunked_loss``: a causal LM's next-token loss a few hundred tokens at a time (memory);
 * ``text`` (sentence and token classification), ``images`` (TinyViT: ``finetune_vit`` and
   ``pretrained_vit``), ``causal_lm`` (prompt → response): one kind of task each.
 
