@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from lora_edu.config import by_profile, profile, results_dir
 from lora_edu.pilots import ArmDecision, decide_arm
@@ -59,6 +59,39 @@ class Arm:
     start_rates: tuple[float, ...] = ()
 
 
+class StudyPlan(Protocol):
+    """What the rate procedure (``next_runs``) and the report need of a study: its task, metric
+    and arms, and the **points** at which every run is scored (the budget study: multiples of
+    the default steps; the data-size study, ``lora_edu.data_size``: training-set sizes), which
+    each checkpoint of a record names under ``point_key``."""
+
+    task: str
+    metric: str
+    arms: tuple[Arm, ...]
+    point_key: ClassVar[str]
+    point_title: ClassVar[str]
+
+    @property
+    def points(self) -> tuple[int, ...]: ...
+
+    def steps_at(self, point: int) -> int: ...
+
+    def label(self, point: int) -> str: ...
+
+    def arm(self, name: str) -> Arm: ...
+
+
+def find_arm(plan: StudyPlan, name: str) -> Arm:
+    """The arm of ``plan`` called ``name``; a ValueError names the arms there are."""
+    for arm in plan.arms:
+        if arm.name == name:
+            return arm
+    raise ValueError(
+        f"the {plan.task} study has no arm {name!r}; its arms: "
+        f"{', '.join(a.name for a in plan.arms)}"
+    )
+
+
 @dataclass(frozen=True)
 class BudgetPlan:
     """A task's study set-up at one profile: ``base_steps`` (the ×1 budget: the task's default
@@ -71,6 +104,18 @@ class BudgetPlan:
     n_dev: int
     n_test: int | None
     arms: tuple[Arm, ...]
+    point_key: ClassVar[str] = "multiple"
+    point_title: ClassVar[str] = "training budget (multiples of the default steps)"
+
+    @property
+    def points(self) -> tuple[int, ...]:
+        return BUDGET_MULTIPLES
+
+    def steps_at(self, point: int) -> int:
+        return point * self.base_steps
+
+    def label(self, point: int) -> str:
+        return f"×{point}"
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -86,13 +131,7 @@ class BudgetPlan:
         return WARMUP_SHARE * self.base_steps / self.steps[-1]
 
     def arm(self, name: str) -> Arm:
-        for arm in self.arms:
-            if arm.name == name:
-                return arm
-        raise ValueError(
-            f"the {self.task} budget study has no arm {name!r}; its arms: "
-            f"{', '.join(a.name for a in self.arms)}"
-        )
+        return find_arm(self, name)
 
 
 def budget_plan(task: str) -> BudgetPlan:
@@ -294,17 +333,19 @@ def run_budget(
 
 
 def budget_view(record: dict[str, Any], multiple: int, split: str = "dev") -> dict[str, Any]:
-    """One run at one budget as a plain result record (``lr``, ``seed``, ``metric``,
+    """One run at one point (a budget multiple, or what the record's ``point_key`` names: the
+    data-size study's training-set size) as a plain result record (``lr``, ``seed``, ``metric``,
     ``metric_name``, ``eval_correct`` where kept), for ``pilots.decide_arm`` and
     ``stats.compare_records``."""
-    points = record["checkpoints"]
+    points, key = record["checkpoints"], record.get("point_key", "multiple")
     if record["method"] == "none":  # the prompted model: the same at every budget
         point = next((p for p in points if f"{split}_metric" in p), None)
     else:
-        point = next((p for p in points if p["step"] > 0 and p["multiple"] == multiple), None)
+        point = next((p for p in points if p["step"] > 0 and p[key] == multiple), None)
     if point is None:
         raise ValueError(
-            f"{record['arm']} lr {record['lr']} seed {record['seed']} has no ×{multiple} result"
+            f"{record['arm']} lr {record['lr']} seed {record['seed']} has no result at "
+            f"{key} = {multiple}"
         )
     view = {"lr": record["lr"], "seed": record["seed"], "metric": point[f"{split}_metric"],
             "metric_name": record["metric_name"], "method": record["method"]}  # fmt: skip
@@ -323,27 +364,32 @@ def _ladder_neighbour(rate: float, direction: int) -> float | None:
 
 
 def arm_decisions(
-    records: Sequence[dict[str, Any]], arm: Arm, grid: Sequence[float]
+    records: Sequence[dict[str, Any]],
+    arm: Arm,
+    grid: Sequence[float],
+    points: Sequence[int] = BUDGET_MULTIPLES,
 ) -> dict[int, ArmDecision]:
-    """The pilot decision of ``arm`` at each budget, from its runs of ``grid`` with the pilot
-    seeds (``PILOT_SEEDS``) on the held-out examples; every rate needs those runs. A third seed,
-    added where a rate was chosen, does not move the decision that chose it."""
+    """The pilot decision of ``arm`` at each point (budget multiple, or training-set size), from
+    its runs of ``grid`` with the pilot seeds (``PILOT_SEEDS``) on the held-out examples; every
+    rate needs those runs. A third seed, added where a rate was chosen, does not move the
+    decision that chose it."""
     runs = [r for r in records
             if r["arm"] == arm.name and r["lr"] in grid and r["seed"] in PILOT_SEEDS]  # fmt: skip
     return {
         m: decide_arm(arm.name, grid, [budget_view(r, m) for r in runs], equal_eval=True)
-        for m in BUDGET_MULTIPLES
+        for m in points
     }
 
 
 def next_runs(task: str, records: Sequence[dict[str, Any]], arms: Sequence[str] | None = None,
-              ) -> list[tuple[str, float | None, int]]:  # fmt: skip
+              plan: StudyPlan | None = None) -> list[tuple[str, float | None, int]]:  # fmt: skip
     """The runs (arm, lr, seed) the study still needs, given the runs done, arm by arm in the
     plan's order (``arms`` restricts them). For each arm, the first of these that applies:
     (1) a rate of its grid (start rates and rates added before) lacks seed 0 or 1 — those runs;
-    (2) at some budget the best rate sits at the grid's edge — the next rate of ``RATE_LADDER``
-    beyond it, seeds 0 and 1; (3) a rate best or tied at some budget lacks ``THIRD_SEED``."""
-    plan = budget_plan(task)
+    (2) at some point the best rate sits at the grid's edge — the next rate of ``RATE_LADDER``
+    beyond it, seeds 0 and 1; (3) a rate best or tied at some point lacks ``THIRD_SEED``.
+    ``plan``: the study's (default: ``budget_plan(task)``)."""
+    plan = plan if plan is not None else budget_plan(task)
     wanted = [plan.arm(a) for a in arms] if arms is not None else list(plan.arms)
     todo: list[tuple[str, float | None, int]] = []
     done = {(r["arm"], r["lr"], r["seed"]) for r in records}
@@ -359,7 +405,7 @@ def next_runs(task: str, records: Sequence[dict[str, Any]], arms: Sequence[str] 
         if missing:
             todo += missing
             continue
-        decisions = arm_decisions(records, arm, grid)
+        decisions = arm_decisions(records, arm, grid, plan.points)
         extend = set()
         for decision in decisions.values():
             if decision.at_edge:
@@ -384,25 +430,32 @@ def run_study(
     out: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    plan: StudyPlan | None = None,
+    run_one: Callable[..., dict[str, Any]] | None = None,
+    study: str = "budget study",
 ) -> int:
     """Run what ``next_runs`` asks for, one run at a time, appending each record to ``out``
     (default ``results_path(task)``) as soon as it ends, until nothing is missing or
-    ``max_runs`` runs are done; returns how many ran. Safe to stop and start again."""
+    ``max_runs`` runs are done; returns how many ran. Safe to stop and start again.
+    Another study (``lora_edu.data_size``) passes its ``plan``, ``run_one(task, arm, lr, seed,
+    progress=...)``, its ``out`` and its name."""
     path = Path(out) if out is not None else results_path(task)
+    run_one = run_one if run_one is not None else run_budget
     ran = 0
     while max_runs is None or ran < max_runs:
         records = read_results(path, repair=True) if path.exists() else []
-        todo = next_runs(task, records, arms)
+        todo = next_runs(task, records, arms, plan)
         if not todo:
-            log(f"budget study {task}: nothing left to run ({len(records)} runs in {path})")
+            log(f"{study} {task}: nothing left to run ({len(records)} runs in {path})")
             break
         arm, lr, seed = todo[0]
-        log(f"budget study {task}: {arm} lr={lr} seed={seed} ({len(todo)} runs planned now)")
+        log(f"{study} {task}: {arm} lr={lr} seed={seed} ({len(todo)} runs planned now)")
         start = time.perf_counter()
-        record = run_budget(task, arm, lr, seed, progress=progress)
+        record = run_one(task, arm, lr, seed, progress=progress)
         append_record(path, record)
         ran += 1
+        key = record.get("point_key", "multiple")
         log(f"  done in {time.perf_counter() - start:.0f} s: " + ", ".join(
-            f"×{p['multiple']} {p['test_metric']:.4f}" for p in record["checkpoints"]
+            f"{key} {p[key]}: {p['test_metric']:.4f}" for p in record["checkpoints"]
             if "test_metric" in p))  # fmt: skip
     return ran

@@ -5,13 +5,17 @@
     gaps = budget_gaps("sst2", records, "lora-qv", "full")   # paired tests, per budget
     plot_budget_gaps({"sst2": gaps})
 
+The data-size study (``lora_edu.data_size``, task ``"sst2-data"``) is read the same way: its
+points are training-set sizes where the budget study's are budgets (``study_plan``), and every
+row names its point (``point``, ``label``, ``steps``).
+
 At every budget each arm is reported at the rate its held-out pilot chose (``budget.
 arm_decisions``: the best mean, and the rates tied with it), on the reported split, mean over its
 seeds. Gaps between two arms are paired bootstraps over the reported examples and the seeds
 (``stats.compare_records``), one per budget; where an arm has tied rates, every tied rate is
 compared and reported.
 
-ARCHITECTURE notes: imports ``budget``, ``stats``, ``store``; matplotlib on use.
+ARCHITECTURE notes: imports ``budget``, ``data_size``, ``stats``, ``store``; matplotlib on use.
 """
 
 from __future__ import annotations
@@ -20,18 +24,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_edu.budget import BUDGET_MULTIPLES, arm_decisions, budget_plan, budget_view, results_path
+from lora_edu import data_size
+from lora_edu.budget import StudyPlan, arm_decisions, budget_plan, budget_view, results_path
 from lora_edu.stats import SIGNIFICANCE, compare_records
 from lora_edu.store import read_results
 
 
+def study_plan(task: str) -> StudyPlan:
+    """The plan of ``task``'s study: ``"sst2"``/``"e2e"`` the budget study's,
+    ``"sst2-data"`` the data-size study's."""
+    return data_size.data_size_plan() if task == data_size.STUDY_TASK else budget_plan(task)
+
+
+def _study_file(task: str) -> tuple[Path, str]:
+    if task == data_size.STUDY_TASK:
+        return data_size.results_path(), "lora-edu data-size"
+    return results_path(task), f"lora-edu budget {task}"
+
+
 def read_budget(task: str, path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The study's records for ``task`` (default: ``budget.results_path(task)``)."""
-    path = Path(path) if path is not None else results_path(task)
+    """The study's records for ``task`` (default: its results file, ``budget.results_path`` or
+    ``data_size.results_path``)."""
+    default, command = _study_file(task)
+    path = Path(path) if path is not None else default
     if not path.exists():
-        raise FileNotFoundError(
-            f"no budget-study results at {path}; run `lora-edu budget {task}` first"
-        )
+        raise FileNotFoundError(f"no study results at {path}; run `{command}` first")
     return read_results(path)
 
 
@@ -40,12 +57,14 @@ def _arm_grid(records: Sequence[dict[str, Any]], arm: str) -> list[float]:
 
 
 def chosen_rates(task: str, records: Sequence[dict[str, Any]], arm: str) -> dict[int, list[float]]:
-    """The rates the held-out pilot chose for ``arm`` at each budget multiple: the best mean
-    first, then the rates tied with it (p ≥ 0.05). The zero-shot arm has one (None)."""
-    spec = budget_plan(task).arm(arm)
+    """The rates the held-out pilot chose for ``arm`` at each point (budget multiple or size):
+    the best mean first, then the rates tied with it (p ≥ 0.05). The zero-shot arm has one
+    (None)."""
+    plan = study_plan(task)
+    spec = plan.arm(arm)
     if spec.method == "none":
-        return {m: [None] for m in BUDGET_MULTIPLES}
-    decisions = arm_decisions(records, spec, _arm_grid(records, arm))
+        return {m: [None] for m in plan.points}
+    decisions = arm_decisions(records, spec, _arm_grid(records, arm), plan.points)
     return {m: [d.best, *sorted(d.tied)] for m, d in decisions.items()}
 
 
@@ -55,11 +74,11 @@ def _runs(records: Sequence[dict[str, Any]], arm: str, lr: float | None) -> list
 
 
 def budget_table(task: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per arm, budget and chosen rate: ``arm``, ``multiple``, ``steps``, ``lr``,
-    ``chosen`` ("best" or "tied"), ``seeds``, ``dev`` (held-out mean), ``test`` (reported mean),
-    ``test_low``/``test_high`` (its lowest and highest seed), and for E2E ``forget`` (the mean
-    rise of the old task's loss since step 0, nats per token)."""
-    plan = budget_plan(task)
+    """One row per arm, point (budget or size) and chosen rate: ``arm``, ``point``, ``label``,
+    ``steps``, ``lr``, ``chosen`` ("best" or "tied"), ``seeds``, ``dev`` (held-out mean),
+    ``test`` (reported mean), ``test_low``/``test_high`` (its lowest and highest seed), and for
+    E2E ``forget`` (the mean rise of the old task's loss since step 0, nats per token)."""
+    plan = study_plan(task)
     rows = []
     for arm in plan.arms:
         if not any(r["arm"] == arm.name for r in records):
@@ -70,7 +89,8 @@ def budget_table(task: str, records: Sequence[dict[str, Any]]) -> list[dict[str,
                 dev = [budget_view(r, m, "dev")["metric"] for r in runs]
                 test = [budget_view(r, m, "test")["metric"] for r in runs]
                 row = {
-                    "arm": arm.name, "multiple": m, "steps": m * plan.base_steps, "lr": lr,
+                    "arm": arm.name, "point": m, "label": plan.label(m),
+                    "steps": plan.steps_at(m), "lr": lr,
                     "chosen": "best" if k == 0 else "tied", "seeds": len(runs),
                     "dev": sum(dev) / len(dev), "test": sum(test) / len(test),
                     "test_low": min(test), "test_high": max(test),
@@ -98,15 +118,16 @@ def _forgetting(record: dict[str, Any], multiple: int) -> float | None:
 def budget_gaps(
     task: str, records: Sequence[dict[str, Any]], arm_a: str, arm_b: str, *, samples: int = 2000
 ) -> list[dict[str, Any]]:
-    """``arm_a`` minus ``arm_b`` on the reported split at each budget, each at its chosen rate
-    (every pair of tied rates, best pair first): ``multiple``, ``steps``, ``lr_a``, ``lr_b``,
+    """``arm_a`` minus ``arm_b`` on the reported split at each point (budget or size), each at its
+    chosen rate (every pair of tied rates, best pair first): ``point``, ``label``, ``steps``,
+    ``lr_a``, ``lr_b``,
     ``seeds_a``, ``seeds_b``, ``delta``, its 95 % interval ``ci_low``/``ci_high`` and the
     two-sided ``p_value`` of a paired bootstrap over the examples and seeds; ``verdict``: which
     arm is ahead at p < 0.05, or "tie"."""
-    plan = budget_plan(task)
+    plan = study_plan(task)
     rates_a, rates_b = chosen_rates(task, records, arm_a), chosen_rates(task, records, arm_b)
     rows = []
-    for m in BUDGET_MULTIPLES:
+    for m in plan.points:
         for lr_a in rates_a[m]:
             for lr_b in rates_b[m]:
                 runs_a, runs_b = _runs(records, arm_a, lr_a), _runs(records, arm_b, lr_b)
@@ -117,7 +138,8 @@ def budget_gaps(
                 )
                 ahead = arm_a if result["delta"] > 0 else arm_b
                 rows.append({
-                    "multiple": m, "steps": m * plan.base_steps, "lr_a": lr_a, "lr_b": lr_b,
+                    "point": m, "label": plan.label(m), "steps": plan.steps_at(m),
+                    "lr_a": lr_a, "lr_b": lr_b,
                     "seeds_a": len(runs_a), "seeds_b": len(runs_b), "delta": result["delta"],
                     "ci_low": result["ci_low"], "ci_high": result["ci_high"],
                     "p_value": result["p_value"],
@@ -128,12 +150,12 @@ def budget_gaps(
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], scale: float = 100.0) -> str:
     """``budget_table`` rows as a markdown table (metrics × ``scale``: percent, or BLEU)."""
-    lines = ["| arm | budget | steps | rate | chosen | seeds | held-out | reported (min–max) |",
+    lines = ["| arm | point | steps | rate | chosen | seeds | held-out | reported (min–max) |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         rate = "–" if r["lr"] is None else f"{r['lr']:g}"
         lines.append(
-            f"| {r['arm']} | ×{r['multiple']} | {r['steps']} | {rate} | {r['chosen']} | "
+            f"| {r['arm']} | {r['label']} | {r['steps']} | {rate} | {r['chosen']} | "
             f"{r['seeds']} | {scale * r['dev']:.1f} | {scale * r['test']:.1f} "
             f"({scale * r['test_low']:.1f}–{scale * r['test_high']:.1f}) |"
         )
@@ -142,16 +164,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], scale: float = 100.0) -> s
 
 def plot_budget_gaps(gaps: Mapping[str, Sequence[Mapping[str, Any]]], scale: float = 100.0,
                      ax: Any = None) -> Any:  # fmt: skip
-    """The gap (A − B) against training steps with its 95 % interval, one line per task (best
-    rate pair of each budget), a dashed line at 0; returns the axes."""
+    """The gap (A − B) against the study's points (budgets or sizes, log axis) with its 95 %
+    interval, one line per task (best rate pair of each point), a dashed line at 0; returns the
+    axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.5))
     for task, rows in gaps.items():
         best = {}
-        for row in rows:  # the first row of each budget is its best pair
-            best.setdefault(row["multiple"], row)
+        for row in rows:  # the first row of each point is its best pair
+            best.setdefault(row["point"], row)
         ms = sorted(best)
         delta = [scale * best[m]["delta"] for m in ms]
         low = [scale * (best[m]["delta"] - best[m]["ci_low"]) for m in ms]
@@ -159,8 +182,9 @@ def plot_budget_gaps(gaps: Mapping[str, Sequence[Mapping[str, Any]]], scale: flo
         ax.errorbar(ms, delta, yerr=[low, high], marker="o", capsize=3, label=task)
     ax.axhline(0, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(list(BUDGET_MULTIPLES), [f"×{m}" for m in BUDGET_MULTIPLES])
-    ax.set_xlabel("training budget (multiples of the default steps)")
+    labels = {row["point"]: row["label"] for rows_ in gaps.values() for row in rows_}
+    ax.set_xticks(sorted(labels), [labels[m] for m in sorted(labels)])
+    ax.set_xlabel(study_plan(next(iter(gaps))).point_title)
     ax.set_ylabel("gap (points), 95 % interval")
     ax.legend()
     return ax
@@ -168,22 +192,24 @@ def plot_budget_gaps(gaps: Mapping[str, Sequence[Mapping[str, Any]]], scale: flo
 
 def plot_budget_curves(task: str, rows: Sequence[Mapping[str, Any]], scale: float = 100.0,
                        ax: Any = None) -> Any:  # fmt: skip
-    """The reported metric against steps, one line per arm at its best rate, bars from the
-    lowest to the highest seed; returns the axes."""
+    """The reported metric against the study's points (budgets or sizes, log axis), one line per
+    arm at its best rate, bars from the lowest to the highest seed; returns the axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.5))
     for arm in dict.fromkeys(r["arm"] for r in rows):
         best = [r for r in rows if r["arm"] == arm and r["chosen"] == "best"]
-        steps = [r["steps"] for r in best]
+        steps = [r["point"] for r in best]
         mean = [scale * r["test"] for r in best]
         err = [[scale * (r["test"] - r["test_low"]) for r in best],
                [scale * (r["test_high"] - r["test"]) for r in best]]  # fmt: skip
         ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=arm)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("training steps")
-    ax.set_ylabel(f"{budget_plan(task).metric} on the reported split")
+    labels = {r["point"]: r["label"] for r in rows}
+    ax.set_xticks(sorted(labels), [labels[m] for m in sorted(labels)])
+    ax.set_xlabel(study_plan(task).point_title)
+    ax.set_ylabel(f"{study_plan(task).metric} on the reported split")
     ax.set_title(task)
     ax.legend()
     return ax

@@ -263,22 +263,33 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _budget(args: argparse.Namespace) -> int:
+    """``lora-edu budget TASK`` and ``lora-edu data-size``: one runner, two studies."""
     from lora_edu.budget import next_runs, results_path, run_study
     from lora_edu.store import read_results
 
-    path = Path(args.out) if args.out else results_path(args.task)
+    options: dict = {}
+    if args.command == "data-size":
+        from lora_edu import data_size
+
+        args.task = data_size.STUDY_TASK
+        options = {"plan": data_size.data_size_plan(), "run_one": data_size.run_data_size,
+                   "study": "data-size study"}  # fmt: skip
+        default = data_size.results_path()
+    else:
+        default = results_path(args.task)
+    path = Path(args.out) if args.out else default
     try:
         if args.plan:
             records = read_results(path) if path.exists() else []
-            todo = next_runs(args.task, records, args.arms)
+            todo = next_runs(args.task, records, args.arms, options.get("plan"))
             print(f"{len(records)} runs in {path}; {len(todo)} planned next:")
             for arm, lr, seed in todo:
                 print(f"  {arm:<10} lr={lr}  seed={seed}")
             return 0
         run_study(args.task, arms=args.arms, max_runs=args.max_runs, out=path,
-                  progress=not args.quiet)  # fmt: skip
+                  progress=not args.quiet, **options)  # fmt: skip
     except ValueError as err:
-        return _fail("budget", err)
+        return _fail(args.command, err)
     return 0
 
 
@@ -556,17 +567,33 @@ def build_parser() -> argparse.ArgumentParser:
         "Stop it at any time: it resumes where it stopped.",
     )
     bg.add_argument("task", choices=("sst2", "e2e"), help="which task's study")
-    bg.add_argument(
-        "--arms",
-        type=lambda text: [a for a in text.split(",") if a],
-        default=None,
-        help="comma-separated arms to run (default: all, in the plan's order)",
+    ds = sub.add_parser(
+        "data-size",
+        help="the data-size study: probe, LoRA and full fine-tuning on 100-4,000 SST-2 sentences",
+        description="Trains each arm of the study (lora_edu.data_size) once per learning rate "
+        "and seed on each training-set size (100, 300, 1,000, 4,000 SST-2 sentences, 4 epochs), "
+        "scoring it on held-out and validation sentences; rates are chosen per size as in the "
+        "budget study. Appends each run to data/results/data_size/sst2-<profile>.jsonl. Stop it "
+        "at any time: it resumes where it stopped.",
     )
-    bg.add_argument("--max-runs", type=_whole(1), default=None, help="stop after this many runs")
-    bg.add_argument("--plan", action="store_true", help="print the runs still needed, run none")
-    bg.add_argument("--out", default=None, help="the results file (default: the study's own)")
-    bg.add_argument("--quiet", action="store_true", help="no progress bars")
-    bg.set_defaults(func=_budget)
+    for study in (bg, ds):
+        study.add_argument(
+            "--arms",
+            type=lambda text: [a for a in text.split(",") if a],
+            default=None,
+            help="comma-separated arms to run (default: all, in the plan's order)",
+        )
+        study.add_argument(
+            "--max-runs", type=_whole(1), default=None, help="stop after this many runs"
+        )
+        study.add_argument(
+            "--plan", action="store_true", help="print the runs still needed, run none"
+        )
+        study.add_argument(
+            "--out", default=None, help="the results file (default: the study's own)"
+        )
+        study.add_argument("--quiet", action="store_true", help="no progress bars")
+        study.set_defaults(func=_budget)
 
     fg = sub.add_parser(
         "figures",

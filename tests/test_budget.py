@@ -169,7 +169,7 @@ def test_budget_view_reads_one_budget_and_refuses_a_missing_one():
     view = budget_view(record, 4)
     assert view["metric"] == pytest.approx(0.54) and len(view["eval_correct"]) == N
     record["checkpoints"] = record["checkpoints"][:2]
-    with pytest.raises(ValueError, match="lora-qv lr 0.001 seed 0 has no ×8"):
+    with pytest.raises(ValueError, match="lora-qv lr 0.001 seed 0 has no result at multiple = 8"):
         budget_view(record, 8)
 
 
@@ -247,11 +247,11 @@ def test_the_report_shows_each_budget_at_its_chosen_rate_and_pairs_the_arms(monk
     records += _pilot("full", lambda lr: 0.9 if lr == full.start_rates[1] else 0.6,
                       full.start_rates)  # fmt: skip
     rows = budget_table("sst2", records)
-    best = {(r["arm"], r["multiple"]): r for r in rows if r["chosen"] == "best"}
+    best = {(r["arm"], r["point"]): r for r in rows if r["chosen"] == "best"}
     assert best["lora-qv", 1]["lr"] == lora.start_rates[1] and best["full", 8]["seeds"] == 2
     assert best["lora-qv", 8]["test"] == pytest.approx(0.9, abs=0.01)
     assert "| lora-qv | ×1 | 250 |" in markdown_table(rows)
-    gaps = {g["multiple"]: g for g in budget_gaps("sst2", records, "lora-qv", "full", samples=300)}
+    gaps = {g["point"]: g for g in budget_gaps("sst2", records, "lora-qv", "full", samples=300)}
     assert gaps[1]["verdict"] == "full" and gaps[1]["ci_high"] < 0
     assert gaps[1]["delta"] == pytest.approx(-0.0875, abs=0.01)
     assert gaps[8]["verdict"] == "tie"

@@ -272,3 +272,15 @@ def test_budget_names_an_unknown_arm_and_lists_the_arms(capsys, tmp_path):
     )
     err = capsys.readouterr().err
     assert code == 1 and "no arm 'qlora'" in err and "lora-qv, full, lora-all, head" in err
+
+
+def test_data_size_plans_its_own_arms_into_its_own_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    out = tmp_path / "sizes.jsonl"
+    assert cli.main(["data-size", "--plan", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"0 runs in {out}; 18 planned next:")
+    assert "head       lr=0.003  seed=0" in printed and "full       lr=0.0002  seed=1" in printed
+    code = cli.main(["data-size", "--arms", "lora-all", "--plan", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("lora-edu data-size:") and "head, lora-qv, full" in err
