@@ -168,7 +168,21 @@ def decisions_of(
     (a tie of means goes to the lower rate) and the rates a paired test cannot tell apart from
     it, among the records ``keep`` accepts. While a run is missing it raises, naming the runs and
     the command to run first, except in ``smoke``, where an incomplete arm is left out."""
-    grid = preset_grid(dev_task, preset)
+    return _decide(preset_grid(dev_task, preset), dev_task, preset, name_of, keep=keep,
+                   score=score, equal_eval=equal_eval)  # fmt: skip
+
+
+def _decide(
+    grid: Grid,
+    dev_task: str,
+    preset: str,
+    name_of: Callable[[dict[str, Any]], str],
+    *,
+    keep: Callable[[dict[str, Any]], bool] = lambda rec: True,
+    score: Callable[[dict[str, Any]], float] = lambda rec: rec["metric"],
+    equal_eval: bool = True,
+) -> dict[str, ArmDecision]:
+    """``decisions_of`` for a grid already built."""
     path = results_file(dev_task, preset)
 
     def ident(rec: dict[str, Any]) -> tuple[str, float, int]:
@@ -203,10 +217,11 @@ def choice_of(
 ) -> dict[str, float]:
     """Each arm's best rate (``decisions_of``, with its ``options``); in ``smoke`` an arm whose
     pilot runs are incomplete takes ``fallback(arm)``."""
-    decisions = decisions_of(dev_task, preset, name_of, **options)
+    grid = preset_grid(dev_task, preset)
+    decisions = _decide(grid, dev_task, preset, name_of, **options)
     return {
         arm: decisions[arm].best if arm in decisions else fallback(arm)
-        for arm in dict.fromkeys(name_of(run) for run in preset_grid(dev_task, preset))
+        for arm in dict.fromkeys(name_of(run) for run in grid)
     }
 
 
