@@ -18,12 +18,15 @@ Three groups, following the LoRA paper (Hu et al. 2021, arXiv:2106.09685):
    :func:`random_projection_norm`, :func:`delta_w_report` (the rows of Table 7).
 4. What an update does to given inputs (e.g. a vocabulary's embeddings): :func:`relative_shift`
    (‖ΔW x‖ / ‖W x‖ per input), against :func:`random_input_directions` (the same singular values
-   and output directions, random input directions: a null for "does ΔW point at these inputs?").
+   and output directions, random input directions: a null for "does ΔW point at these inputs?"),
+   and both together in :func:`moved_inputs_test` (do the inputs ΔW moves most score higher on
+   some property than under the null?).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,8 @@ import numpy as np
 __all__ = [
     "relative_shift",
     "random_input_directions",
+    "moved_inputs_test",
+    "MovedInputsTest",
     "amplification_factor",
     "delta_w_report",
     "effective_rank",
@@ -387,3 +392,56 @@ def random_input_directions(delta_W: Any, r: int, rng: np.random.Generator) -> n
     r = _check_count(r, "rank", "r", min(D.shape), D.shape)
     U, S, _ = _svd(D)
     return (U[:, :r] * S[:r]) @ _random_orthonormal(D.shape[1], r, rng).T
+
+
+@dataclass(frozen=True)
+class MovedInputsTest:
+    """What :func:`moved_inputs_test` found: ``order`` (the ``top`` inputs ΔW moves most, most
+    first), ``observed`` (their mean score), ``nulls`` (the same mean under each random-direction
+    draw) and the one-sided ``p_value`` (how often a null did at least as well, +1 smoothed)."""
+
+    order: np.ndarray
+    observed: float
+    nulls: np.ndarray
+    p_value: float
+
+
+def moved_inputs_test(
+    delta_W: Any,
+    W: Any,
+    X: Any,
+    scores: Any,
+    r: int,
+    *,
+    top: int = 50,
+    draws: int = 200,
+    rng: np.random.Generator | None = None,
+) -> MovedInputsTest:
+    """Does ``delta_W`` point at inputs that score high? Rank the rows of ``X (n, d_in)`` by
+    :func:`relative_shift`, take the ``top`` moved most and compare their mean ``scores`` (one
+    per row: a word's sentiment, how typical of a domain it is) with ``draws`` nulls of
+    :func:`random_input_directions` at rank ``r`` (same singular values and outputs, random
+    input directions)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    X = _as_matrix(X, "X")
+    if scores.shape != (X.shape[0],):
+        raise ValueError(
+            f"scores must hold one number per row of X ({X.shape[0]}), got {scores.shape}"
+        )
+    if not 1 <= top <= X.shape[0]:
+        raise ValueError(f"top must lie in 1..{X.shape[0]} (the rows of X), got {top}")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def top_rows(D: Any) -> np.ndarray:
+        return np.argsort(-relative_shift(D, W, X))[:top]
+
+    order = top_rows(delta_W)
+    observed = float(scores[order].mean())
+    nulls = np.array(
+        [scores[top_rows(random_input_directions(delta_W, r, rng))].mean() for _ in range(draws)]
+    )
+    return MovedInputsTest(
+        order, observed, nulls, (1 + int((nulls >= observed).sum())) / (draws + 1)
+    )

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from lora_edu import data_size
-from lora_edu.budget import StudyPlan, arm_decisions, budget_plan, budget_view, results_path
+from lora_edu.budget import (
+    THIRD_SEED,
+    StudyPlan,
+    arm_decisions,
+    budget_plan,
+    budget_view,
+    next_runs,
+    results_path,
+)
 from lora_edu.stats import SIGNIFICANCE, compare_records
 from lora_edu.store import read_results
 
@@ -52,6 +60,50 @@ def read_budget(task: str, path: str | Path | None = None) -> list[dict[str, Any
     return read_results(path)
 
 
+#: How far an arm of a study has come (``arm_progress``): its rates can be reported from
+#: "third seeds" on (decided on the pilot seeds; the chosen rates' third seeds may be missing).
+STAGES = ("not started", "pilot", "third seeds", "complete")
+
+
+def arm_progress(task: str, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each arm of ``task``'s study: ``runs`` (done), ``planned`` (the runs ``budget.next_runs``
+    asks for next, as (lr, seed)) and ``stage``: "not started", "pilot" (a rate still lacks
+    seed 0 or 1, or the grid must grow), "third seeds" (the rates are decided; the third seeds
+    at the chosen rates are missing) or "complete"."""
+    plan = study_plan(task)
+    progress = {}
+    for arm in plan.arms:
+        runs = sum(r["arm"] == arm.name for r in records)
+        todo = [(lr, seed) for _, lr, seed in next_runs(task, records, [arm.name], plan)]
+        if runs == 0:
+            stage = "not started"
+        elif not todo:
+            stage = "complete"
+        elif all(seed == THIRD_SEED for _, seed in todo):
+            stage = "third seeds"
+        else:
+            stage = "pilot"
+        progress[arm.name] = {"runs": runs, "planned": todo, "stage": stage}
+    return progress
+
+
+def decided_arms(task: str, records: Sequence[dict[str, Any]]) -> list[str]:
+    """The arms whose rates are decided (stage "third seeds" or "complete"), in the plan's
+    order: the ones a table or a gap may report."""
+    return [arm for arm, p in arm_progress(task, records).items()
+            if STAGES.index(p["stage"]) >= STAGES.index("third seeds")]  # fmt: skip
+
+
+def _require_decided(task: str, records: Sequence[dict[str, Any]], arm: str) -> None:
+    progress = arm_progress(task, records)[arm]
+    if progress["stage"] in ("not started", "pilot"):
+        raise ValueError(
+            f"the {arm} arm of the {task} study is at stage {progress['stage']!r} "
+            f"({progress['runs']} runs done, {len(progress['planned'])} planned next): its rates "
+            "are not decided yet"
+        )
+
+
 def _arm_grid(records: Sequence[dict[str, Any]], arm: str) -> list[float]:
     return sorted({r["lr"] for r in records if r["arm"] == arm})
 
@@ -59,11 +111,12 @@ def _arm_grid(records: Sequence[dict[str, Any]], arm: str) -> list[float]:
 def chosen_rates(task: str, records: Sequence[dict[str, Any]], arm: str) -> dict[int, list[float]]:
     """The rates the held-out pilot chose for ``arm`` at each point (budget multiple or size):
     the best mean first, then the rates tied with it (p ≥ 0.05). The zero-shot arm has one
-    (None)."""
+    (None). Raises while the arm's rates are not decided (``arm_progress``)."""
     plan = study_plan(task)
     spec = plan.arm(arm)
     if spec.method == "none":
         return {m: [None] for m in plan.points}
+    _require_decided(task, records, arm)
     decisions = arm_decisions(records, spec, _arm_grid(records, arm), plan.points)
     return {m: [d.best, *sorted(d.tied)] for m, d in decisions.items()}
 
@@ -77,11 +130,13 @@ def budget_table(task: str, records: Sequence[dict[str, Any]]) -> list[dict[str,
     """One row per arm, point (budget or size) and chosen rate: ``arm``, ``point``, ``label``,
     ``steps``, ``lr``, ``chosen`` ("best" or "tied"), ``seeds``, ``dev`` (held-out mean),
     ``test`` (reported mean), ``test_low``/``test_high`` (its lowest and highest seed), and for
-    E2E ``forget`` (the mean rise of the old task's loss since step 0, nats per token)."""
+    E2E ``forget`` (the mean rise of the old task's loss since step 0, nats per token). Only
+    arms whose rates are decided appear (``decided_arms``)."""
     plan = study_plan(task)
+    decided = decided_arms(task, records)
     rows = []
     for arm in plan.arms:
-        if not any(r["arm"] == arm.name for r in records):
+        if arm.name not in decided:
             continue
         for m, rates in chosen_rates(task, records, arm.name).items():
             for k, lr in enumerate(rates):

@@ -400,3 +400,26 @@ def test_random_input_directions_keep_the_spectrum_and_outputs_but_not_the_input
     np.testing.assert_allclose(U @ U.T @ N, N, atol=1e-10)  # writes into D's output space
     Vd, Vn = np.linalg.svd(D)[2][:2].T, np.linalg.svd(N)[2][:2].T
     assert subspace_similarity(Vd.T, Vn.T, 2, 2) < 0.99  # reads elsewhere
+
+
+def test_moved_inputs_test_finds_inputs_an_update_reads_and_only_those():
+    from lora_edu.analysis import moved_inputs_test
+
+    rng = np.random.default_rng(0)
+    d, n = 32, 400
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, d))
+    scores = rng.normal(size=n)
+    hot = np.argsort(-scores)[:20]  # the 20 best-scoring inputs
+    reads = np.linalg.qr(X[hot[:4]].T)[0].T  # ΔW reads the span of four of them
+    B = rng.normal(size=(d, 4))
+    found = moved_inputs_test(B @ reads, W, X, scores, 4, top=20, draws=100, rng=rng)
+    assert found.p_value < 0.05 and found.observed > found.nulls.max() - 1e-12
+    assert set(hot[:4]) <= set(found.order.tolist())
+    elsewhere = B @ np.linalg.qr(rng.normal(size=(d, 4)))[0].T  # reads random directions
+    blind = moved_inputs_test(elsewhere, W, X, scores, 4, top=20, draws=100, rng=rng)
+    assert blind.p_value > 0.05
+    with pytest.raises(ValueError, match="one number per row of X"):
+        moved_inputs_test(elsewhere, W, X, scores[:-1], 4)
+    with pytest.raises(ValueError, match="top must lie in 1..400"):
+        moved_inputs_test(elsewhere, W, X, scores, 4, top=0)

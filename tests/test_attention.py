@@ -229,3 +229,22 @@ def test_attention_modules_are_found_inside_wrappers():
     x = images(2)
     assert sum(isinstance(m, Attention) for m in Wrapper().modules()) == 2
     torch.testing.assert_close(attention_maps(Wrapper(), x), attention_maps(wrapped["vit"], x))
+
+
+def test_image_verdicts_are_the_models_predictions_example_by_example():
+    import numpy as np
+
+    from lora_edu.train import image_classifier_verdicts
+
+    torch.manual_seed(0)
+    model = TinyViT(image_size=8, patch_size=2, dim=16, depth=2, heads=2, num_classes=3)
+    images = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        preds = model.eval()(torch.from_numpy(images)).argmax(-1).numpy()
+    labels = np.where(np.arange(20) % 2 == 0, preds, (preds + 1) % 3)  # every other one wrong
+    verdicts = image_classifier_verdicts(model, images, labels, batch_size=6)
+    np.testing.assert_array_equal(verdicts, np.arange(20) % 2 == 0)
+    bigger = np.repeat(np.repeat(images, 2, axis=-1), 2, axis=-2)  # 16×16: resized back to 8×8
+    assert image_classifier_verdicts(model, bigger, labels).shape == (20,)
+    with pytest.raises(ValueError, match="20 images but 19 labels"):
+        image_classifier_verdicts(model, images, labels[:-1])

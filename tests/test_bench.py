@@ -569,4 +569,3 @@ def test_a_memory_worker_can_train_with_checkpointing_and_the_chunked_loss():
     assert all("error" not in f for f in found.values()), found
     with pytest.raises(ValueError, match="chunked_loss is for causal LMs"):
         bench.measure_peak_memory(bench.BenchConfig(**TINY, chunked_loss=True), "lora")
-

@@ -255,3 +255,25 @@ def test_the_report_shows_each_budget_at_its_chosen_rate_and_pairs_the_arms(monk
     assert gaps[1]["verdict"] == "full" and gaps[1]["ci_high"] < 0
     assert gaps[1]["delta"] == pytest.approx(-0.0875, abs=0.01)
     assert gaps[8]["verdict"] == "tie"
+
+
+def test_the_report_shows_only_arms_whose_rates_are_decided(monkeypatch):
+    from lora_edu.budget_report import arm_progress, budget_gaps, budget_table, decided_arms
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    lora = budget_plan("sst2").arm("lora-qv")
+    low, mid, high = lora.start_rates
+    records = _pilot("lora-qv", {low: 0.7, mid: 0.9, high: 0.72}.get, lora.start_rates)
+    half = [r for r in records if not (r["lr"] == high and r["seed"] == 1)]
+    progress = arm_progress("sst2", half)
+    assert progress["lora-qv"] == {"runs": 5, "planned": [(high, 1)], "stage": "pilot"}
+    assert progress["full"]["stage"] == "not started" and progress["full"]["runs"] == 0
+    assert decided_arms("sst2", half) == [] and budget_table("sst2", half) == []
+    assert arm_progress("sst2", records)["lora-qv"]["stage"] == "third seeds"
+    records.append(_record("lora-qv", mid, THIRD_SEED, 0.9))
+    assert arm_progress("sst2", records)["lora-qv"]["stage"] == "complete"
+    assert {r["arm"] for r in budget_table("sst2", records)} == {"lora-qv"}
+    with pytest.raises(
+        ValueError, match="the full arm of the sst2 study is at stage 'not started'"
+    ):
+        budget_gaps("sst2", records, "lora-qv", "full")

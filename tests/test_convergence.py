@@ -241,5 +241,9 @@ def test_text_classifier_accuracy_matches_a_manual_forward_pass():
         preds = model(batch["input_ids"], batch["attention_mask"]).logits.argmax(-1).numpy()
     expected = float(np.mean(preds == np.array(labels)))
     assert text_classifier_accuracy(model, data, batch_size=4) == pytest.approx(expected)
+    from lora_edu.train import text_classifier_verdicts
+
+    verdicts = text_classifier_verdicts(model, data, batch_size=4)
+    np.testing.assert_array_equal(verdicts, preds == np.array(labels))  # example by example
     with pytest.raises(ValueError, match=r"columns \['text', 'label'\]"):
         text_classifier_accuracy(model, data.rename_column("text", "sentence"))

@@ -138,6 +138,28 @@ def finetune_vit(
 # --------------------------------------------------------------------------- pretraining
 
 
+def image_classifier_verdicts(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 256
+) -> np.ndarray:
+    """One boolean per image, in order: does ``model`` (a ``TinyViT`` with its task's head) name
+    its label? Images of another size than the model's are resized as ``finetune_vit`` resizes
+    them; the model is put in eval mode. What a paired test compares between two models."""
+    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    size = model.config["image_size"]
+    if images.shape[-2:] != (size, size):
+        images = resize_images(images, size)
+    device = next(model.parameters()).device
+    images_t, labels_t = torch.from_numpy(images).to(device), torch.from_numpy(labels)
+
+    def collate(indices: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {"images": images_t[indices.to(device)]}, labels_t[indices]
+
+    correct = _accuracy_evaluator(len(labels), collate, batch_size)(model)["eval_correct"]
+    return np.array([c == "1" for c in correct])
+
+
 def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     digest = hashlib.sha1(np.ascontiguousarray(images).tobytes())
     digest.update(np.ascontiguousarray(labels).tobytes())

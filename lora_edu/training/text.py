@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -202,6 +203,31 @@ def _distillation(
     return soft_collate, distillation_loss(temperature)
 
 
+def text_classifier_verdicts(
+    model: Any,
+    data: Any,
+    *,
+    model_name: str = "minilm",
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """One boolean per example of ``data`` (a ``datasets.Dataset`` with columns text, label), in
+    order: did ``model`` classify it right? What a paired test (McNemar, a bootstrap over
+    examples) compares between two models.
+
+    ``model`` is the second value of ``finetune_text_classifier(..., return_model=True)`` (or
+    any model that takes the tokenizer's output and returns logits); the texts are tokenised as
+    that function does (``model_name``'s tokenizer, truncation to ``max_length``), and the model
+    is put in eval mode."""
+    from transformers import AutoTokenizer
+
+    _require_columns(data, ("text", "label"), "text_classifier_verdicts")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model_name))
+    collate = _encode_texts(tokenizer, data, max_length)
+    correct = _accuracy_evaluator(len(data), collate, batch_size)(model)["eval_correct"]
+    return np.array([c == "1" for c in correct])
+
+
 def text_classifier_accuracy(
     model: Any,
     data: Any,
@@ -210,19 +236,14 @@ def text_classifier_accuracy(
     max_length: int = 64,
     batch_size: int = 64,
 ) -> float:
-    """Accuracy of ``model`` on ``data`` (a ``datasets.Dataset`` with columns text, label).
-
-    ``model`` is the second value of ``finetune_text_classifier(..., return_model=True)``; the
-    texts are tokenised as that function does (``model_name``'s tokenizer, truncation to
-    ``max_length``), and the model is put in eval mode. Use it to measure training accuracy
-    next to validation accuracy, i.e. the generalisation gap.
-    """
-    from transformers import AutoTokenizer
-
+    """Accuracy of ``model`` on ``data`` (a ``datasets.Dataset`` with columns text, label): the
+    mean of ``text_classifier_verdicts``, with the same arguments. Use it to measure training
+    accuracy next to validation accuracy, i.e. the generalisation gap."""
     _require_columns(data, ("text", "label"), "text_classifier_accuracy")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model_name))
-    collate = _encode_texts(tokenizer, data, max_length)
-    return float(_accuracy_evaluator(len(data), collate, batch_size)(model)["metric"])
+    verdicts = text_classifier_verdicts(
+        model, data, model_name=model_name, max_length=max_length, batch_size=batch_size
+    )
+    return float(verdicts.mean())
 
 
 # --------------------------------------------------------------------------- tokens (NER)
