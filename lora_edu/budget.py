@@ -134,14 +134,15 @@ class BudgetPlan:
         return find_arm(self, name)
 
 
-def budget_plan(task: str) -> BudgetPlan:
+def budget_plan(task: str, profile_name: str | None = None) -> BudgetPlan:
     """The study's set-up for ``task`` (``"sst2"`` or ``"e2e"``) at the active profile.
 
     SST-2 (MiniLM-L6): the headline's 4,000 sentences × 2 epochs at batch 32 are 250 steps;
     held-out: the last 1,000 of the shuffled training sentences; reported: the 872 validation
     sentences. E2E (SmolLM2-135M-Instruct): the headline's 480 pairs at batch 8 are 60 steps;
     held-out: the 55 validation MRs (BLEU) and their pairs (loss); reported: the 630 test MRs.
-    The start rates sit around each method's rate chosen at ×1 by the task's own pilot."""
+    The start rates sit around each method's rate chosen at ×1 by the task's own pilot.
+    ``profile_name``: another profile than the active one (the one its records were made at)."""
     arms = {
         "sst2": (
             Arm("lora-qv", "lora", ("query", "value"), (1e-3, 2e-3, 5e-3)),
@@ -156,23 +157,28 @@ def budget_plan(task: str) -> BudgetPlan:
             Arm("lora-all", "lora", "all-linear", (1e-3, 2e-3, 5e-3)),
         ),
     }
+
+    def pick(**sizes: Any) -> Any:
+        return by_profile(**sizes, active=profile_name)
+
     if task == "sst2":
         return BudgetPlan(
-            "sst2", "accuracy", by_profile(smoke=1, default=250), by_profile(smoke=8, default=32),
-            by_profile(smoke=32, default=1000), by_profile(smoke=32, default=None), arms["sst2"],
+            "sst2", "accuracy", pick(smoke=1, default=250), pick(smoke=8, default=32),
+            pick(smoke=32, default=1000), pick(smoke=32, default=None), arms["sst2"],
         )  # fmt: skip
     if task == "e2e":
         return BudgetPlan(
-            "e2e", "bleu", by_profile(smoke=1, default=60), by_profile(smoke=4, default=8),
-            by_profile(smoke=4, default=55), by_profile(smoke=4, default=None), arms["e2e"],
+            "e2e", "bleu", pick(smoke=1, default=60), pick(smoke=4, default=8),
+            pick(smoke=4, default=55), pick(smoke=4, default=None), arms["e2e"],
         )  # fmt: skip
     raise ValueError(f"the budget study covers sst2 and e2e, not {task!r}")
 
 
-def results_path(task: str) -> Path:
-    """``data/results/budget/<task>-<profile>.jsonl`` (under ``LORA_EDU_RESULTS``): a folder of
-    its own, since its records (one per run, a result per budget) are not sweep records."""
-    return results_dir() / "budget" / f"{task}-{profile()}.jsonl"
+def results_path(task: str, profile_name: str | None = None) -> Path:
+    """``data/results/budget/<task>-<profile>.jsonl`` (under ``LORA_EDU_RESULTS``; the active
+    profile unless ``profile_name`` names another): a folder of its own, since its records (one
+    per run, a result per budget) are not sweep records."""
+    return results_dir() / "budget" / f"{task}-{profile_name or profile()}.jsonl"
 
 
 # --------------------------------------------------------------------------- one run

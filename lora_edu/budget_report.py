@@ -38,22 +38,31 @@ from lora_edu.stats import SIGNIFICANCE, compare_records
 from lora_edu.store import read_results
 
 
-def study_plan(task: str) -> StudyPlan:
-    """The plan of ``task``'s study: ``"sst2"``/``"e2e"`` the budget study's,
-    ``"sst2-data"`` the data-size study's."""
-    return data_size.data_size_plan() if task == data_size.STUDY_TASK else budget_plan(task)
-
-
-def _study_file(task: str) -> tuple[Path, str]:
+def study_plan(task: str, records: Sequence[dict[str, Any]] = ()) -> StudyPlan:
+    """The plan of ``task``'s study (``"sst2"``/``"e2e"``: the budget study's; ``"sst2-data"``:
+    the data-size study's) at the profile its ``records`` were made at (the active profile when
+    there are none): default records read in a smoke session keep their default set-up."""
+    made_at = {r.get("profile") for r in records} - {None}
+    if len(made_at) > 1:
+        raise ValueError(f"the records mix profiles {sorted(made_at)}; read one file at a time")
+    active = made_at.pop() if made_at else None
     if task == data_size.STUDY_TASK:
-        return data_size.results_path(), "lora-edu data-size"
-    return results_path(task), f"lora-edu budget {task}"
+        return data_size.data_size_plan(active)
+    return budget_plan(task, active)
 
 
-def read_budget(task: str, path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The study's records for ``task`` (default: its results file, ``budget.results_path`` or
-    ``data_size.results_path``)."""
-    default, command = _study_file(task)
+def _study_file(task: str, profile_name: str | None) -> tuple[Path, str]:
+    if task == data_size.STUDY_TASK:
+        return data_size.results_path(profile_name), "lora-edu data-size"
+    return results_path(task, profile_name), f"lora-edu budget {task}"
+
+
+def read_budget(
+    task: str, path: str | Path | None = None, profile_name: str | None = None
+) -> list[dict[str, Any]]:
+    """The study's records for ``task`` (default: its results file at the active profile, or at
+    ``profile_name``: ``budget.results_path`` or ``data_size.results_path``)."""
+    default, command = _study_file(task, profile_name)
     path = Path(path) if path is not None else default
     if not path.exists():
         raise FileNotFoundError(f"no study results at {path}; run `{command}` first")
@@ -70,7 +79,7 @@ def arm_progress(task: str, records: Sequence[dict[str, Any]]) -> dict[str, dict
     asks for next, as (lr, seed)) and ``stage``: "not started", "pilot" (a rate still lacks
     seed 0 or 1, or the grid must grow), "third seeds" (the rates are decided; the third seeds
     at the chosen rates are missing) or "complete"."""
-    plan = study_plan(task)
+    plan = study_plan(task, records)
     progress = {}
     for arm in plan.arms:
         runs = sum(r["arm"] == arm.name for r in records)
@@ -112,7 +121,7 @@ def chosen_rates(task: str, records: Sequence[dict[str, Any]], arm: str) -> dict
     """The rates the held-out pilot chose for ``arm`` at each point (budget multiple or size):
     the best mean first, then the rates tied with it (p ≥ 0.05). The zero-shot arm has one
     (None). Raises while the arm's rates are not decided (``arm_progress``)."""
-    plan = study_plan(task)
+    plan = study_plan(task, records)
     spec = plan.arm(arm)
     if spec.method == "none":
         return {m: [None] for m in plan.points}
@@ -132,7 +141,7 @@ def budget_table(task: str, records: Sequence[dict[str, Any]]) -> list[dict[str,
     ``test`` (reported mean), ``test_low``/``test_high`` (its lowest and highest seed), and for
     E2E ``forget`` (the mean rise of the old task's loss since step 0, nats per token). Only
     arms whose rates are decided appear (``decided_arms``)."""
-    plan = study_plan(task)
+    plan = study_plan(task, records)
     decided = decided_arms(task, records)
     rows = []
     for arm in plan.arms:
@@ -179,7 +188,7 @@ def budget_gaps(
     ``seeds_a``, ``seeds_b``, ``delta``, its 95 % interval ``ci_low``/``ci_high`` and the
     two-sided ``p_value`` of a paired bootstrap over the examples and seeds; ``verdict``: which
     arm is ahead at p < 0.05, or "tie"."""
-    plan = study_plan(task)
+    plan = study_plan(task, records)
     rates_a, rates_b = chosen_rates(task, records, arm_a), chosen_rates(task, records, arm_b)
     rows = []
     for m in plan.points:

@@ -60,14 +60,16 @@ def at_profile(name: str) -> Iterator[None]:
             os.environ["LORA_EDU_PROFILE"] = old
 
 
-def by_profile(smoke: T, default: T, full: T | None = None) -> T:
+def by_profile(smoke: T, default: T, full: T | None = None, *, active: str | None = None) -> T:
     """Pick a size for the active profile: ``steps = by_profile(smoke=20, default=2000, full=20000)``.
 
-    ``full`` falls back to ``default`` when not given.
+    ``full`` falls back to ``default`` when not given. ``active`` names another profile than
+    ``LORA_EDU_PROFILE``'s (to rebuild the set-up that made results of that profile).
     """
-    return {"smoke": smoke, "default": default, "full": default if full is None else full}[
-        profile()
-    ]
+    chosen = profile() if active is None else active
+    if chosen not in PROFILES:
+        raise ValueError(f"unknown profile {chosen!r}; expected one of {', '.join(PROFILES)}")
+    return {"smoke": smoke, "default": default, "full": default if full is None else full}[chosen]
 
 
 def data_dir() -> Path:

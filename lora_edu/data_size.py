@@ -64,27 +64,33 @@ class DataSizePlan:
         return find_arm(self, name)
 
 
-def data_size_plan() -> DataSizePlan:
+def data_size_plan(profile_name: str | None = None) -> DataSizePlan:
     """SST-2 at the active profile: 100–4,000 training sentences × 4 epochs at batch 16 (the
     smallest set gets 28 steps, the largest 1,000); held-out: the last 1,000 sentences of the
     shuffled training set; reported: the 872 validation sentences. The linear probe (``head``),
-    LoRA r = 8 on q, v (α = 16) and full fine-tuning, each from rates around its SST-2 pilot's."""
+    LoRA r = 8 on q, v (α = 16) and full fine-tuning, each from rates around its SST-2 pilot's.
+    ``profile_name``: another profile than the active one."""
     arms = (
         Arm("head", "head", None, (3e-3, 1e-2, 3e-2)),
         Arm("lora-qv", "lora", ("query", "value"), (1e-3, 2e-3, 5e-3)),
         Arm("full", "full", None, (5e-5, 1e-4, 2e-4)),
     )
+
+    def pick(**sizes: Any) -> Any:
+        return by_profile(**sizes, active=profile_name)
+
     return DataSizePlan(
         "sst2", "accuracy",
-        by_profile(smoke=(16, 32), default=(100, 300, 1000, 4000)),
-        by_profile(smoke=1, default=4), by_profile(smoke=8, default=16),
-        by_profile(smoke=32, default=1000), by_profile(smoke=32, default=None), arms,
+        pick(smoke=(16, 32), default=(100, 300, 1000, 4000)),
+        pick(smoke=1, default=4), pick(smoke=8, default=16),
+        pick(smoke=32, default=1000), pick(smoke=32, default=None), arms,
     )  # fmt: skip
 
 
-def results_path() -> Path:
-    """``data/results/data_size/sst2-<profile>.jsonl`` (under ``LORA_EDU_RESULTS``)."""
-    return results_dir() / "data_size" / f"sst2-{profile()}.jsonl"
+def results_path(profile_name: str | None = None) -> Path:
+    """``data/results/data_size/sst2-<profile>.jsonl`` (under ``LORA_EDU_RESULTS``; the active
+    profile unless ``profile_name`` names another)."""
+    return results_dir() / "data_size" / f"sst2-{profile_name or profile()}.jsonl"
 
 
 def _data(plan: DataSizePlan) -> tuple[Any, Any, Any]:

@@ -277,3 +277,23 @@ def test_the_report_shows_only_arms_whose_rates_are_decided(monkeypatch):
         ValueError, match="the full arm of the sst2 study is at stage 'not started'"
     ):
         budget_gaps("sst2", records, "lora-qv", "full")
+
+
+def test_records_of_one_profile_are_read_with_that_profiles_plan(monkeypatch, tmp_path):
+    from lora_edu.budget_report import read_budget, study_plan
+    from lora_edu.config import by_profile
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    made = [dict(_record("lora-qv", 1e-3, 0, 0.8), profile="default")]
+    assert study_plan("sst2", made).base_steps == 250  # the default set-up, in a smoke session
+    assert study_plan("sst2").base_steps == 1 and study_plan("sst2-data").sizes == (16, 32)
+    with pytest.raises(ValueError, match="mix profiles"):
+        study_plan("sst2", [*made, dict(made[0], profile="smoke")])
+    assert by_profile(smoke=1, default=2, active="default") == 2
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        by_profile(smoke=1, default=2, active="huge")
+    monkeypatch.setenv("LORA_EDU_RESULTS", str(tmp_path))
+    with pytest.raises(
+        FileNotFoundError, match="budget/e2e-default.jsonl; run `lora-edu budget e2e`"
+    ):
+        read_budget("e2e", profile_name="default")
