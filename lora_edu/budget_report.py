@@ -277,3 +277,58 @@ def plot_budget_curves(task: str, rows: Sequence[Mapping[str, Any]], scale: floa
     ax.set_title(task)
     ax.legend()
     return ax
+
+
+def pilot_rows(task: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rate of every arm at every point, on the held-out examples, over the pilot seeds
+    (0 and 1) only, as the rate was chosen: ``arm``, ``point``, ``label``, ``lr``, ``seeds``,
+    ``n`` (held-out examples), ``mean``, ``low``, ``high`` (lowest and highest seed)."""
+    from lora_edu.budget import PILOT_SEEDS
+
+    plan = study_plan(task, records)
+    rows = []
+    for arm in plan.arms:
+        mine = [r for r in records if r["arm"] == arm.name and r["seed"] in PILOT_SEEDS]
+        for m in plan.points:
+            for lr in sorted({r["lr"] for r in mine}, key=lambda x: -1.0 if x is None else x):
+                views = [budget_view(r, m, "dev") for r in mine if r["lr"] == lr]
+                scores = [v["metric"] for v in views]
+                rows.append({
+                    "arm": arm.name, "point": m, "label": plan.label(m), "lr": lr,
+                    "seeds": len(scores), "n": len(views[0].get("eval_correct") or "") or None,
+                    "mean": sum(scores) / len(scores), "low": min(scores), "high": max(scores),
+                })  # fmt: skip
+    return rows
+
+
+def plot_pilot(task: str, records: Sequence[dict[str, Any]], scale: float = 100.0) -> Any:
+    """The rate pilot as a picture: one panel per point (budget or size), the held-out metric
+    against the learning rate (log axis), one line per arm with bars from the lowest to the
+    highest pilot seed; each decided arm's chosen rate is ringed. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    plan = study_plan(task, records)
+    rows = [r for r in pilot_rows(task, records) if r["lr"] is not None]
+    decided = set(decided_arms(task, records))
+    fig, axes = plt.subplots(1, len(plan.points), figsize=(3.2 * len(plan.points), 3.2),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, m in zip(axes[0], plan.points, strict=True):
+        for k, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
+            mine = [r for r in rows if r["arm"] == arm and r["point"] == m]
+            lrs = [r["lr"] for r in mine]
+            mean = [scale * r["mean"] for r in mine]
+            err = [[scale * (r["mean"] - r["low"]) for r in mine],
+                   [scale * (r["high"] - r["mean"]) for r in mine]]  # fmt: skip
+            ax.errorbar(lrs, mean, yerr=err, marker="o", capsize=3, color=f"C{k}", label=arm)
+            if arm in decided:
+                best = chosen_rates(task, records, arm)[m][0]
+                y = next(scale * r["mean"] for r in mine if r["lr"] == best)
+                ax.scatter([best], [y], s=160, facecolors="none", edgecolors=f"C{k}", lw=1.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_title(plan.label(m))
+        ax.set_xlabel("learning rate")
+    axes[0][0].set_ylabel(f"held-out {plan.metric}")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
