@@ -246,5 +246,10 @@ def test_image_verdicts_are_the_models_predictions_example_by_example():
     np.testing.assert_array_equal(verdicts, np.arange(20) % 2 == 0)
     bigger = np.repeat(np.repeat(images, 2, axis=-1), 2, axis=-2)  # 16×16: resized back to 8×8
     assert image_classifier_verdicts(model, bigger, labels).shape == (20,)
+    pixels = (images * 255).round().astype(np.uint8)  # bytes, as MNIST stores them
+    np.testing.assert_array_equal(
+        image_classifier_verdicts(model, pixels, labels),
+        model(torch.from_numpy(pixels)).argmax(-1).numpy() == labels,
+    )
     with pytest.raises(ValueError, match="20 images but 19 labels"):
         image_classifier_verdicts(model, images, labels[:-1])

@@ -144,7 +144,7 @@ def image_classifier_verdicts(
     """One boolean per image, in order: does ``model`` (a ``TinyViT`` with its task's head) name
     its label? Images of another size than the model's are resized as ``finetune_vit`` resizes
     them; the model is put in eval mode. What a paired test compares between two models."""
-    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    images, labels = np.asarray(images), np.asarray(labels)  # uint8 or float in [0, 1]
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     size = model.config["image_size"]
