@@ -146,7 +146,9 @@ def follow_stream(
     column ``j``: period ``j``'s held-out images), ``correct`` (the same, one boolean array per
     cell, for paired tests) and, for ``"adapter-per-period"``, ``router_accuracy`` (row ``t``:
     the share of each period's images the router sent to their own period's adapter, among the
-    adapters trained so far, period 0 going to the base)."""
+    adapters trained so far, period 0 going to the base) and ``oracle_accuracy`` (row ``t``:
+    each period scored by its own adapter, as a router that always knew the period would; NaN
+    for periods not yet trained)."""
     if method not in STREAM_METHODS:
         raise ValueError(f"method must be one of {', '.join(STREAM_METHODS)}, got {method!r}")
     if len(periods) < 2:
@@ -161,13 +163,14 @@ def follow_stream(
     frozen = copy.deepcopy(base).eval()
     correct = [score(lambda x: _predictions(frozen, x))]
     routed: list[list[float]] = [[1.0] * len(periods)]
+    oracle: list[list[float]] = [[float(c.mean()) for c in correct[0]]]
     if method in ("lora", "full"):
         model = copy.deepcopy(base)
         prepare_model(model, method, lora if method == "lora" else None)
         for k, period in enumerate(periods[1:], start=1):
             _train(model, period, lr, epochs, batch_size, seed + k)
             correct.append(score(lambda x: _predictions(model, x)))
-        routed = []
+        routed = oracle = []
     else:
         experts: list[nn.Module] = [frozen]  # period 0: the base itself
         centroids = [features(frozen, periods[0].test_images).mean(0)]
@@ -191,6 +194,11 @@ def follow_stream(
                 if j <= k else float("nan")
                 for j, (images, _) in enumerate(tests)
             ])  # fmt: skip
+            oracle.append([
+                float((_predictions(experts[j], images) == labels).mean()) if j <= k
+                else float("nan")
+                for j, (images, labels) in enumerate(tests)
+            ])  # fmt: skip
     result: dict[str, Any] = {
         "method": method, "lr": lr, "seed": seed, "epochs": epochs,
         "angles": [p.angle for p in periods], "correct": correct,
@@ -198,4 +206,5 @@ def follow_stream(
     }  # fmt: skip
     if routed:
         result["router_accuracy"] = np.array(routed)
+        result["oracle_accuracy"] = np.array(oracle)
     return result

@@ -83,6 +83,9 @@ def test_following_a_stream_scores_every_period_and_leaves_the_base_alone(method
         # goes to the base itself, so nothing of it is forgotten
         assert routed[2].tolist() == [1.0, 1.0, 1.0] and (routed[:, 0] == 1).all()
         assert (acc[:, 0] == acc[0, 0]).all()
+        oracle = result["oracle_accuracy"]  # the router was always right: the oracle's numbers
+        np.testing.assert_allclose(oracle[2], acc[2])
+        assert np.isnan(oracle[1, 2]) and oracle[1, 1] == pytest.approx(acc[1, 1])
     else:
         assert "router_accuracy" not in result
     with pytest.raises(ValueError, match="method must be one of"):
