@@ -20,7 +20,8 @@ Three groups, following the LoRA paper (Hu et al. 2021, arXiv:2106.09685):
    (‖ΔW x‖ / ‖W x‖ per input), against :func:`random_input_directions` (the same singular values
    and output directions, random input directions: a null for "does ΔW point at these inputs?"),
    and both together in :func:`moved_inputs_test` (do the inputs ΔW moves most score higher on
-   some property than under the null?).
+   some property than under the null?); on the output side, :func:`output_alignment_test` (does
+   ΔW write along a direction something downstream reads, more than random outputs would?).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ __all__ = [
     "random_input_directions",
     "moved_inputs_test",
     "MovedInputsTest",
+    "output_alignment_test",
+    "AlignmentTest",
     "amplification_factor",
     "delta_w_report",
     "effective_rank",
@@ -444,4 +447,51 @@ def moved_inputs_test(
     )
     return MovedInputsTest(
         order, observed, nulls, (1 + int((nulls >= observed).sum())) / (draws + 1)
+    )
+
+
+@dataclass(frozen=True)
+class AlignmentTest:
+    """What :func:`output_alignment_test` found: ``cosines`` (``|cos|`` of each of ΔW's top
+    output directions with the read direction, largest singular value first), ``observed``
+    (their singular-value-weighted mean), ``nulls`` (the same under random output directions)
+    and the one-sided ``p_value``."""
+
+    cosines: np.ndarray
+    observed: float
+    nulls: np.ndarray
+    p_value: float
+
+
+def output_alignment_test(
+    delta_W: Any,
+    read: Any,
+    r: int,
+    *,
+    draws: int = 500,
+    rng: np.random.Generator | None = None,
+) -> AlignmentTest:
+    """Does ``delta_W (d_out, d_in)`` write along ``read (d_out,)`` (e.g. the direction a
+    classifier reads), more than an update with random outputs would? The statistic is the
+    singular-value-weighted mean ``|cos|`` between ΔW's top ``r`` output directions (left
+    singular vectors) and ``read``; the null keeps the singular values and draws ``r`` random
+    orthonormal output directions, ``draws`` times."""
+    D = _as_matrix(delta_W, "delta_W")
+    read = np.asarray(read, dtype=np.float64).ravel()
+    if read.shape != (D.shape[0],) or not np.linalg.norm(read) > 0:
+        raise ValueError(f"read must be a non-zero vector of length d_out = {D.shape[0]}")
+    r = _check_count(r, "rank", "r", min(D.shape), D.shape)
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    read = read / np.linalg.norm(read)
+    U, S, _ = _svd(D)
+    weights = S[:r] / S[:r].sum()
+    cosines = np.abs(U[:, :r].T @ read)
+    nulls = np.array(
+        [weights @ np.abs(_random_orthonormal(D.shape[0], r, rng).T @ read) for _ in range(draws)]
+    )
+    observed = float(weights @ cosines)
+    return AlignmentTest(
+        cosines, observed, nulls, (1 + int((nulls >= observed).sum())) / (draws + 1)
     )

@@ -423,3 +423,20 @@ def test_moved_inputs_test_finds_inputs_an_update_reads_and_only_those():
         moved_inputs_test(elsewhere, W, X, scores[:-1], 4)
     with pytest.raises(ValueError, match="top must lie in 1..400"):
         moved_inputs_test(elsewhere, W, X, scores, 4, top=0)
+
+
+def test_output_alignment_test_sees_an_update_that_writes_where_a_reader_reads():
+    from lora_edu.analysis import output_alignment_test
+
+    rng = np.random.default_rng(0)
+    d, r = 64, 4
+    read = rng.normal(size=d)
+    A = rng.normal(size=(r, d))
+    B = rng.normal(size=(d, r))
+    B[:, 0] = 5 * read / np.linalg.norm(read)  # the strongest output direction is the reader's
+    found = output_alignment_test(B @ A, read, r, draws=200, rng=rng)
+    assert found.p_value < 0.01 and found.cosines.max() > 0.8
+    elsewhere = output_alignment_test(rng.normal(size=(d, r)) @ A, read, r, draws=200, rng=rng)
+    assert elsewhere.p_value > 0.05 and elsewhere.observed < 0.5
+    with pytest.raises(ValueError, match="non-zero vector of length d_out = 64"):
+        output_alignment_test(B @ A, np.zeros(d), r)
