@@ -21,7 +21,9 @@ Three groups, following the LoRA paper (Hu et al. 2021, arXiv:2106.09685):
    and output directions, random input directions: a null for "does ΔW point at these inputs?"),
    and both together in :func:`moved_inputs_test` (do the inputs ΔW moves most score higher on
    some property than under the null?); on the output side, :func:`output_alignment_test` (does
-   ΔW write along a direction something downstream reads, more than random outputs would?).
+   ΔW write along a direction something downstream reads, more than random outputs would?) and
+   :func:`promoted_tokens_test` (do the tokens its output directions promote, read out through an
+   unembedding, score higher than under random outputs?).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "MovedInputsTest",
     "output_alignment_test",
     "AlignmentTest",
+    "promoted_tokens_test",
+    "PromotedTokensTest",
     "amplification_factor",
     "delta_w_report",
     "effective_rank",
@@ -495,3 +499,65 @@ def output_alignment_test(
     return AlignmentTest(
         cosines, observed, nulls, (1 + int((nulls >= observed).sum())) / (draws + 1)
     )
+
+
+@dataclass(frozen=True)
+class PromotedTokensTest:
+    """What :func:`promoted_tokens_test` found: ``top_tokens`` (the ``k`` token ids the strongest
+    output direction promotes, in the sign that scores higher), ``observed`` (the
+    singular-value-weighted mean score of each direction's top tokens), ``nulls`` and the
+    one-sided ``p_value``."""
+
+    top_tokens: np.ndarray
+    observed: float
+    nulls: np.ndarray
+    p_value: float
+
+
+def promoted_tokens_test(
+    delta_W: Any,
+    readout: Any,
+    scores: Any,
+    r: int,
+    *,
+    eligible: Any = None,
+    k: int = 50,
+    draws: int = 100,
+    rng: np.random.Generator | None = None,
+) -> PromotedTokensTest:
+    """Do the tokens ``delta_W (d_model, d_in)`` writes toward score high? Each of ΔW's top ``r``
+    output directions ``u`` is read out as token logits ``readout @ u`` (``readout (V, d_model)``:
+    e.g. the unembedding times the final norm's γ, a "logit lens"); a singular vector's sign is
+    arbitrary, so each direction counts in the sign whose top ``k`` tokens (among ``eligible``)
+    have the higher mean ``scores``. The statistic weights those means by the singular values;
+    the null keeps the singular values and draws random orthonormal output directions."""
+    D, R = _as_matrix(delta_W, "delta_W"), _as_matrix(readout, "readout")
+    scores = np.asarray(scores, dtype=np.float64)
+    if R.shape[1] != D.shape[0] or scores.shape != (R.shape[0],):
+        raise ValueError(
+            f"readout must be (V, d_out = {D.shape[0]}) and scores (V,); got {R.shape} and "
+            f"{scores.shape}"
+        )
+    mask = np.ones(len(scores), bool) if eligible is None else np.asarray(eligible, bool)
+    r = _check_count(r, "rank", "r", min(D.shape), D.shape)
+    if not 1 <= k <= int(mask.sum()):
+        raise ValueError(f"k must lie in 1..{int(mask.sum())} (the eligible tokens), got {k}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    U, S, _ = _svd(D)
+    weights = S[:r] / S[:r].sum()
+
+    def best_side(u: np.ndarray) -> tuple[float, np.ndarray]:
+        logits = np.where(mask, R @ u, np.nan)
+        sides = []
+        for sign in (1.0, -1.0):
+            top = np.argsort(-np.nan_to_num(sign * logits, nan=-np.inf))[:k]
+            sides.append((float(scores[top].mean()), top))
+        return max(sides, key=lambda side: side[0])
+
+    def statistic(directions: np.ndarray) -> float:
+        return float(weights @ np.array([best_side(u)[0] for u in directions.T]))
+
+    observed = statistic(U[:, :r])
+    nulls = np.array([statistic(_random_orthonormal(D.shape[0], r, rng)) for _ in range(draws)])
+    p_value = (1 + int((nulls >= observed).sum())) / (draws + 1)
+    return PromotedTokensTest(best_side(U[:, 0])[1], observed, nulls, p_value)

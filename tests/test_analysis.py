@@ -440,3 +440,29 @@ def test_output_alignment_test_sees_an_update_that_writes_where_a_reader_reads()
     assert elsewhere.p_value > 0.05 and elsewhere.observed < 0.5
     with pytest.raises(ValueError, match="non-zero vector of length d_out = 64"):
         output_alignment_test(B @ A, np.zeros(d), r)
+
+
+def test_promoted_tokens_test_reads_output_directions_through_a_readout():
+    from lora_edu.analysis import promoted_tokens_test
+
+    rng = np.random.default_rng(0)
+    V, d, r = 300, 32, 3
+    readout = rng.normal(size=(V, d))
+    scores = rng.normal(size=V)
+    hot = np.argsort(-scores)[:10]
+    shared = rng.normal(size=d)
+    readout[hot] = shared + 0.3 * rng.normal(size=(10, d))  # the best tokens share a direction
+    readout *= np.sqrt(d) / np.linalg.norm(readout, axis=1, keepdims=True)  # rows of one length
+    target = -shared  # written with a minus sign: the test must try both signs
+    B = rng.normal(size=(d, r))
+    B[:, 0] = 100 * target / np.linalg.norm(target)  # by far the strongest output direction
+    A = rng.normal(size=(r, d))
+    found = promoted_tokens_test(B @ A, readout, scores, r, k=10, draws=100, rng=rng)
+    assert found.p_value < 0.05 and len(set(found.top_tokens) & set(hot)) >= 5
+    blind = promoted_tokens_test(rng.normal(size=(d, r)) @ A, readout, scores, r, k=10, draws=100,
+                                 rng=rng)  # fmt: skip
+    assert blind.p_value > 0.05
+    with pytest.raises(ValueError, match="readout must be"):
+        promoted_tokens_test(B @ A, readout[:, :5], scores, r)
+    with pytest.raises(ValueError, match="k must lie in 1..2"):
+        promoted_tokens_test(B @ A, readout, scores, r, k=5, eligible=np.arange(V) < 2)
