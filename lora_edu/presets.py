@@ -162,27 +162,15 @@ def decisions_of(
     keep: Callable[[dict[str, Any]], bool] = lambda rec: True,
     score: Callable[[dict[str, Any]], float] = lambda rec: rec["metric"],
     equal_eval: bool = True,
+    grid: Grid | None = None,
 ) -> dict[str, ArmDecision]:
     """What a learning-rate pilot decides (``pilots.decide_arm``): for each arm (``name_of`` a
     run) of the preset's grid, every rate's mean ``score`` over the pilot's seeds, the best rate
     (a tie of means goes to the lower rate) and the rates a paired test cannot tell apart from
     it, among the records ``keep`` accepts. While a run is missing it raises, naming the runs and
-    the command to run first, except in ``smoke``, where an incomplete arm is left out."""
-    return _decide(preset_grid(dev_task, preset), dev_task, preset, name_of, keep=keep,
-                   score=score, equal_eval=equal_eval)  # fmt: skip
-
-
-def _decide(
-    grid: Grid,
-    dev_task: str,
-    preset: str,
-    name_of: Callable[[dict[str, Any]], str],
-    *,
-    keep: Callable[[dict[str, Any]], bool] = lambda rec: True,
-    score: Callable[[dict[str, Any]], float] = lambda rec: rec["metric"],
-    equal_eval: bool = True,
-) -> dict[str, ArmDecision]:
-    """``decisions_of`` for a grid already built."""
+    the command to run first, except in ``smoke``, where an incomplete arm is left out. ``grid``:
+    the preset's grid when the caller has built it already."""
+    grid = grid if grid is not None else preset_grid(dev_task, preset)
     path = results_file(dev_task, preset)
 
     def ident(rec: dict[str, Any]) -> tuple[str, float, int]:
@@ -218,7 +206,7 @@ def choice_of(
     """Each arm's best rate (``decisions_of``, with its ``options``); in ``smoke`` an arm whose
     pilot runs are incomplete takes ``fallback(arm)``."""
     grid = preset_grid(dev_task, preset)
-    decisions = _decide(grid, dev_task, preset, name_of, **options)
+    decisions = decisions_of(dev_task, preset, name_of, grid=grid, **options)
     return {
         arm: decisions[arm].best if arm in decisions else fallback(arm)
         for arm in dict.fromkeys(name_of(run) for run in grid)
