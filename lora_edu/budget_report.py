@@ -5,6 +5,9 @@
     gaps = budget_gaps("sst2", records, "lora-qv", "full")   # paired tests, per budget
     plot_budget_gaps({"sst2": gaps})
 
+or, in one object (what notebook 19 uses): ``study = read_study("sst2")``, then
+``study.table()``, ``study.gaps("lora-qv", "full")``, ``study.plot_pilot()``, …
+
 The data-size study (``lora_edu.data_size``, task ``"sst2-data"``) is read the same way: its
 points are training-set sizes where the budget study's are budgets (``study_plan``), and every
 row names its point (``point``, ``label``, ``steps``).
@@ -21,6 +24,7 @@ ARCHITECTURE notes: imports ``budget``, ``data_size``, ``stats``, ``store``; mat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +336,69 @@ def plot_pilot(task: str, records: Sequence[dict[str, Any]], scale: float = 100.
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- one object per study
+
+
+@dataclass
+class Study:
+    """One study's records and everything this module reads from them, as methods, so that a
+    notebook needs one name (``read_study``): ``progress``, ``decided``, ``chosen``, ``table``,
+    ``gaps``, ``markdown``, ``pilot_rows``, ``plot_pilot``, ``plot_curves``, ``plot_gaps`` and
+    ``plan`` (at the profile the records were made at)."""
+
+    task: str
+    records: list[dict[str, Any]]
+
+    @property
+    def plan(self) -> StudyPlan:
+        return study_plan(self.task, self.records)
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        return arm_progress(self.task, self.records)
+
+    def decided(self) -> list[str]:
+        return decided_arms(self.task, self.records)
+
+    def chosen(self, arm: str) -> dict[int, list[float]]:
+        return chosen_rates(self.task, self.records, arm)
+
+    def table(self) -> list[dict[str, Any]]:
+        return budget_table(self.task, self.records)
+
+    def gaps(self, arm_a: str, arm_b: str, *, samples: int = 2000) -> list[dict[str, Any]]:
+        return budget_gaps(self.task, self.records, arm_a, arm_b, samples=samples)
+
+    def markdown(self, rows: Sequence[Mapping[str, Any]], scale: float = 100.0) -> str:
+        return markdown_table(rows, scale)
+
+    def pilot_rows(self) -> list[dict[str, Any]]:
+        return pilot_rows(self.task, self.records)
+
+    def plot_pilot(self, scale: float = 100.0) -> Any:
+        return plot_pilot(self.task, self.records, scale)
+
+    def plot_curves(self, rows: Sequence[Mapping[str, Any]], scale: float = 100.0,
+                    ax: Any = None) -> Any:  # fmt: skip
+        return plot_budget_curves(self.task, rows, scale, ax)
+
+    def plot_gaps(self, gaps: Sequence[Mapping[str, Any]], scale: float = 100.0,
+                  ax: Any = None) -> Any:  # fmt: skip
+        return plot_budget_gaps({self.task: gaps}, scale, ax)
+
+
+def read_study(
+    task: str, profile_name: str | None = None, *, path: str | Path | None = None,
+    missing_ok: bool = False,
+) -> Study:  # fmt: skip
+    """``task``'s study (``"sst2"``, ``"e2e"``, ``"sst2-data"``) from its results file at the
+    active profile or ``profile_name`` (``read_budget``); ``missing_ok``: a study not started
+    yet (no file) has no records instead of raising."""
+    try:
+        records = read_budget(task, path, profile_name)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        records = []
+    return Study(task, records)

@@ -154,7 +154,7 @@ def test_run_bench_end_to_end_through_the_command_line(tmp_path, capsys):
     assert set(result) == TOP_KEYS
     assert set(result["config"]) == {
         *("model", "batch", "seq", "r", "alpha", "targets", "device", "precision"),
-        *("reps", "warmup", "lr", "seed", "threads", "memory", "checkpointing"),
+        *("reps", "warmup", "lr", "seed", "threads", "memory", "checkpointing", "chunked_loss"),
     }
     assert set(result["machine"]) == {
         *("python", "platform", "processor", "cpu_count", "torch", "transformers", "peft"),

@@ -297,3 +297,24 @@ def test_records_of_one_profile_are_read_with_that_profiles_plan(monkeypatch, tm
         FileNotFoundError, match="budget/e2e-default.jsonl; run `lora-edu budget e2e`"
     ):
         read_budget("e2e", profile_name="default")
+
+
+def test_one_study_object_answers_what_the_functions_answer(monkeypatch, tmp_path):
+    from lora_edu.budget_report import budget_table, read_study
+    from lora_edu.store import append_record
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "default")
+    monkeypatch.setenv("LORA_EDU_RESULTS", str(tmp_path))
+    assert read_study("e2e", missing_ok=True).records == []
+    with pytest.raises(FileNotFoundError, match="lora-edu budget e2e"):
+        read_study("e2e")
+    lora = budget_plan("sst2").arm("lora-qv")
+    records = _pilot("lora-qv", {1e-3: 0.7, 2e-3: 0.9, 5e-3: 0.72}.get, lora.start_rates)
+    path = tmp_path / "budget.jsonl"
+    for record in records:
+        append_record(path, {**record, "profile": "default"})
+    study = read_study("sst2", path=path)
+    assert study.plan.base_steps == 250 and study.decided() == ["lora-qv"]
+    assert study.table() == budget_table("sst2", study.records)
+    assert study.progress()["lora-qv"]["stage"] == "third seeds"
+    assert all(rates == [2e-3] for rates in study.chosen("lora-qv").values())
