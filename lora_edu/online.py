@@ -173,7 +173,8 @@ def follow_stream(
         routed = oracle = []
     else:
         experts: list[nn.Module] = [frozen]  # period 0: the base itself
-        centroids = [features(frozen, periods[0].test_images).mean(0)]
+        test_features = [features(frozen, images) for images, _ in tests]  # the base's, once
+        centroids = [test_features[0].mean(0)]  # period 0: its held-out images (no training set)
         for k, period in enumerate(periods[1:], start=1):
             expert = copy.deepcopy(base)
             prepare_model(expert, "lora", lora)
@@ -181,19 +182,18 @@ def follow_stream(
             experts.append(expert)
             centroids.append(features(frozen, period.train_images).mean(0))
 
-            def route(images: np.ndarray) -> np.ndarray:
-                choice = nearest_period(np.stack(centroids), features(frozen, images))
+            # Each test set is routed once; its predictions and the router's accuracy share it.
+            stacked = np.stack(centroids)
+            choices = [nearest_period(stacked, test_features[j]) for j in range(len(tests))]
+            row = []
+            for (images, _), choice in zip(tests, choices, strict=True):
                 preds = np.empty(len(images), dtype=np.int64)
                 for e in np.unique(choice):
                     preds[choice == e] = _predictions(experts[e], images[choice == e])
-                return preds
-
-            correct.append(score(route))
-            routed.append([
-                float((nearest_period(np.stack(centroids), features(frozen, images)) == j).mean())
-                if j <= k else float("nan")
-                for j, (images, _) in enumerate(tests)
-            ])  # fmt: skip
+                row.append(preds)
+            correct.append([preds == labels for preds, (_, labels) in zip(row, tests, strict=True)])
+            routed.append([float((choice == j).mean()) if j <= k else float("nan")
+                           for j, choice in enumerate(choices)])  # fmt: skip
             oracle.append([
                 float((_predictions(experts[j], images) == labels).mean()) if j <= k
                 else float("nan")
