@@ -674,8 +674,9 @@ def measure_peak_memory(config: BenchConfig, mode: str) -> dict[str, Any]:
 
     On Linux it also returns ``model_mb`` (resident memory the built model added to the process
     after its imports and after a tiny model of the same kind was built and trained once, so that
-    code loaded by the first model of a family does not count as the model) and ``peak_total_mb`` (the training peak above those imports: the model
-    plus what training adds), the numbers that compare a 4-bit base with a float32 one."""
+    code loaded by the first model of a family does not count as the model) and
+    ``peak_total_mb`` (the training peak above that baseline: the model plus what training adds),
+    the numbers that compare a 4-bit base with a float32 one."""
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
