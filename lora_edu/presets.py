@@ -28,6 +28,7 @@ from lora_edu.tasks.registry import (
     headline_arms,
     headline_lora_targets,
     pilot_rates,
+    pilot_seeds,
     task_presets,
 )
 
@@ -119,14 +120,20 @@ def former_lr_grid(task: str) -> Callable[[], Grid]:
 
 
 def lr_pilot_grid(task: str) -> Callable[[], Grid]:
-    """Every arm of ``task``'s pilot at each of its rates, seed 0 (smoke: one rate per arm); the
-    runs belong to the ``-dev`` twin, scored on held-out training examples."""
+    """Every arm of ``task``'s pilot at each of its rates, with the pilot's seeds (``pilot_seeds``;
+    smoke: one rate per arm, seed 0), seed by seed; the runs belong to the ``-dev`` twin, scored
+    on held-out training examples."""
 
     def grid() -> Grid:
         rates = pilot_rates(task)
         lrs = by_profile(smoke={arm: r[1:2] for arm, r in rates.items()}, default=rates)
+        seeds = by_profile(smoke=[0], default=list(pilot_seeds(task)))
         return [
-            run for arm, rates in lrs.items() for lr in rates for run in arm_runs(task, arm, lr)
+            run
+            for seed in seeds
+            for arm, rates in lrs.items()
+            for lr in rates
+            for run in arm_runs(task, arm, lr, seed)
         ]
 
     return grid

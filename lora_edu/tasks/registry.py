@@ -56,6 +56,7 @@ _PRESET_FILES: dict[tuple[str, str], str] = {}
 _PILOT_RATES: dict[str, dict[str, tuple[float, ...]]] = {}
 _LORA_TARGETS: dict[str, tuple[str, ...]] = {}
 _HEADLINE_ARMS: dict[str, tuple[str, ...]] = {}
+_PILOT_SEEDS: dict[str, tuple[int, ...]] = {}
 
 
 def register_task(name: str, factory: Callable[[], TaskSpec]) -> None:
@@ -111,14 +112,17 @@ def register_pilot(
     *,
     lora_targets: tuple[str, ...],
     headline_arms: tuple[str, ...] | None = None,
+    seeds: tuple[int, ...] = (0,),
 ) -> None:
     """Register ``task``'s learning-rate pilot: the rates each arm tries (an arm is a method, or
     ``lora-all-linear``), scored on the task's ``-dev`` twin; LoRA's targets in the pilot and
-    the headline (r = 8, α = 16); the arms the headline runs (None: every arm of the pilot)."""
+    the headline (r = 8, α = 16); the arms the headline runs (None: every arm of the pilot);
+    the seeds each rate runs with in ``default`` (``smoke``: seed 0)."""
     if task in _PILOT_RATES:
         raise ValueError(f"the learning-rate pilot of {task!r} is registered twice")
     _PILOT_RATES[task] = dict(rates)
     _LORA_TARGETS[task] = tuple(lora_targets)
+    _PILOT_SEEDS[task] = tuple(seeds)
     if headline_arms is not None:
         _HEADLINE_ARMS[task] = tuple(headline_arms)
 
@@ -154,6 +158,12 @@ def pilot_rates(task: str | None = None) -> dict[str, Any]:
             f"task {task!r} has no learning-rate pilot; expected one of {', '.join(_PILOT_RATES)}"
         )
     return dict(_PILOT_RATES[task])
+
+
+def pilot_seeds(task: str) -> tuple[int, ...]:
+    """The seeds each rate of ``task``'s learning-rate pilot runs with (``default``)."""
+    pilot_rates(task)
+    return _PILOT_SEEDS[task]
 
 
 def headline_lora_targets(task: str) -> tuple[str, ...]:

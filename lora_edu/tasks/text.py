@@ -147,14 +147,17 @@ for _rank in COMPRESSION_RANKS:
 # ------------------------------------------------------------------ SST-2's presets
 
 #: The learning-rate pilot of the SST-2 headline (``sst2-dev``): rates a factor 2–3 apart around
-#: the one rate every task used before the pilot (``FORMER_LR``). The linear probe's and BitFit's
-#: grids were extended while their best sat at an end.
+#: the one rate every task used before the pilot (``FORMER_LR``), two seeds each
+#: (``SST2_PILOT_SEEDS``). The linear probe's and BitFit's grids were extended while their best
+#: sat at an end. LoRA r = 8 on every linear layer (``lora-all-linear``) is an arm of its own.
 SST2_PILOT_LRS: dict[str, tuple[float, ...]] = {
     "lora": (5e-4, 1e-3, 2e-3, 5e-3),
+    "lora-all-linear": (5e-4, 1e-3, 2e-3, 5e-3),
     "full": (5e-5, 1e-4, 2e-4),
     "head": (1e-3, 3e-3, 1e-2, 3e-2),
     "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
 }
+SST2_PILOT_SEEDS = (0, 1)
 
 #: The ranks of the rank sweep (``default``/``full``), and the ranks at which α = r and α = 2r
 #: run besides α = 16: the ends and the middle of the sweep.
@@ -279,7 +282,7 @@ def _compression() -> list[dict[str, Any]]:
     return make_grid(["none"]) + lora_runs([8])
 
 
-register_pilot("sst2", SST2_PILOT_LRS, lora_targets=QV)
+register_pilot("sst2", SST2_PILOT_LRS, lora_targets=QV, seeds=SST2_PILOT_SEEDS)
 register_presets(
     "sst2",
     {
