@@ -69,10 +69,12 @@ class TaskDefaults:
 
 #: Defaults per kind of task: ``text`` (sequence classification), ``token`` (NER), ``image``.
 TASK_DEFAULTS: dict[str, TaskDefaults] = {
-    # SST-2 pilot, MiniLM-L6, 4,000 sentences x 2 epochs, 1,000 held-out training sentences:
-    # probe 1e-2, BitFit 3e-3, LoRA r=8 on q, v 1e-3 (2e-3 within 0.2 points), full 1e-4.
+    # SST-2 pilot, MiniLM-L6, 4,000 sentences x 2 epochs, 1,000 held-out training sentences,
+    # two seeds per rate: probe 1e-2, BitFit 3e-3, LoRA r=8 on q, v 2e-3 (86.7 %; 5e-4, 1e-3
+    # and 5e-3 tied with it: the curve is flat over a factor 10), LoRA on every linear layer
+    # 2e-3 as well, full 1e-4.
     "text": TaskDefaults(
-        lr={"head": 1e-2, "bitfit": 3e-3, "lora": 1e-3, "full": 1e-4},
+        lr={"head": 1e-2, "bitfit": 3e-3, "lora": 2e-3, "full": 1e-4},
         target_modules=QV,
         epochs=2,
         head_lr=None,

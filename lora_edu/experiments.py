@@ -57,6 +57,7 @@ from lora_edu.tasks.generation import E2E_RANKS as E2E_RANKS
 from lora_edu.tasks.generation import e2e_chosen_lrs as e2e_chosen_lrs
 from lora_edu.tasks.registry import all_presets, headline_lora_targets, pilot_rates
 from lora_edu.tasks.registry import headline_arms as headline_arms
+from lora_edu.tasks.registry import pilot_seeds as pilot_seeds
 from lora_edu.tasks.text import ALPHA_RANKS as ALPHA_RANKS
 from lora_edu.tasks.text import DISTILL_SEEDS as DISTILL_SEEDS
 from lora_edu.tasks.text import PAPER_ADAPTERS as PAPER_ADAPTERS

@@ -103,6 +103,27 @@ def headline_grid(task: str) -> Callable[[], Grid]:
     return grid
 
 
+def tied_rates_grid(task: str, arms: Sequence[str] = ("lora", "full")) -> Callable[[], Grid]:
+    """The headline once more at every rate that ``task``'s pilot could not tell apart from an
+    arm's best (``ArmDecision.tied``), for ``arms``, ``HEADLINE_SEEDS`` each: a tie is not a
+    choice, so the headline's verdict is checked at each tied rate too. Empty where nothing is
+    tied (always in ``smoke``, whose pilot tries one rate per arm)."""
+
+    def grid() -> Grid:
+        decisions = pilot_decisions(task)
+        seeds = by_profile(smoke=[0], default=list(HEADLINE_SEEDS))
+        return [
+            run
+            for seed in seeds
+            for arm in arms
+            if arm in decisions
+            for lr in decisions[arm].tied
+            for run in arm_runs(task, arm, lr, seed)
+        ]
+
+    return grid
+
+
 def former_lr_grid(task: str) -> Callable[[], Grid]:
     """The headline methods at the one learning rate per method that every task used before the
     pilot (``FORMER_LR``), seeds 0 and 1: what the comparison looked like before it was fair."""

@@ -22,6 +22,7 @@ from lora_edu.presets import (
     headline_grid,
     lora_runs,
     lr_pilot_grid,
+    tied_rates_grid,
     variant_name,
 )
 from lora_edu.tasks.common import DEV_SIZE, FULL_TEXT_MODEL, _dev_data, _text_task_data
@@ -287,6 +288,7 @@ register_presets(
     "sst2",
     {
         "headline": headline_grid("sst2"),
+        "tied-rates": tied_rates_grid("sst2"),
         "former-lr": former_lr_grid("sst2"),
         "ranks": lambda: lora_runs(by_profile(smoke=[1, 8], default=list(SST2_RANKS))),
         "alphas": _alphas,
