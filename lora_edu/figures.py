@@ -759,7 +759,7 @@ def verdicts(
             }
         )
 
-    from lora_edu.experiments import headline_comparisons
+    from lora_edu.experiments import headline_comparisons, pilot_arm
     from lora_edu.stats import within_margin
 
     gaps, claims = [], []
@@ -774,7 +774,7 @@ def verdicts(
         )
         if test is None:
             continue
-        lora = _mean_metric(select(records, method="lora"))[0]
+        lora = _mean_metric([rec for rec in records if pilot_arm(rec) == test["a"]])[0]
         full, seeds = _mean_metric(select(records, method="full"))
         gaps.append(f"{task}: LoRA r=8 {lora:.1f} vs full {full:.1f} ({seeds} seeds)")
         answer = within_margin(test, FIGURE2_MARGIN[task], "LoRA", "full")

@@ -84,6 +84,10 @@ def test_the_variant_comparison_has_its_own_files_and_takes_each_pilot_winner(de
         if name == "dora" and run["lr"] == rates["dora"][2]:
             metric = 0.9  # a tie goes to the lower rate
         records.append({**run, "task": "sst2-dev", "metric": metric})
+    # the learning-rate pilot's LoRA on every linear layer shares the file, the rates and seed 0
+    # with plain LoRA: it must not count as plain LoRA (it would win at the lowest rate)
+    records += [{**run, "task": "sst2-dev", "metric": 1.0}
+                for run in experiments.arm_runs("sst2", "lora-all-linear", 5e-4)]  # fmt: skip
     pilot_file.parent.mkdir(parents=True, exist_ok=True)
     pilot_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     chosen = experiments.variants_chosen_lrs()

@@ -251,7 +251,7 @@ def variants_chosen_lrs() -> dict[str, float]:
         "variants-pilot",
         variant_name,
         middle.__getitem__,
-        keep=lambda rec: rec["method"] == "lora",
+        keep=lambda rec: rec["method"] == "lora" and rec["target_modules"] == list(QV),
     )
 
 
