@@ -326,6 +326,16 @@ class TinyViT(nn.Module):
         """Logits ``(B, num_classes)``; with ``return_attention=True`` also one map
         ``(B, heads, T, T)`` per block (row ``i``: how much token ``i`` attends to each token;
         token 0 is CLS)."""
+        states, maps = self._encode(images)
+        logits = self.classifier(states[:, 0])
+        return (logits, maps) if return_attention else logits
+
+    def token_states(self, images: torch.Tensor) -> torch.Tensor:
+        """The final (normalised) state of every token, ``(B, 1 + P, dim)``: CLS first, then the
+        ``P`` patches row by row (what a vision-language model reads instead of the logits)."""
+        return self._encode(images)[0]
+
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.patch_embedding(self._pixels(images)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.dropout(x + self.position_embedding)
@@ -333,8 +343,7 @@ class TinyViT(nn.Module):
         for block in self.blocks:
             x, attention = block(x)
             maps.append(attention)
-        logits = self.classifier(self.norm(x)[:, 0])
-        return (logits, maps) if return_attention else logits
+        return self.norm(x), maps
 
 
 def replace_head(model: nn.Module, num_labels: int, seed: int = 0) -> nn.Module:

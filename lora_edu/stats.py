@@ -175,6 +175,7 @@ PER_EXAMPLE_FIELDS = {
     "accuracy": "eval_correct",
     "accuracy_at_iou": "eval_correct",  # detection: class right and box overlap ≥ 0.5
     "zero_shot_accuracy": "eval_correct",  # image–text matching
+    "content_accuracy": "eval_correct",  # captioning: digits and directions all named right
     "entity_f1": "eval_entity_counts",
     "bleu": "eval_bleu_stats",  # generation: sacrebleu's statistics per input (budget study)
     # a style adapter's samples: each called the style's digit, or inside the style's ink band

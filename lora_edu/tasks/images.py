@@ -1,8 +1,9 @@
 """Image tasks on the MNIST-pretrained TinyViT: ``vit`` (adapted to scikit-learn's 8×8 digits,
 other writers; ``vit-dev`` for its pilot), ``detection`` (single-object localisation: one digit
 on a 56×56 canvas, a box-and-class head) and ``matching`` (a CLIP-style dual encoder with
-MiniLM-L6, zero-shot on held-out phrasings), each with a ``-dev`` twin, and their presets
-(notebooks 08 and 17). Imports ``tasks.common``, ``tasks.registry`` and ``presets``; data,
+MiniLM-L6, zero-shot on held-out phrasings) and ``caption`` (clips of moving digits captioned
+by SmolLM2 reading the TinyViT's features), each with a ``-dev`` twin, and their presets
+(notebooks 08, 17 and 20). Imports ``tasks.common``, ``tasks.registry`` and ``presets``; data,
 models and training on use.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lora_edu.config import by_profile
-from lora_edu.defaults import QV, VIT_ATTENTION, VIT_ATTENTION_MLP
+from lora_edu.defaults import LLAMA_QV, QV, VIT_ATTENTION, VIT_ATTENTION_MLP
 from lora_edu.presets import former_lr_grid, headline_grid, lora_runs, lr_pilot_grid
 from lora_edu.tasks.common import DEV_SIZE, _dev_data, _subset
 from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
@@ -140,6 +141,46 @@ def _matching_finetune(train_ds, eval_ds, **kwargs):
     return finetune_matcher(train_ds, eval_ds, image_base=_pretrained_image_tower(), **kwargs)
 
 
+def _caption_budget() -> dict[str, Any]:
+    """Captioning clips of moving MNIST digits (``lora_edu.captioning``): clips for training
+    drawn from the MNIST training images, for evaluation from the held-out MNIST images (the
+    ``-dev`` task: from ``CAPTION_DEV_DIGITS`` training images kept out of the training clips).
+    In ``default`` one pass over 2,000 clips at batch 8 is 250 steps, about 4.5 minutes of
+    SmolLM2 on this project's 2-core CPU."""
+    vit = _vit_budget()
+    return by_profile(
+        smoke={"n_train": 24, "n_eval": 12, "epochs": 1, "batch_size": 8},
+        default={"n_train": 2000, "n_eval": 200, "epochs": 1, "batch_size": 8},
+        full={"n_train": 8000, "n_eval": 1000, "epochs": 2, "batch_size": 16},
+    ) | {k: vit[k] for k in ("pretrain_epochs", "pretrain_max_train")}  # fmt: skip
+
+
+#: MNIST training images kept out of the captioner's training clips: the pilot's clips use them.
+CAPTION_DEV_DIGITS = 1000
+
+
+def _caption_data(dev: bool) -> Callable[[], tuple[Any, Any]]:
+    def load():
+        from lora_edu.captioning import moving_digit_clips
+        from lora_edu.data import load_mnist
+        from lora_edu.models import image_arrays
+
+        b, ds = _caption_budget(), load_mnist(seed=0)
+        images, labels = image_arrays(ds["train"])
+        cut = len(images) - CAPTION_DEV_DIGITS
+        train = moving_digit_clips(images[:cut], labels[:cut], b["n_train"], seed=0)
+        held = (images[cut:], labels[cut:]) if dev else image_arrays(ds["test"])
+        return train, moving_digit_clips(*held, b["n_eval"], seed=1)
+
+    return load
+
+
+def _caption_finetune(train, eval, **kwargs):
+    from lora_edu.captioning import finetune_captioner
+
+    return finetune_captioner(train, eval, image_base=_pretrained_image_tower(), **kwargs)
+
+
 def _load_digits():
     from lora_edu.data import load_digits
 
@@ -166,6 +207,14 @@ for _dev in (False, True):
         _name,
         lambda name=_name, dev=_dev: TaskSpec(
             name, "accuracy_at_iou", _detection_data(dev), _detection_finetune, _detection_budget
+        ),
+    )
+for _dev in (False, True):
+    _name = f"caption{'-dev' * _dev}"
+    register_task(
+        _name,
+        lambda name=_name, dev=_dev: TaskSpec(
+            name, "content_accuracy", _caption_data(dev), _caption_finetune, _caption_budget
         ),
     )
 register_task(
@@ -221,6 +270,19 @@ IMAGE_LORA_TARGETS = {"vit": VIT_ATTENTION, "detection": VIT_ATTENTION, "matchin
 #: The ViT's rank sweep (``default``/``full``), on the attention projections and with the MLP.
 VIT_RANKS = (1, 2, 4, 8, 16)
 
+
+#: The captioner's pilot (``caption-dev``, two seeds per rate): the projection alone, and with
+#: LoRA r = 8 in the language model on q, v or on every linear layer (the projection at the same
+#: rate). Around the causal LM's LoRA rate, lower for every linear layer, higher for the
+#: projection alone.
+CAPTION_PILOT_LRS: dict[str, tuple[float, ...]] = {
+    "head": (1e-3, 3e-3, 1e-2),
+    "lora": (1e-3, 2e-3, 5e-3),
+    "lora-all-linear": (5e-4, 1e-3, 2e-3),
+}
+register_pilot("caption", CAPTION_PILOT_LRS, lora_targets=LLAMA_QV, seeds=(0, 1))
+register_presets("caption", {"headline": headline_grid("caption")})
+register_presets("caption-dev", {"lr-pilot": lr_pilot_grid("caption")})
 
 for _task, _rates in IMAGE_PILOT_LRS.items():
     register_pilot(_task, _rates, lora_targets=IMAGE_LORA_TARGETS[_task])
