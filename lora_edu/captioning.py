@@ -217,7 +217,8 @@ class Captioner(nn.Module):
         super().__init__()
         self.lm = lm
         self.classifier = Projection(feature_dim, lm.get_input_embeddings().embedding_dim)
-        self.register_buffer("lead_ids", torch.tensor([list(lead_ids)]), persistent=False)
+        ids = torch.tensor([list(lead_ids)], dtype=torch.long).reshape(1, len(lead_ids))
+        self.register_buffer("lead_ids", ids, persistent=False)
 
     def embed(self, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """The lead, the visual tokens and the text, one sequence of embeddings
@@ -236,12 +237,15 @@ class Captioner(nn.Module):
         return logits[:, before - 1 : -1]
 
 
-def captioner(image_base: nn.Module, lm: nn.Module, tokenizer: Any, *, seed: int = 0) -> Captioner:
-    """A ``Captioner`` over ``lm`` (``tokenizer`` spells its ``LEAD``) with a fresh projection
-    from ``image_base``'s width, drawn with ``seed``."""
+def captioner(
+    image_base: nn.Module, lm: nn.Module, tokenizer: Any, *, seed: int = 0, lead: str = LEAD
+) -> Captioner:
+    """A ``Captioner`` over ``lm`` with a fresh projection from ``image_base``'s width, drawn
+    with ``seed``; ``lead`` is the text before the visual tokens (spelled by ``tokenizer``;
+    ``""``: the visual tokens come first)."""
     torch.manual_seed(seed)
-    lead = tokenizer(LEAD, add_special_tokens=False)["input_ids"]
-    return Captioner(lm, image_base.config["dim"], lead)
+    lead_ids = tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
+    return Captioner(lm, image_base.config["dim"], lead_ids)
 
 
 def _prompt_ids(tokenizer: Any) -> list[int]:
@@ -295,6 +299,17 @@ def generate_captions(
     return captions
 
 
+@torch.no_grad()
+def nearest_tokens(model: Captioner, tokenizer: Any, features: torch.Tensor) -> list[str]:
+    """For each visual token of one clip (``features (V, dim)``), the vocabulary token whose
+    input embedding is nearest by cosine to its projection: what the prefix "says" in the
+    language model's own words (often nothing a reader would recognise)."""
+    table = model.lm.get_input_embeddings().weight
+    visual = model.classifier(features.to(table.device)).to(table.dtype)
+    cosines = nn.functional.normalize(visual, dim=-1) @ nn.functional.normalize(table, dim=-1).T
+    return [tokenizer.decode([int(i)]) for i in cosines.argmax(dim=-1)]
+
+
 def score_captions(captions: Sequence[str], clips: Clips) -> dict[str, Any]:
     """Content accuracy (``metric``: digits and directions all right), the per-clip verdicts
     (``eval_correct``), the share of clips whose digits alone (``digits_correct``) and whose
@@ -336,6 +351,7 @@ def finetune_captioner(
     lm: str = "smollm2",
     base: nn.Module | None = None,
     tokenizer: Any = None,
+    lead: str = LEAD,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train a ``Captioner`` (``image_base``'s frame tokens → a fresh projection → the causal LM
@@ -347,7 +363,8 @@ def finetune_captioner(
     the model captions every ``eval`` clip greedily: ``metric`` is the content accuracy
     (``score_captions``), with ``bleu``, ``eval_correct`` and the ``generations``. ``lr=None``
     → ``CAPTIONER_LR[method]``; ``base``/``tokenizer``: a language model already loaded (it is
-    modified in place) instead of ``lm``; ``loop`` may set the loop's keywords (``LoopSettings``)."""
+    modified in place) instead of ``lm``; ``lead``: the text before the visual tokens (``""``:
+    none); ``loop`` may set the loop's keywords (``LoopSettings``)."""
     loop_settings = LoopSettings.from_keywords("finetune_captioner()", loop, CAPTIONER_TARGETS)
     lora = lora_or_default(lora, CAPTIONER_TARGETS)
     _check_method(method)
@@ -363,7 +380,7 @@ def finetune_captioner(
         tokenizer, base = load_causal_lm(lm)
     elif tokenizer is None:
         raise ValueError("pass the tokenizer that belongs to base= as tokenizer=")
-    model = captioner(image_base, base, tokenizer, seed=seed)
+    model = captioner(image_base, base, tokenizer, seed=seed, lead=lead)
     features = frame_tokens(image_base, train.frames)
     eval_features = None if eval is None else frame_tokens(image_base, eval.frames)
     generator = torch.Generator().manual_seed(seed)
@@ -419,6 +436,7 @@ def finetune_captioner(
             "n_eval": None if eval is None else len(eval),
             "max_new_tokens": max_new_tokens,
             "phrasings": [list(p) for p in PHRASINGS],
+            **({"lead": lead} if lead != LEAD else {}),
             "base": getattr(image_base, "pretrain_record", None),
         },
         settings,

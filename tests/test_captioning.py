@@ -25,6 +25,7 @@ from lora_edu.captioning import (
     generate_captions,
     moving_digit_clips,
     named_content,
+    nearest_tokens,
     render_caption,
     score_captions,
     shift,
@@ -165,6 +166,23 @@ def test_the_loss_covers_the_caption_and_the_prefix_lines_up_with_the_text(token
     # the text's first token is predicted from the lead and the image alone
     alone = model.lm(inputs_embeds=embeds[:, :before]).logits[:, -1]
     assert torch.allclose(logits[:, 0], alone, atol=1e-5)
+
+
+def test_without_a_lead_the_image_comes_first_and_nearest_tokens_read_the_embedding_table(
+    tokenizer,
+):
+    model = captioner(TinyViT(), tiny_lm(len(tokenizer)), tokenizer, lead="").eval()
+    features = torch.randn(1, 20, 64)
+    ids = torch.tensor([[5, 6]])
+    embeds = model.embed(features, ids)
+    assert embeds.shape[1] == 22 and torch.allclose(embeds[:, :20], model.classifier(features))
+    # a visual token set to a word's own embedding is read back as that word
+    table = model.lm.get_input_embeddings().weight
+    word = tokenizer(" seven", add_special_tokens=False)["input_ids"][0]
+    model.classifier = torch.nn.Identity()
+    feats = table[[word, word + 1]].detach()
+    assert nearest_tokens(model, tokenizer, feats) == [tokenizer.decode([word]),
+                                                        tokenizer.decode([word + 1])]  # fmt: skip
 
 
 def test_greedy_captions_with_the_cache_equal_greedy_decoding_without_it(tokenizer):
