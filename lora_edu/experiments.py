@@ -159,9 +159,12 @@ ARM_NAMES = {
 def arm_name(task: str, arm: str) -> str:
     """``ARM_NAMES[arm]``, except that on the tasks whose head is more than a linear layer on
     frozen features (detection's box-and-class head, matching's projections) ``head`` is "the
-    head alone"."""
+    head alone", and on captioning (the projection into the language model) "the projection
+    alone"."""
     if arm == "head" and task.split("-")[0] in ("detection", "matching"):
         return "the head alone"
+    if arm == "head" and task.split("-")[0] == "caption":
+        return "the projection alone"
     return ARM_NAMES[arm]
 
 
