@@ -42,8 +42,10 @@ from lora_edu.kept import kept_adapters as kept_adapters
 from lora_edu.kept import kept_run_record as kept_run_record
 from lora_edu.kept import results_file as results_file
 from lora_edu.kept import to_float16 as to_float16
+from lora_edu.presets import HEAD_RATES as HEAD_RATES
 from lora_edu.presets import HEADLINE_SEEDS as HEADLINE_SEEDS
 from lora_edu.presets import arm_runs as arm_runs
+from lora_edu.presets import head_rate_decisions as head_rate_decisions
 from lora_edu.presets import lr_pilot_chosen as lr_pilot_chosen
 from lora_edu.presets import pilot_arm as pilot_arm
 from lora_edu.presets import pilot_decisions as pilot_decisions

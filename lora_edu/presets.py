@@ -73,16 +73,24 @@ def lora_runs(
     return make_grid(["lora"], ranks, alphas, targets, seeds, lr=FORMER_LR["lora"])
 
 
-def arm_runs(task: str, arm: str, lr: float, seeds: int | Sequence[int] = 0) -> Grid:
+def arm_runs(
+    task: str,
+    arm: str,
+    lr: float,
+    seeds: int | Sequence[int] = 0,
+    *,
+    head_lr: float | None = None,
+) -> Grid:
     """The runs of one arm of ``task``'s pilot or headline at ``lr``: ``arm`` is a method, or
     ``lora-all-linear`` (LoRA r = 8 on every linear layer); LoRA is r = 8, α = 16 on the
-    headline's targets."""
+    headline's targets. ``head_lr``: the new head's own rate (None: the method's)."""
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if arm == "lora-all-linear":
-        return make_grid(["lora"], [8], [16], [("all-linear",)], seeds, lr=lr)
+        return make_grid(["lora"], [8], [16], [("all-linear",)], seeds, lr=lr, head_lr=head_lr)
     if arm == "lora":
-        return make_grid(["lora"], [8], [16], [headline_lora_targets(task)], seeds, lr=lr)
-    return make_grid([arm], seeds=seeds, lr=lr)
+        targets = [headline_lora_targets(task)]
+        return make_grid(["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr)
+    return make_grid([arm], seeds=seeds, lr=lr, head_lr=head_lr)
 
 
 def headline_grid(task: str) -> Callable[[], Grid]:
@@ -120,6 +128,40 @@ def tied_rates_grid(task: str, arms: Sequence[str] = ("lora", "full")) -> Callab
             for lr in decisions[arm].tied
             for run in arm_runs(task, arm, lr, seed)
         ]
+
+    return grid
+
+
+#: The new head's own learning rates tried beside LoRA and full fine-tuning
+#: (``head_rate_pilot_grid``), besides the method's own rate.
+HEAD_RATES = (3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def head_rate_arms(task: str) -> tuple[str, str]:
+    """The arms whose head's rate is piloted: the headline's first LoRA arm, and full
+    fine-tuning."""
+    lora = next(arm for arm in headline_arms(task) if arm.startswith("lora"))
+    return lora, "full"
+
+
+def head_rate_pilot_grid(task: str) -> Callable[[], Grid]:
+    """The new head's own rate beside LoRA and beside full fine-tuning (``head_rate_arms``),
+    each at its pilot rate (``lr_pilot_chosen``): the head at the method's rate (the pilot's own
+    runs, ``head_lr`` left out) and at each of ``HEAD_RATES``, seeds 0 and 1 (and any other
+    seed of the pilot), seed by seed, on the ``-dev`` twin (smoke: one head rate, seed 0)."""
+
+    def grid() -> Grid:
+        lrs = lr_pilot_chosen(task)
+        seeds = by_profile(smoke=[0], default=sorted({0, 1, *pilot_seeds(task)}))
+        head_rates = by_profile(smoke=HEAD_RATES[1:2], default=HEAD_RATES)
+        runs: Grid = []
+        for seed in seeds:
+            for arm in head_rate_arms(task):
+                runs += arm_runs(task, arm, lrs[arm], seed)
+                for head_lr in head_rates:
+                    if head_lr != lrs[arm]:  # the same as the method's own rate: the run above
+                        runs += arm_runs(task, arm, lrs[arm], seed, head_lr=head_lr)
+        return runs
 
     return grid
 
@@ -252,6 +294,41 @@ def pilot_decisions(task: str) -> dict[str, ArmDecision]:
     rate's mean over the seeds, the best, the rates tied with it by a paired test, whether the
     best sits at the grid's edge), from the committed results of ``task``-dev."""
     return decisions_of(f"{task}-dev", "lr-pilot", pilot_arm, keep=_plain_lora_or_baseline)
+
+
+def head_rate_decisions(task: str) -> dict[str, ArmDecision]:
+    """What the head-rate pilot (``head_rate_pilot_grid``, on ``task``-dev) decides for each arm
+    of ``head_rate_arms``: a ``pilots.ArmDecision`` whose "rates" are the **head's** rates (the
+    method's own rate stands for the runs without ``head_lr``), with its best and its ties.
+    Raises, naming the command, while runs are missing, except in ``smoke`` (an incomplete arm
+    is left out)."""
+    dev = f"{task}-dev"
+    grid = preset_grid(dev, "head-rate-pilot")
+
+    def ident(rec: dict[str, Any]) -> tuple[str, float, float | None, int]:
+        head = rec.get("head_lr")
+        return pilot_arm(rec), float(rec["lr"]), None if head is None else float(head), rec["seed"]
+
+    wanted = {ident(run) for run in grid}
+    path = results_file(dev, "head-rate-pilot")
+    records = [rec for rec in read_results(path)
+               if ident(rec) in wanted and _plain_lora_or_baseline(rec)]  # fmt: skip
+    missing = wanted - {ident(rec) for rec in records}
+    if missing and profile() != "smoke":
+        raise ValueError(
+            f"the head-rate pilot is incomplete in {path} ({len(missing)} runs missing); run "
+            f"`{sweep_command(dev, 'head-rate-pilot')}` first"
+        )
+    incomplete = {arm for arm, *_ in missing}
+    decisions = {}
+    for arm in head_rate_arms(task):
+        if arm in incomplete:
+            continue
+        rows = [{**rec, "lr": rec.get("head_lr") or rec["lr"]}
+                for rec in records if pilot_arm(rec) == arm]  # fmt: skip
+        rates = sorted({row["lr"] for row in rows})
+        decisions[arm] = decide_arm(f"{arm}: the head", rates, rows)
+    return decisions
 
 
 def lr_pilot_chosen(task: str) -> dict[str, float]:

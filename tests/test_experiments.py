@@ -521,3 +521,26 @@ def test_the_e2e_pilot_is_known_to_have_scored_its_rates_on_unequal_sets(monkeyp
     assert sorted({rec["n_eval"] for rec in records}) == [200, 500]
     with pytest.raises(ValueError, match="different numbers of examples"):
         decide_arm("lora", sorted({rec["lr"] for rec in lora}), lora)
+
+
+def test_the_head_rate_pilot_tries_the_heads_own_rates_beside_lora_and_full(default_profile):
+    chosen = _fake_pilot("sst2")
+    grid = experiments.preset_grid("sst2-dev", "head-rate-pilot")
+    seen = {(experiments.pilot_arm(run), run.get("head_lr")) for run in grid}
+    assert seen == {(arm, h) for arm in ("lora", "full") for h in (None, *experiments.HEAD_RATES)}
+    assert all(run["lr"] == chosen[experiments.pilot_arm(run)] for run in grid)
+    assert sorted({run["seed"] for run in grid}) == [0, 1]
+    with pytest.raises(ValueError, match="head-rate pilot is incomplete.*--preset head-rate-pilot"):
+        experiments.head_rate_decisions("sst2")
+    # beside LoRA the head does best at its own 3e-2; beside full fine-tuning at the method's rate
+    path = experiments.results_file("sst2-dev", "head-rate-pilot")
+    extra = [
+        {**run, "task": "sst2-dev",
+         "metric": 0.95 if (run["method"], run["head_lr"]) == ("lora", 3e-2) else 0.85}
+        for run in grid if run.get("head_lr") is not None
+    ]  # fmt: skip
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in extra))
+    decisions = experiments.head_rate_decisions("sst2")
+    assert decisions["lora"].best == 3e-2 and decisions["full"].best == chosen["full"]
+    assert decisions["lora"].grid == tuple(sorted({chosen["lora"], *experiments.HEAD_RATES}))

@@ -14,7 +14,13 @@ from typing import Any
 
 from lora_edu.config import by_profile
 from lora_edu.defaults import LLAMA_QV, QV, VIT_ATTENTION, VIT_ATTENTION_MLP
-from lora_edu.presets import former_lr_grid, headline_grid, lora_runs, lr_pilot_grid
+from lora_edu.presets import (
+    former_lr_grid,
+    head_rate_pilot_grid,
+    headline_grid,
+    lora_runs,
+    lr_pilot_grid,
+)
 from lora_edu.tasks.common import DEV_SIZE, _dev_data, _subset
 from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
 
@@ -288,6 +294,7 @@ for _task, _rates in IMAGE_PILOT_LRS.items():
     register_pilot(_task, _rates, lora_targets=IMAGE_LORA_TARGETS[_task])
     register_presets(_task, {"headline": headline_grid(_task)})
     register_presets(f"{_task}-dev", {"lr-pilot": lr_pilot_grid(_task)})
+register_presets("vit-dev", {"head-rate-pilot": head_rate_pilot_grid("vit")})
 register_presets(
     "vit",
     {

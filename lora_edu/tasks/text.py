@@ -19,6 +19,7 @@ from lora_edu.grid import make_grid
 from lora_edu.presets import (
     choice_of,
     former_lr_grid,
+    head_rate_pilot_grid,
     headline_grid,
     lora_runs,
     lr_pilot_grid,
@@ -306,7 +307,14 @@ register_presets(
     },
     files={"variants": "variants", "distillation-labels": "distillation"},
 )
-register_presets("sst2-dev", {"variants-pilot": _variants_pilot, "lr-pilot": lr_pilot_grid("sst2")})
+register_presets(
+    "sst2-dev",
+    {
+        "variants-pilot": _variants_pilot,
+        "lr-pilot": lr_pilot_grid("sst2"),
+        "head-rate-pilot": head_rate_pilot_grid("sst2"),
+    },
+)
 register_presets(
     "sst2-distill", {"distillation": _distillation}, files={"distillation": "distillation"}
 )

@@ -13,7 +13,13 @@ from typing import Any
 from lora_edu.config import by_profile
 from lora_edu.defaults import FORMER_LR, QV, TASK_DEFAULTS
 from lora_edu.grid import make_grid
-from lora_edu.presets import former_lr_grid, headline_grid, lora_runs, lr_pilot_grid
+from lora_edu.presets import (
+    former_lr_grid,
+    head_rate_pilot_grid,
+    headline_grid,
+    lora_runs,
+    lr_pilot_grid,
+)
 from lora_edu.tasks.common import DEV_SIZE, FULL_TEXT_MODEL, _dev_data, _text_task_data
 from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
 
@@ -197,7 +203,10 @@ register_presets(
         "alphas": _conll_alphas,
     },
 )
-register_presets("conll2003-dev", {"lr-pilot": lr_pilot_grid("conll2003")})
+register_presets(
+    "conll2003-dev",
+    {"lr-pilot": lr_pilot_grid("conll2003"), "head-rate-pilot": head_rate_pilot_grid("conll2003")},
+)
 register_presets(
     "conll2003-sparse",
     {
