@@ -1,6 +1,6 @@
-"""Captioning short clips of moving digits with a language model: a small vision-language model
-in the LLaVA pattern (Liu et al. 2023, "Visual Instruction Tuning"), with LoRA in the language
-model.
+"""Captioning clips of moving digits: a small vision-language model, LoRA in its language model.
+
+The LLaVA pattern (Liu et al. 2023, "Visual Instruction Tuning") at laptop size:
 
     train = moving_digit_clips(images, labels, 2000, seed=0)    # frames, digits, directions
     record = finetune_captioner(train, eval, image_base=pretrained_vit(), method="lora",
@@ -27,7 +27,8 @@ compares each caption with every phrasing of its clip.
 
 ARCHITECTURE notes: a task module on top of the training side: imports ``defaults``, ``lora``,
 ``models`` (``load_causal_lm``), ``generate`` (BLEU, on use) and ``training.loop``, ``run``;
-imported by ``tasks.images`` and notebook 20. The pretrained image tower comes from the caller.
+imported by ``tasks.images`` (tasks ``caption``, ``caption-dev``). The pretrained image tower
+comes from the caller.
 """
 
 from __future__ import annotations
