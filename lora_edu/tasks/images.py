@@ -207,22 +207,20 @@ register_task(
         _vit_budget,
     ),  # fmt: skip
 )
-for _dev in (False, True):
-    _name = f"detection{'-dev' * _dev}"
-    register_task(
-        _name,
-        lambda name=_name, dev=_dev: TaskSpec(
-            name, "accuracy_at_iou", _detection_data(dev), _detection_finetune, _detection_budget
-        ),
-    )
-for _dev in (False, True):
-    _name = f"caption{'-dev' * _dev}"
-    register_task(
-        _name,
-        lambda name=_name, dev=_dev: TaskSpec(
-            name, "content_accuracy", _caption_data(dev), _caption_finetune, _caption_budget
-        ),
-    )
+# Each with a -dev twin whose evaluation examples are held out of the training images.
+_WITH_DEV_TWINS = (
+    ("detection", "accuracy_at_iou", _detection_data, _detection_finetune, _detection_budget),
+    ("caption", "content_accuracy", _caption_data, _caption_finetune, _caption_budget),
+)
+for _stem, _metric, _data, _finetune, _budget in _WITH_DEV_TWINS:
+    for _dev in (False, True):
+        _name = f"{_stem}{'-dev' * _dev}"
+        register_task(
+            _name,
+            lambda name=_name, dev=_dev, m=_metric, d=_data, f=_finetune, b=_budget: TaskSpec(
+                name, m, d(dev), f, b
+            ),
+        )
 register_task(
     "matching",
     lambda: TaskSpec(
