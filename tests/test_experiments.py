@@ -326,7 +326,15 @@ def test_every_pilot_best_is_inside_its_grid_and_every_default_is_the_best(monke
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "default")
     monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
-    for task in experiments.LR_PILOT_LRS:
+    committed = [
+        task
+        for task in experiments.LR_PILOT_LRS
+        if experiments.results_file(f"{task}-dev", "lr-pilot").is_file()
+    ]
+    # the captioner's pilot is registered and still running: take it out of this list once its
+    # records are committed
+    assert set(experiments.LR_PILOT_LRS) - set(committed) == {"caption"}
+    for task in committed:
         for arm, decision in experiments.pilot_decisions(task).items():
             assert not decision.at_edge, f"{task} {arm}: best {decision.best:g} at the grid's edge"
             assert decision.n_eval, f"{task} {arm}: no evaluation size"

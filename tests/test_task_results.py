@@ -11,15 +11,17 @@ from lora_edu import experiments
 def test_the_committed_sst2_results_read_through_a_few_names():
     res = le.results("sst2", profile="default")
     headline = res.headline()
-    assert set(headline) == {"head", "bitfit", "lora", "full"}
+    assert set(headline) == {"head", "bitfit", "lora", "lora-all-linear", "full"}
     assert all(len(row["seeds"]) == 3 for row in headline.values())
     # the same rows as the study's own aggregation of the committed file
     rows = experiments.every_seed(res.records("headline"), res.records("headline"))
-    assert {row["method"]: row["metric"] for row in rows} == {
+    assert {experiments.pilot_arm(row): row["metric"] for row in rows} == {
         arm: row["metric"] for arm, row in headline.items()
     }
-    test = res.compare("lora", "full")
-    assert test["p_value"] < 0.05 and test["delta"] < 0 and "full fine-tuning" in test["verdict"]
+    test = res.compare("lora", "full")  # paired over the same sentences and seeds
+    gap = headline["lora"]["metric"] - headline["full"]["metric"]
+    assert test["delta"] == pytest.approx(gap) and "full fine-tuning" in test["verdict"]
+    assert ("no difference" in test["verdict"]) == (test["p_value"] >= 0.05)
     assert res.chosen() == {arm: d.best for arm, d in res.pilot().items()}
     assert res.command("ranks") == "lora-edu sweep --task sst2 --preset ranks"
     assert res.file.name == "sst2-default.jsonl"
@@ -54,5 +56,5 @@ def test_committed_results_read_without_any_dataset(monkeypatch, tmp_path):
     monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
     monkeypatch.setattr(data, "load_sst2", no_data)
     res = le.results("sst2")
-    assert set(res.headline()) == {"head", "bitfit", "lora", "full"}
+    assert set(res.headline()) == {"head", "bitfit", "lora", "lora-all-linear", "full"}
     assert res.pilot()["lora"].best == experiments.lr_pilot_chosen("sst2")["lora"]
