@@ -31,7 +31,8 @@ from lora_edu.cli_types import (
     _whole,
 )
 from lora_edu.config import cache_dir, data_dir, device, profile
-from lora_edu.sweep import COMPRESSION_RANKS, METHODS
+from lora_edu.sweep import METHODS
+from lora_edu.tasks.registry import task_names
 
 
 def _version(module: str) -> str:
@@ -436,11 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--task",
         required=True,
-        choices=["sst2", "sst2-dev", "sst2-distill", *(f"sst2-ffn{r}" for r in COMPRESSION_RANKS),
-                 "conll2003", "conll2003-dev", "conll2003-sparse", "vit", "vit-dev", "e2e", "e2e-dev",
-                 "detection", "detection-dev", "matching", "matching-dev", "style-thick",
-                 "style-thick-dev", "style-sevens", "style-sevens-dev"],
-    )  # fmt: skip
+        choices=task_names(),  # every registered task (lora_edu.tasks.registry)
+    )
     sw.add_argument(
         "--methods",
         type=_csv(_choice(METHODS), "methods"),

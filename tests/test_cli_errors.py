@@ -284,3 +284,17 @@ def test_data_size_plans_its_own_arms_into_its_own_file(capsys, tmp_path, monkey
     code = cli.main(["data-size", "--arms", "lora-all", "--plan", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("lora-edu data-size:") and "head, lora-qv, full" in err
+
+
+def test_every_registered_task_is_a_sweep_task(monkeypatch):
+    """The sweep's --task choices come from the task registry: a task a plug-in registers (the
+    captioner's, for one) can be swept without editing the command line."""
+    from lora_edu.tasks.registry import task_names
+
+    seen = {}
+    monkeypatch.setattr(cli, "_sweep", _record(seen))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert {"caption", "caption-dev", "sst2-ffn64", "style-sevens-dev"} <= set(task_names())
+    for task in task_names():
+        cli.main(["sweep", "--task", task, "--ranks", "8"])
+        assert seen["args"].task == task
