@@ -31,6 +31,11 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
         "headline",
         "SST-2 sentiment (MiniLM-L6): every method at its pilot learning rate, one budget",
     ),
+    (
+        "sst2",
+        "tied-rates",
+        "SST-2: LoRA (q, v) and full fine-tuning at every rate their pilot tied with the best",
+    ),
     ("sst2", "former-lr", "SST-2 before the pilot: one learning rate per method for every task"),
     ("sst2", "ranks", "SST-2: LoRA's rank (q, v)"),
     ("sst2", "alphas", "SST-2: the scale α at three ranks"),
@@ -280,8 +285,14 @@ def study_report(records: Sequence[dict[str, Any]]) -> str:
                 grid = preset_grid(task, preset)
             except ValueError:  # e.g. the E2E grid before its learning-rate pilot is complete
                 continue
+        # a pilot shows the seeds it decided by (other views show every seed of a configuration)
+        seeds = {run["seed"] for run in grid} if preset.endswith("pilot") else None
         chosen = [
-            i for i, rec in enumerate(records) if rec.get("task") == task and _in_grid(rec, grid)
+            i
+            for i, rec in enumerate(records)
+            if rec.get("task") == task
+            and _in_grid(rec, grid)
+            and (seeds is None or rec["seed"] in seeds)
         ]
         if not chosen:
             continue
