@@ -351,7 +351,13 @@ def test_full_profile_budgets_a_base_size_encoder_and_three_seeds(monkeypatch):
         assert budget["model"] == sweep.FULL_TEXT_MODEL and budget["n_train"] is None
     monkeypatch.setattr(
         "lora_edu.presets.lr_pilot_chosen",
-        lambda task: {"lora": 1e-3, "full": 1e-4, "head": 1e-2, "bitfit": 3e-3},
+        lambda task: {
+            "lora": 1e-3,
+            "lora-all-linear": 1e-3,
+            "full": 1e-4,
+            "head": 1e-2,
+            "bitfit": 3e-3,
+        },  # fmt: skip
     )
     assert sorted({run["seed"] for run in preset_grid("sst2", "headline")}) == [0, 1, 2]
     # train_one hands the budget's model to the fine-tuning function; smoke has none.
