@@ -45,7 +45,7 @@ from torch import nn
 from lora_edu.defaults import LLAMA_QV
 from lora_edu.lora import LoRAConfig
 from lora_edu.models import image_arrays, load_causal_lm
-from lora_edu.training.loop import _check_method, seed_everything
+from lora_edu.training.loop import _check_method, _pad, seed_everything
 from lora_edu.training.run import LoopSettings, TrainSettings, _run, lora_or_default
 
 FRAMES = 4
@@ -391,16 +391,14 @@ def finetune_captioner(
         picks = torch.randint(len(PHRASINGS), (len(indices),), generator=generator).tolist()
         pairs = [encode_caption(tokenizer, train.caption(int(i), p))
                  for i, p in zip(indices.tolist(), picks, strict=True)]  # fmt: skip
-        width = max(len(ids) for ids, _ in pairs)
-        ids = torch.full((len(pairs), width), pad, dtype=torch.long)
-        labels = torch.full((len(pairs), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, (tokens, targets) in enumerate(pairs):
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            labels[row, : len(targets)] = torch.tensor(targets)
-            mask[row, : len(tokens)] = 1
-        inputs = {"features": features[indices], "input_ids": ids, "attention_mask": mask}
-        return inputs, labels
+        ids, labels = [t for t, _ in pairs], [y for _, y in pairs]
+        mask = _pad([[1] * len(t) for t in ids], 0)
+        inputs = {
+            "features": features[indices],
+            "input_ids": _pad(ids, pad),
+            "attention_mask": mask,
+        }
+        return inputs, _pad(labels, -100)
 
     final = None
     if eval is not None:
