@@ -17,13 +17,16 @@ from lora_edu.config import by_profile, cache_dir, profile
 from lora_edu.defaults import ATTN_OUT, FORMER_LR, QV
 from lora_edu.grid import make_grid
 from lora_edu.presets import (
+    HEADLINE_SEEDS,
     arm_runs,
     choice_of,
     former_lr_grid,
     head_rate_pilot_grid,
     headline_grid,
     lora_runs,
+    lr_pilot_chosen,
     lr_pilot_grid,
+    pilot_decisions,
     tied_rates_grid,
     variant_name,
 )
@@ -69,6 +72,32 @@ def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
         return finetune_text_classifier(train_ds, eval_ds, base=base, tokenizer=tokenizer, **kwargs)
 
     return finetune
+
+
+#: The typo rates (per letter, ``lora_edu.typos``) at which task ``sst2-typos`` scores every
+#: validation sentence besides its clean form; the typos are drawn with seed 0, the same for
+#: every run.
+TYPO_RATES = (0.05, 0.1, 0.2)
+
+
+def _typos_finetune(train_ds, eval_ds, *, return_model: bool = False, **kwargs):
+    """The SST-2 headline run, then its model scored on the validation sentences mistyped at
+    each of ``TYPO_RATES``: per-sentence verdicts in ``typo_correct`` (rate → a "0"/"1" string,
+    as ``eval_correct``), accuracies in ``typo_accuracy``."""
+    from datasets import Dataset
+
+    from lora_edu.train import finetune_text_classifier, text_classifier_verdicts
+    from lora_edu.typos import typo_texts
+
+    record, model = finetune_text_classifier(train_ds, eval_ds, return_model=True, **kwargs)
+    record["typo_correct"], record["typo_accuracy"] = {}, {}
+    for rate in TYPO_RATES:
+        noisy = typo_texts(eval_ds["text"], rate)
+        noisy_ds = Dataset.from_dict({"text": noisy, "label": eval_ds["label"]})
+        right = text_classifier_verdicts(model, noisy_ds, model_name=kwargs.get("model", "minilm"))
+        record["typo_correct"][f"{rate:g}"] = "".join("1" if r else "0" for r in right)
+        record["typo_accuracy"][f"{rate:g}"] = float(right.mean())
+    return (record, model) if return_model else record
 
 
 def sst2_teacher(progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
@@ -135,6 +164,10 @@ register_task(
 register_task(
     "sst2-distill",
     _sst2_spec("sst2-distill", _text_task_data(_load_sst2, _sst2_budget), _distill_finetune),
+)
+register_task(
+    "sst2-typos",
+    _sst2_spec("sst2-typos", _text_task_data(_load_sst2, _sst2_budget), _typos_finetune),
 )
 for _rank in COMPRESSION_RANKS:
     register_task(
@@ -289,6 +322,19 @@ def _compression() -> list[dict[str, Any]]:
     return make_grid(["none"]) + lora_runs([8])
 
 
+def _typos() -> list[dict[str, Any]]:
+    """Task ``sst2-typos``: the headline's linear probe, LoRA r = 8 on q, v and full fine-tuning
+    at their pilot rates, and full fine-tuning at every rate its pilot tied with the best (among
+    them the rate whose clean accuracy comes nearest LoRA's: the comparison at matched clean
+    accuracy), ``HEADLINE_SEEDS`` each, seed by seed: 15 runs in ``default``."""
+    chosen, decisions = lr_pilot_chosen("sst2"), pilot_decisions("sst2")
+    tied = decisions["full"].tied if "full" in decisions else ()  # smoke: nothing is tied
+    arms = [("head", chosen["head"]), ("lora", chosen["lora"]), ("full", chosen["full"])]
+    arms += [("full", lr) for lr in tied]
+    seeds = by_profile(smoke=[0], default=list(HEADLINE_SEEDS))
+    return [run for seed in seeds for arm, lr in arms for run in arm_runs("sst2", arm, lr, seed)]
+
+
 register_pilot("sst2", SST2_PILOT_LRS, lora_targets=QV, seeds=SST2_PILOT_SEEDS)
 register_presets(
     "sst2",
@@ -325,6 +371,7 @@ register_presets(
         "head-rate-pilot": head_rate_pilot_grid("sst2"),
     },
 )
+register_presets("sst2-typos", {"typos": _typos})
 register_presets(
     "sst2-distill", {"distillation": _distillation}, files={"distillation": "distillation"}
 )
