@@ -151,6 +151,8 @@ def preset_records(task: str, preset: str) -> list[dict[str, Any]]:
 ARM_NAMES = {
     "lora": "LoRA r=8",
     "lora-all-linear": "LoRA r=8 (all linear)",
+    "lora-mlp": "LoRA r=8 (attention + MLP)",
+    "lora-pos": "LoRA r=8 + position embeddings",
     "full": "full fine-tuning",
     "head": "the linear probe",
     "bitfit": "BitFit",

@@ -32,6 +32,7 @@ KEY_FIELDS = (
     "lr",
     "head_lr",  # absent unless the new head trained at its own rate beside the method
     "warmup_ratio",  # absent from a grid: the loop's default (``LOOP_DEFAULTS``)
+    "also_train",  # absent unless parameters train in full beside the method
 )
 #: A key field missing from a run (or None) means the training loop's default, so a grid entry
 #: that leaves it out and a record that writes the default down are the same run.
@@ -60,6 +61,7 @@ def make_grid(
     quantize: str | None = None,
     head_lr: float | None = None,
     warmup_ratio: float | None = None,
+    also_train: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """All run configurations of methods × ranks × alphas × target sets × seeds.
 
@@ -68,8 +70,10 @@ def make_grid(
     An alpha of None means ``alpha = r`` (scaling 1). ``lr=None`` lets each method use its
     default learning rate. ``variant`` (e.g. ``"dora"``) and ``quantize`` (``"nf4"``: QLoRA, the
     frozen base in 4 bits) apply to the LoRA runs. ``head_lr`` (the new head's own learning rate
-    beside LoRA, BitFit or full fine-tuning) and ``warmup_ratio`` are the loop's settings (see
-    ``train.fit``); left at None they are not written, and the loop's defaults apply.
+    beside LoRA, BitFit or full fine-tuning), ``warmup_ratio`` and ``also_train`` (parameters
+    trained in full beside the method, e.g. ``["position_embedding"]``) are the loop's settings
+    (see ``train.fit``); left at None (or empty) they are not written, and the loop's defaults
+    apply.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -122,7 +126,7 @@ def make_grid(
                 )
     loop = {
         k: v for k, v in (("head_lr", head_lr), ("warmup_ratio", warmup_ratio)) if v is not None
-    }
+    } | ({"also_train": list(also_train)} if also_train else {})
     return [{**run, **loop} for run in runs]
 
 
@@ -161,14 +165,15 @@ def describe_run(config: dict[str, Any]) -> str:
     targets = ",".join(config["target_modules"])
     name = config.get("variant") or "lora"
     name = f"q{name} ({config['quantize']})" if config.get("quantize") else name
-    return f"{name} r={config['r']} α={config['alpha']:g} [{targets}] seed={config['seed']}"
+    also = f" + {','.join(config['also_train'])}" if config.get("also_train") else ""
+    return f"{name} r={config['r']} α={config['alpha']:g} [{targets}]{also} seed={config['seed']}"
 
 
 def adapter_slug(config: dict[str, Any]) -> str:
     """The folder name of a run's adapter, from the fields of its run key (``KEY_FIELDS``):
     method, rank, alpha, targets, variant, quantisation and the learning rate always; the
-    initialisation, rsLoRA, the head's rate, the warm-up, the training-set size and the number of
-    epochs where the run sets them to something other than the usual value; the seed last. Two
+    initialisation, rsLoRA, the head's rate, the warm-up, what else trains in full, the
+    training-set size and the number of epochs where the run sets them to something other than the usual value; the seed last. Two
     runs with different keys never share a folder (``task`` aside: it names the folder above)::
 
         lora_r8_a16_query-value_lr0.001_s0
@@ -190,6 +195,8 @@ def adapter_slug(config: dict[str, Any]) -> str:
         parts.append(f"head{key_value(config, 'head_lr'):g}")
     if key_value(config, "warmup_ratio") != key_value({}, "warmup_ratio"):
         parts.append(f"warm{key_value(config, 'warmup_ratio'):g}")
+    if config.get("also_train"):
+        parts.append("also-" + "-".join(config["also_train"]))
     parts += [
         f"{tag}{config[k]}" for k, tag in (("n_train", "n"), ("epochs", "e")) if config.get(k)
     ]

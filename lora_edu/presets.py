@@ -81,16 +81,33 @@ def arm_runs(
     *,
     head_lr: float | None = None,
 ) -> Grid:
-    """The runs of one arm of ``task``'s pilot or headline at ``lr``: ``arm`` is a method, or
-    ``lora-all-linear`` (LoRA r = 8 on every linear layer); LoRA is r = 8, α = 16 on the
-    headline's targets. ``head_lr``: the new head's own rate (None: the method's)."""
+    """The runs of one arm of ``task``'s pilot or headline at ``lr``: ``arm`` is a method,
+    ``lora-all-linear`` (LoRA r = 8 on every linear layer), ``lora-mlp`` (LoRA on the
+    headline's targets and a ViT's MLP, ``fc1``, ``fc2``) or ``lora-pos`` (LoRA on the
+    headline's targets, the position embedding trained in full beside it); LoRA is r = 8,
+    α = 16 on the headline's targets. ``head_lr``: the new head's own rate (None: the
+    method's)."""
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if arm == "lora-all-linear":
         return make_grid(["lora"], [8], [16], [("all-linear",)], seeds, lr=lr, head_lr=head_lr)
+    if arm == "lora-mlp":
+        targets = [(*headline_lora_targets(task), *MLP_TARGETS)]
+        return make_grid(["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr)
+    if arm == "lora-pos":
+        targets = [headline_lora_targets(task)]
+        return make_grid(
+            ["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr, also_train=POSITIONS
+        )
     if arm == "lora":
         targets = [headline_lora_targets(task)]
         return make_grid(["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr)
     return make_grid([arm], seeds=seeds, lr=lr, head_lr=head_lr)
+
+
+#: The MLP layers of the TinyViT (``lora-mlp`` adds them to the headline's LoRA targets) and its
+#: position embedding (``lora-pos`` trains it in full beside LoRA).
+MLP_TARGETS = ("fc1", "fc2")
+POSITIONS = ("position_embedding",)
 
 
 def headline_grid(task: str) -> Callable[[], Grid]:
@@ -175,7 +192,7 @@ def former_lr_grid(task: str) -> Callable[[], Grid]:
         return [
             run
             for arm in pilot_rates(task)
-            if arm != "lora-all-linear"
+            if arm in FORMER_LR
             for run in arm_runs(task, arm, FORMER_LR[arm], seeds)
         ]
 
@@ -206,10 +223,19 @@ def lr_pilot_grid(task: str) -> Callable[[], Grid]:
 
 
 def pilot_arm(record: dict[str, Any]) -> str:
-    """Which arm of the learning-rate pilot a run is: its method, or ``lora-all-linear``."""
-    if record["method"] == "lora" and list(record.get("target_modules") or []) == ["all-linear"]:
+    """Which arm of the learning-rate pilot a run is: its method, or for LoRA with other
+    targets or more trained, ``lora-all-linear``, ``lora-mlp`` or ``lora-pos`` (``arm_runs``)."""
+    if record["method"] != "lora":
+        return record["method"]
+    targets = list(record.get("target_modules") or [])
+    if targets == ["all-linear"]:
         return "lora-all-linear"
-    return record["method"]
+    if record.get("also_train"):
+        also = tuple(record["also_train"])
+        return "lora-pos" if also == POSITIONS else "lora+" + "+".join(also)
+    if set(MLP_TARGETS) <= set(targets):
+        return "lora-mlp"
+    return "lora"
 
 
 def variant_name(record: dict[str, Any]) -> str:

@@ -131,6 +131,8 @@ def train_one(
     kwargs["head_lr"] = config.get("head_lr")
     if config.get("warmup_ratio") is not None:
         kwargs["warmup_ratio"] = config["warmup_ratio"]
+    if config.get("also_train"):
+        kwargs["also_train"] = tuple(config["also_train"])
     started = time.perf_counter()
     result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
     model = None

@@ -229,7 +229,7 @@ def _pilot_table(
         "| " + " | ".join(header) + " |",
         "|---|---:|" + "---:|" * len(rates),
     ]
-    order = [*VARIANT_RUNS, *_STUDY_ORDER, "lora-all-linear"]
+    order = [*VARIANT_RUNS, *_STUDY_ORDER, "lora-all-linear", "lora-mlp", "lora-pos"]
     for name, runs in sorted(by_name.items(), key=lambda kv: order.index(kv[0])):
         best = max(runs.values(), key=lambda r: (r["metric"], -r["lr"]))["lr"]
         cells = []

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lora_edu import cli, experiments, sweep
+from lora_edu.grid import run_key
 from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, load_adapter, save_adapter
 
 
@@ -264,6 +265,23 @@ def test_the_learning_rate_pilot_spans_every_method_and_task(default_profile):
         assert (
             experiments.results_file(f"{task}-dev", "lr-pilot").name == f"{task}-dev-default.jsonl"
         )
+
+
+def test_the_localisation_pilot_adds_loras_missing_pieces_as_arms_of_their_own(default_profile):
+    # full fine-tuning also trains the resized position embedding and the MLPs: an arm each
+    grid = experiments.preset_grid("detection-dev", "lr-pilot")
+    by_arm = {}
+    for run in grid:
+        by_arm.setdefault(experiments.pilot_arm(run), []).append(run)
+    assert set(by_arm) == {"lora", "lora-pos", "lora-mlp", "full", "head"}
+    attention = list(experiments.VIT_ATTENTION)
+    assert all(r["target_modules"] == attention and "also_train" not in r for r in by_arm["lora"])
+    assert all(r["target_modules"] == attention for r in by_arm["lora-pos"])
+    assert all(r["also_train"] == ["position_embedding"] for r in by_arm["lora-pos"])
+    assert all(r["target_modules"] == [*attention, "fc1", "fc2"] for r in by_arm["lora-mlp"])
+    # one run key each: the position embedding's run is not plain LoRA's at the same rate
+    assert len({run_key(r) for r in grid}) == len(grid)
+    assert experiments.arm_name("detection", "lora-pos") == "LoRA r=8 + position embeddings"
 
 
 def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_profile):

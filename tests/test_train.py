@@ -253,6 +253,25 @@ def test_prepare_model_on_tinyvit_and_errors():
         prepare_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), "head")
 
 
+def test_also_train_adds_named_parameters_to_any_method_and_names_a_miss():
+    vit = small_vit()
+    prepare_model(
+        vit, "lora", LoRAConfig(["query", "value"], r=2), also_train=["position_embedding"]
+    )
+    extra = {n for n in trainable(vit) if "lora_" not in n and not n.startswith("classifier")}
+    assert extra == {"position_embedding"}
+    head = small_vit()
+    prepare_model(head, "head", also_train=("blocks.0",))  # a module: every parameter in it
+    inside = {n for n, _ in head.named_parameters() if n.startswith("blocks.0.")}
+    assert inside and {n for n in trainable(head) if not n.startswith("classifier")} == inside
+    with pytest.raises(ValueError, match="'locks.0', which matches no parameter"):
+        prepare_model(small_vit(), "head", also_train=["locks.0"])  # whole dotted parts only
+    with pytest.raises(ValueError, match="'pos_embed', which matches no parameter of TinyViT"):
+        prepare_model(small_vit(), "lora", also_train=["pos_embed"])
+    with pytest.raises(ValueError, match="method='none' trains nothing"):
+        prepare_model(small_vit(), "none", also_train=["position_embedding"])
+
+
 def test_task_defaults_cover_every_method_of_every_kind():
     assert set(TASK_DEFAULTS) == {"text", "token", "image"}
     for kind, defaults in TASK_DEFAULTS.items():

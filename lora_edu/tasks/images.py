@@ -261,6 +261,10 @@ IMAGE_PILOT_LRS: dict[str, dict[str, tuple[float, ...]]] = {
         "lora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
         "full": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
         "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+        # the confound of plain LoRA: full fine-tuning also trains the resized position
+        # embedding and the MLPs; these arms add each to LoRA on attention
+        "lora-pos": (2e-3, 5e-3, 1e-2, 2e-2),
+        "lora-mlp": (2e-3, 5e-3, 1e-2, 2e-2),
     },
     "matching": {
         "lora": (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2),

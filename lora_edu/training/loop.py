@@ -74,6 +74,7 @@ def prepare_model(
     lora: LoRAConfig | None = None,
     *,
     head: str | None = "classifier",
+    also_train: Sequence[str] = (),
 ) -> list[str]:
     """Set which parameters of ``model`` train, in place, for ``method`` (see module docstring).
 
@@ -81,9 +82,42 @@ def prepare_model(
     only by ``method="lora"``. ``head`` names the new output layer
     that trains beside every method (``"classifier"``); a causal LM keeps its pretrained
     ``lm_head`` frozen, so it passes ``head=None`` (and then ``"head"``/``"bitfit"`` do not
-    apply). ``method="none"`` freezes everything (the untrained baseline). Returns the names of
-    the layers LoRA wrapped (``[]`` for the other methods).
+    apply). ``method="none"`` freezes everything (the untrained baseline). ``also_train``:
+    parameters that train in full beside the method, each named by a dotted part of its name
+    (``"position_embedding"``, or a module: ``"encoder.layer.0"``); a name that matches no
+    parameter raises. Returns the names of the layers LoRA wrapped (``[]`` for the other
+    methods).
     """
+    targets = _prepare(model, method, lora, head)
+    if isinstance(also_train, str):
+        also_train = [also_train]
+    if also_train and method == "none":
+        raise ValueError(
+            f"method='none' trains nothing; also_train={list(also_train)} needs a method"
+        )
+    names = [name for name, _ in model.named_parameters()]
+    for wanted in also_train:
+        hits = [n for n in names if _names_part(n, wanted)]
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(
+                f"also_train names {wanted!r}, which matches no parameter of "
+                f"{type(model).__name__}; its parameters start with {', '.join(tops)}"
+            )
+        for name, param in model.named_parameters():
+            if name in hits:
+                param.requires_grad_(True)
+    return targets
+
+
+def _names_part(name: str, wanted: str) -> bool:
+    """Is ``wanted`` a dotted part of parameter ``name`` (the parameter itself, or a module it
+    belongs to)?"""
+    dotted = "." + name + "."
+    return ("." + wanted + ".") in dotted
+
+
+def _prepare(model: nn.Module, method: str, lora: LoRAConfig | None, head: str | None) -> list[str]:
     if method == "none":
         model.requires_grad_(False)
         return []

@@ -82,6 +82,13 @@ class LoopSettings:
     head_lr: float | None = field(
         default=None, metadata={"help": "the classifier's own rate; None: the method's rate"}
     )
+    also_train: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "parameters trained in full beside the method, by name or dotted suffix "
+            "(e.g. ('position_embedding',)); they train at the method's rate"
+        },
+    )
     eval_every: int | None = field(
         default=None, metadata={"help": "also evaluate every so many steps (a live curve)"}
     )
@@ -202,7 +209,9 @@ def _run(
     record (module docstring). ``extra`` are task-specific record entries."""
     method, loop = settings.method, settings.loop
     device = config.device() if settings.device is None else torch.device(settings.device)
-    targets = prepare_model(model, method, settings.lora, head=settings.head)
+    targets = prepare_model(
+        model, method, settings.lora, head=settings.head, also_train=loop.also_train
+    )
     counts = count_parameters(model)
     model.to(device)
     used_lr, epochs = settings.used_lr, settings.epochs
@@ -258,6 +267,7 @@ def _run(
         "weight_decay": loop.weight_decay,
         "max_grad_norm": loop.max_grad_norm,
         **({"head_lr": loop.head_lr} if loop.head_lr is not None else {}),
+        **({"also_train": list(loop.also_train)} if loop.also_train else {}),
         **({"schedule": loop.schedule} if loop.schedule != "linear" else {}),
         **extra,
         "n_train": n_train,
