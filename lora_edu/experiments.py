@@ -89,7 +89,7 @@ SWEEP_RANKS = {"sst2": list(SST2_RANKS), "conll2003": list(CONLL_RANKS)}
 #: seed aside), each compared as run keys compare it.
 _MATCH_FIELDS = (
     "method", "r", "alpha", "target_modules", "init", "use_rslora", "variant", "quantize",
-    "head_lr", "warmup_ratio",
+    "head_lr", "warmup_ratio", "also_train",
 )  # fmt: skip
 
 

@@ -145,6 +145,7 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
             ",".join(r["target_modules"] or []),
             r["lr"] or 0,
             r.get("head_lr") or 0,
+            ",".join(r.get("also_train") or []),
         ),
     )
     lora = [r for r in rows if r["method"] == "lora"]
@@ -155,6 +156,7 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         "lr": len({r["lr"] for r in rows if r["lr"] is not None}) > 1,
         "head lr": any(r.get("head_lr") is not None for r in rows),
         "warm-up": len({r.get("warmup_ratio") or 0.06 for r in rows}) > 1,
+        "also trains": any(r.get("also_train") for r in rows),
     }
     cells = {
         "r": lambda r: str(r["r"] or ""),
@@ -163,12 +165,15 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         "lr": lambda r: "" if r["lr"] is None else format(r["lr"], "g"),
         "head lr": lambda r: "" if r.get("head_lr") is None else format(r["head_lr"], "g"),
         "warm-up": lambda r: format(r.get("warmup_ratio") or 0.06, "g"),
+        "also trains": lambda r: ", ".join(r.get("also_train") or []),
     }
-    columns = [c for c in ("r", "α", "targets", "lr", "head lr", "warm-up") if shown[c]]
+    columns = [
+        c for c in ("r", "α", "targets", "also trains", "lr", "head lr", "warm-up") if shown[c]
+    ]
     metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
     loss_header = ["validation loss"] if show_loss else []
     header = ["method", *columns, "trainable %", metric_name, *loss_header, "seeds"]
-    align = ["---"] + ["---:" if c != "targets" else "---" for c in columns]
+    align = ["---"] + ["---" if c in ("targets", "also trains") else "---:" for c in columns]
     align += ["---:"] * (len(header) - len(align))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
@@ -249,7 +254,16 @@ def _pilot_table(
 
 
 def _comparison_lines(rows: Sequence[dict[str, Any]]) -> str:
-    """The paired tests under a headline table, one sentence each."""
+    """The paired tests under a headline table, one sentence each; two LoRA arms compared both
+    ways are said once."""
+    said: set[frozenset[str]] = set()
+    once = []
+    for row in rows:
+        pair = frozenset((row["a"], row["b"]))
+        if pair not in said:
+            said.add(pair)
+            once.append(row)
+    rows = once
     if not rows:
         return ""
     seeds = rows[0]["runs_a"]

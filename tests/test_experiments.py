@@ -284,6 +284,15 @@ def test_the_localisation_pilot_adds_loras_missing_pieces_as_arms_of_their_own(d
     assert experiments.arm_name("detection", "lora-pos") == "LoRA r=8 + position embeddings"
 
 
+def test_a_record_matches_a_grid_entry_on_every_identifying_field():
+    # the budget (n_train, epochs), seed, task and rate are matched apart; every other field of
+    # a run's key must be compared, or a LoRA run would pass for LoRA + position embeddings
+    from lora_edu.grid import KEY_FIELDS
+
+    apart = {"task", "seed", "n_train", "epochs", "lr"}
+    assert set(experiments._MATCH_FIELDS) == set(KEY_FIELDS) - apart
+
+
 def test_lr_pilot_chosen_takes_each_winner_and_names_a_missing_pilot(default_profile):
     with pytest.raises(ValueError, match="pilot is incomplete.*--task vit-dev"):
         experiments.lr_pilot_chosen("vit")
@@ -395,7 +404,8 @@ def test_the_detector_defaults_are_the_detection_pilots_choices(monkeypatch):
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "default")
     monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)  # the repository's data/results
-    assert experiments.lr_pilot_chosen("detection") == DETECTION_LR
+    chosen = experiments.lr_pilot_chosen("detection")
+    assert {arm: chosen[arm] for arm in DETECTION_LR} == DETECTION_LR  # the methods' defaults
 
 
 def test_lr_pilot_falls_back_to_the_former_rates_in_smoke(monkeypatch):

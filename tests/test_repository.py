@@ -280,7 +280,8 @@ def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
 
     def key(rec):
         loop = (key_value(rec, f) for f in ("head_lr", "warmup_ratio"))  # a default = left out
-        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()), *loop)
+        also = tuple(rec.get("also_train") or ())  # e.g. LoRA + the position embedding
+        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()), *loop, also)
 
     wanted = set()
     for task, preset in _provenance()[name]:

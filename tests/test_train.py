@@ -688,6 +688,8 @@ def test_the_loop_settings_default_to_fits_own():
     from lora_edu.train import LoopSettings, fit
 
     defaults = {n: p.default for n, p in inspect.signature(fit).parameters.items()}
+    # what trains besides the method is set up before the loop, by prepare_model
+    defaults["also_train"] = inspect.signature(prepare_model).parameters["also_train"].default
     for f in dataclasses.fields(LoopSettings):
         assert f.default == defaults[f.name], f.name
     assert LoopSettings.from_keywords("f()", {"head_lr": None}) == LoopSettings()
