@@ -37,6 +37,11 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
         "SST-2: LoRA (q, v) and full fine-tuning at every rate their pilot tied with the best",
     ),
     ("sst2", "former-lr", "SST-2 before the pilot: one learning rate per method for every task"),
+    (
+        "sst2-typos",
+        "typos",
+        "SST-2 runs scored under typos too (clean accuracy here; the typo scores: notebook 06 §10)",
+    ),
     ("sst2", "ranks", "SST-2: LoRA's rank (q, v)"),
     ("sst2", "alphas", "SST-2: the scale α at three ranks"),
     ("sst2", "targets", "SST-2: which weights, at q, v r=8's parameter budget (paper Table 5)"),

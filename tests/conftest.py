@@ -24,3 +24,17 @@ def require_browser():
         pytest.skip(reason)
 
     return check
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    """(tokenizer, SmolLM2-135M-Instruct), loaded once per test module, frozen; skipped when it
+    cannot be obtained offline."""
+    from lora_edu.models import load_causal_lm
+
+    try:
+        tokenizer, model = load_causal_lm()
+    except (OSError, RuntimeError) as err:
+        pytest.skip(f"SmolLM2-135M-Instruct not available offline: {err}")
+    model.requires_grad_(False)
+    return tokenizer, model

@@ -120,14 +120,8 @@ def test_frame_tokens_are_the_cls_and_the_quarter_means_of_the_vit_states():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from lora_edu.models import load_causal_lm
-
-    try:
-        tok, _ = load_causal_lm()
-    except (OSError, RuntimeError) as err:
-        pytest.skip(f"SmolLM2-135M-Instruct not available offline: {err}")
-    return tok
+def tokenizer(smollm):
+    return smollm[0]
 
 
 def tiny_lm(vocab_size: int) -> torch.nn.Module:

@@ -280,19 +280,6 @@ def test_real_instruction_sizes():
 # --------------------------------------------------------------------------- the real model
 
 
-@pytest.fixture(scope="module")
-def smollm():
-    """(tokenizer, SmolLM2-135M-Instruct), loaded once; skipped when it cannot be obtained."""
-    from lora_edu.models import load_causal_lm
-
-    try:
-        tokenizer, model = load_causal_lm()
-    except (OSError, RuntimeError) as err:
-        pytest.skip(f"SmolLM2-135M-Instruct not available offline: {err}")
-    model.requires_grad_(False)
-    return tokenizer, model
-
-
 @pytest.fixture
 def tok(smollm):
     return smollm[0]
