@@ -173,8 +173,9 @@ def adapter_slug(config: dict[str, Any]) -> str:
     """The folder name of a run's adapter, from the fields of its run key (``KEY_FIELDS``):
     method, rank, alpha, targets, variant, quantisation and the learning rate always; the
     initialisation, rsLoRA, the head's rate, the warm-up, what else trains in full, the
-    training-set size and the number of epochs where the run sets them to something other than the usual value; the seed last. Two
-    runs with different keys never share a folder (``task`` aside: it names the folder above)::
+    training-set size and the number of epochs where the run sets them to something other than
+    the usual value; the seed last. Two runs with different keys never share a folder (``task``
+    aside: it names the folder above)::
 
         lora_r8_a16_query-value_lr0.001_s0
         lora_r8_a16_query-value_lr0.002_pissa_rslora_head0.1_n4000_e2_s1

@@ -88,20 +88,12 @@ def arm_runs(
     α = 16 on the headline's targets. ``head_lr``: the new head's own rate (None: the
     method's)."""
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if arm == "lora-all-linear":
-        return make_grid(["lora"], [8], [16], [("all-linear",)], seeds, lr=lr, head_lr=head_lr)
-    if arm == "lora-mlp":
-        targets = [(*headline_lora_targets(task), *MLP_TARGETS)]
-        return make_grid(["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr)
-    if arm == "lora-pos":
-        targets = [headline_lora_targets(task)]
-        return make_grid(
-            ["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr, also_train=POSITIONS
-        )
-    if arm == "lora":
-        targets = [headline_lora_targets(task)]
-        return make_grid(["lora"], [8], [16], targets, seeds, lr=lr, head_lr=head_lr)
-    return make_grid([arm], seeds=seeds, lr=lr, head_lr=head_lr)
+    if not arm.startswith("lora"):
+        return make_grid([arm], seeds=seeds, lr=lr, head_lr=head_lr)
+    targets = ("all-linear",) if arm == "lora-all-linear" else tuple(headline_lora_targets(task))
+    targets += MLP_TARGETS if arm == "lora-mlp" else ()
+    also = POSITIONS if arm == "lora-pos" else ()
+    return make_grid(["lora"], [8], [16], [targets], seeds, lr=lr, head_lr=head_lr, also_train=also)
 
 
 #: The MLP layers of the TinyViT (``lora-mlp`` adds them to the headline's LoRA targets) and its
