@@ -95,18 +95,17 @@ def prepare_model(
         raise ValueError(
             f"method='none' trains nothing; also_train={list(also_train)} needs a method"
         )
-    names = [name for name, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
     for wanted in also_train:
-        hits = [n for n in names if _names_part(n, wanted)]
+        hits = [param for name, param in params.items() if _names_part(name, wanted)]
         if not hits:
-            tops = sorted({n.split(".")[0] for n in names})
+            tops = sorted({name.split(".")[0] for name in params})
             raise ValueError(
                 f"also_train names {wanted!r}, which matches no parameter of "
                 f"{type(model).__name__}; its parameters start with {', '.join(tops)}"
             )
-        for name, param in model.named_parameters():
-            if name in hits:
-                param.requires_grad_(True)
+        for param in hits:
+            param.requires_grad_(True)
     return targets
 
 

@@ -85,8 +85,8 @@ class LoopSettings:
     also_train: tuple[str, ...] = field(
         default=(),
         metadata={
-            "help": "parameters trained in full beside the method, by name or dotted suffix "
-            "(e.g. ('position_embedding',)); they train at the method's rate"
+            "help": "parameters trained in full beside the method, each named by a dotted part "
+            "of its name (e.g. ('position_embedding',)); they train at the method's rate"
         },
     )
     eval_every: int | None = field(
