@@ -282,11 +282,11 @@ VIT_RANKS = (1, 2, 4, 8, 16)
 #: The captioner's pilot (``caption-dev``, two seeds per rate): the projection alone, and with
 #: LoRA r = 8 in the language model on q, v or on every linear layer (the projection at the same
 #: rate). Around the causal LM's LoRA rate, lower for every linear layer, higher for the
-#: projection alone, whose grid was extended upward while its best sat at the top.
+#: projection alone; every grid was extended upward while its first seed's best sat at the top.
 CAPTION_PILOT_LRS: dict[str, tuple[float, ...]] = {
     "head": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-    "lora": (1e-3, 2e-3, 5e-3),
-    "lora-all-linear": (5e-4, 1e-3, 2e-3),
+    "lora": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+    "lora-all-linear": (5e-4, 1e-3, 2e-3, 5e-3),
 }
 register_pilot("caption", CAPTION_PILOT_LRS, lora_targets=LLAMA_QV, seeds=(0, 1))
 register_presets("caption", {"headline": headline_grid("caption")})
