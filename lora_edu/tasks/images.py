@@ -20,6 +20,7 @@ from lora_edu.presets import (
     headline_grid,
     lora_runs,
     lr_pilot_grid,
+    tied_rates_grid,
 )
 from lora_edu.tasks.common import DEV_SIZE, _dev_data, _subset
 from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
@@ -289,7 +290,13 @@ CAPTION_PILOT_LRS: dict[str, tuple[float, ...]] = {
     "lora-all-linear": (5e-4, 1e-3, 2e-3, 5e-3),
 }
 register_pilot("caption", CAPTION_PILOT_LRS, lora_targets=LLAMA_QV, seeds=(0, 1))
-register_presets("caption", {"headline": headline_grid("caption")})
+register_presets(
+    "caption",
+    {
+        "headline": headline_grid("caption"),
+        "tied-rates": tied_rates_grid("caption", arms=tuple(CAPTION_PILOT_LRS)),
+    },
+)
 register_presets("caption-dev", {"lr-pilot": lr_pilot_grid("caption")})
 
 for _task, _rates in IMAGE_PILOT_LRS.items():
