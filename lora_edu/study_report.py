@@ -96,6 +96,18 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     ),
     ("matching-dev", "lr-pilot", "Matching learning-rate pilot, on held-out training images"),
     (
+        "caption",
+        "headline",
+        "Captioning clips of moving digits (TinyViT → projection → SmolLM2-135M): the projection "
+        "alone, with LoRA on q, v and on every linear layer, each at its pilot learning rate",
+    ),
+    (
+        "caption",
+        "tied-rates",
+        "Captioning: each arm again at every rate its pilot ties with the best",
+    ),
+    ("caption-dev", "lr-pilot", "Captioning learning-rate pilot, on clips of held-out digits"),
+    (
         "style-thick",
         "headline",
         "Style adapter for the digit denoiser, thick strokes: share of 256 samples inside the "
@@ -133,6 +145,7 @@ _METRIC_LABELS = {
     "accuracy": "accuracy %", "entity_f1": "entity F1", "bleu": "BLEU",
     "accuracy_at_iou": "accuracy % at IoU ≥ 0.5", "zero_shot_accuracy": "zero-shot accuracy %",
     "thick_share": "% of samples thick", "digit_share": "% of samples called 7",
+    "content_accuracy": "content accuracy %",
 }  # fmt: skip
 
 
