@@ -255,7 +255,9 @@ def _provenance() -> dict[str, list[tuple[str, str]]]:
             continue
         pairs = []
         for task, presets in re.findall(r"--task (\S+) --preset ([\w,-]+)", match.group(2)):
-            tasks = [f"sst2-ffn{r}" for r in COMPRESSION_RANKS] if "$" in task else [task]
+            tasks = (
+                [task.replace("$r", str(r)) for r in COMPRESSION_RANKS] if "$" in task else [task]
+            )
             pairs += [(t, p) for t in tasks for p in presets.split(",")]
         rows[match.group(1)] = pairs
     return rows

@@ -56,18 +56,27 @@ def _distill_finetune(train_ds, eval_ds, **kwargs):
     return finetune_text_classifier(train_ds, eval_ds, teacher=teacher, **kwargs)
 
 
-def _compressed_finetune(rank: int) -> Callable[..., dict[str, Any]]:
-    """The teacher with every feed-forward weight replaced by its rank-``rank`` SVD, evaluated
-    as it is (method ``none``) or healed with LoRA (its head trains too)."""
+def _compressed_finetune(rank: int, start: str = "teacher") -> Callable[..., dict[str, Any]]:
+    """A model with every feed-forward weight replaced by its rank-``rank`` SVD, then trained
+    with the run's method. ``start="teacher"``: the fully fine-tuned SST-2 classifier
+    (``sst2_teacher``), evaluated as it is (method ``none``) or healed (LoRA, its head training
+    too; or full fine-tuning). ``start="pretrained"``: the pretrained MiniLM with a fresh head,
+    compressed before it ever sees SST-2 and then fine-tuned (the control: compress first, adapt
+    after)."""
 
     def finetune(train_ds, eval_ds, **kwargs):
         import copy
 
         from lora_edu.compression import compress_feed_forward
+        from lora_edu.models import load_text_model
         from lora_edu.train import finetune_text_classifier
 
-        tokenizer, teacher, _ = sst2_teacher(progress=False)
-        base = copy.deepcopy(teacher).requires_grad_(True)
+        if start == "teacher":
+            tokenizer, teacher, _ = sst2_teacher(progress=False)
+            base = copy.deepcopy(teacher).requires_grad_(True)
+        else:
+            name = kwargs.get("model", "minilm")
+            tokenizer, base = load_text_model("sequence", 2, name, seed=kwargs.get("seed", 0))
         compress_feed_forward(base, rank)
         return finetune_text_classifier(train_ds, eval_ds, base=base, tokenizer=tokenizer, **kwargs)
 
@@ -170,14 +179,15 @@ register_task(
     _sst2_spec("sst2-typos", _text_task_data(_load_sst2, _sst2_budget), _typos_finetune),
 )
 for _rank in COMPRESSION_RANKS:
-    register_task(
-        f"sst2-ffn{_rank}",
-        _sst2_spec(
-            f"sst2-ffn{_rank}",
-            _text_task_data(_load_sst2, _sst2_budget),
-            _compressed_finetune(_rank),
-        ),
-    )
+    for _start, _suffix in (("teacher", ""), ("pretrained", "-pretrained")):
+        register_task(
+            f"sst2-ffn{_rank}{_suffix}",
+            _sst2_spec(
+                f"sst2-ffn{_rank}{_suffix}",
+                _text_task_data(_load_sst2, _sst2_budget),
+                _compressed_finetune(_rank, _start),
+            ),
+        )
 
 
 # ------------------------------------------------------------------ SST-2's presets
@@ -317,9 +327,30 @@ def _distillation() -> list[dict[str, Any]]:
     return lora_runs([8], seeds=by_profile(smoke=[0], default=list(DISTILL_SEEDS)))
 
 
+#: Seeds of the compression study's trained arms (the compressed teacher as it is is one
+#: deterministic evaluation).
+COMPRESSION_SEEDS = (0, 1)
+
+
 def _compression() -> list[dict[str, Any]]:
-    """The compressed teacher as it is, and healed by LoRA r=8 on q, v (one seed)."""
-    return make_grid(["none"]) + lora_runs([8])
+    """Task ``sst2-ffn<rank>``: the compressed teacher as it is, healed by LoRA r=8 on q, v (at
+    the rate every LoRA study ran at, ``FORMER_LR``: the SST-2 pilot's choice too), and healed by
+    full fine-tuning (at the SST-2 pilot's rate), ``COMPRESSION_SEEDS`` each."""
+    seeds = by_profile(smoke=[0], default=list(COMPRESSION_SEEDS))
+    full_lr = lr_pilot_chosen("sst2")["full"]
+    return (
+        make_grid(["none"])
+        + lora_runs([8], seeds=seeds)
+        + make_grid(["full"], seeds=seeds, lr=full_lr)
+    )
+
+
+def _compressed_first() -> list[dict[str, Any]]:
+    """Task ``sst2-ffn<rank>-pretrained``: the pretrained model compressed, then LoRA r=8 on q, v
+    at the SST-2 headline's LoRA rate, ``COMPRESSION_SEEDS`` each: the headline's LoRA arm on a
+    compressed base."""
+    seeds = by_profile(smoke=[0], default=list(COMPRESSION_SEEDS))
+    return arm_runs("sst2", "lora", lr_pilot_chosen("sst2")["lora"], seeds)
 
 
 def _typos() -> list[dict[str, Any]]:
@@ -378,4 +409,9 @@ register_presets(
 for _rank in COMPRESSION_RANKS:
     register_presets(
         f"sst2-ffn{_rank}", {"compression": _compression}, files={"compression": "compression"}
+    )
+    register_presets(
+        f"sst2-ffn{_rank}-pretrained",
+        {"compression": _compressed_first},
+        files={"compression": "compression"},
     )
