@@ -126,9 +126,16 @@ def test_teacher_is_cached_and_the_two_studies_run(tmp_path, monkeypatch):
     assert [r["distill_temperature"] for r in distilled] == [2.0]
     compressed = run_sweep("sst2-ffn32", preset_grid("sst2-ffn32", "compression"),
                            tmp_path / "c.jsonl", progress=False)  # fmt: skip
-    none, lora = compressed
-    assert none["method"] == "none" and lora["method"] == "lora"
+    none, lora, full = compressed
+    assert [none["method"], lora["method"], full["method"]] == ["none", "lora", "full"]
     assert none["total_params"] < record["total_params"]  # the compressed teacher is smaller
+    assert none["total_params"] == lora["total_params"] - lora["trainable_params"] + 770
+    first = run_sweep("sst2-ffn32-pretrained", preset_grid("sst2-ffn32-pretrained", "compression"),
+                      tmp_path / "c.jsonl", progress=False)  # fmt: skip
+    (pretrained,) = first  # the pretrained model, compressed, then LoRA: as small as the teacher
+    assert pretrained["total_params"] == lora["total_params"] and pretrained["task"].endswith(
+        "-pretrained"
+    )
 
 
 def test_method_none_needs_the_trained_classifier(tiny_bert):
