@@ -333,15 +333,15 @@ COMPRESSION_SEEDS = (0, 1)
 
 
 def _compression() -> list[dict[str, Any]]:
-    """Task ``sst2-ffn<rank>``: the compressed teacher as it is, healed by LoRA r=8 on q, v (at
-    the rate every LoRA study ran at, ``FORMER_LR``: the SST-2 pilot's choice too), and healed by
-    full fine-tuning (at the SST-2 pilot's rate), ``COMPRESSION_SEEDS`` each."""
+    """Task ``sst2-ffn<rank>``: the compressed teacher as it is, healed by the SST-2 headline's
+    LoRA arm (r=8 on q, v) and by full fine-tuning, each at its SST-2 pilot rate,
+    ``COMPRESSION_SEEDS`` each: the same LoRA runs as the compress-first control's."""
     seeds = by_profile(smoke=[0], default=list(COMPRESSION_SEEDS))
-    full_lr = lr_pilot_chosen("sst2")["full"]
+    chosen = lr_pilot_chosen("sst2")
     return (
         make_grid(["none"])
-        + lora_runs([8], seeds=seeds)
-        + make_grid(["full"], seeds=seeds, lr=full_lr)
+        + arm_runs("sst2", "lora", chosen["lora"], seeds)
+        + make_grid(["full"], seeds=seeds, lr=chosen["full"])
     )
 
 
