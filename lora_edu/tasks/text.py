@@ -335,14 +335,11 @@ COMPRESSION_SEEDS = (0, 1)
 def _compression() -> list[dict[str, Any]]:
     """Task ``sst2-ffn<rank>``: the compressed teacher as it is, healed by the SST-2 headline's
     LoRA arm (r=8 on q, v) and by full fine-tuning, each at its SST-2 pilot rate,
-    ``COMPRESSION_SEEDS`` each: the same LoRA runs as the compress-first control's."""
+    ``COMPRESSION_SEEDS`` each; the LoRA runs are the compress-first control's
+    (``_compressed_first``), so the two orders differ in nothing else."""
     seeds = by_profile(smoke=[0], default=list(COMPRESSION_SEEDS))
-    chosen = lr_pilot_chosen("sst2")
-    return (
-        make_grid(["none"])
-        + arm_runs("sst2", "lora", chosen["lora"], seeds)
-        + make_grid(["full"], seeds=seeds, lr=chosen["full"])
-    )
+    full_lr = lr_pilot_chosen("sst2")["full"]
+    return make_grid(["none"]) + _compressed_first() + make_grid(["full"], seeds=seeds, lr=full_lr)
 
 
 def _compressed_first() -> list[dict[str, Any]]:
