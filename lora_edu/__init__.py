@@ -143,6 +143,7 @@ _LAZY: dict[str, str] = {
             "predict_tags",
             "prepare_model",
             "text_classifier_accuracy",
+            "text_classifier_logits",
             "text_classifier_verdicts",
         ],
         "lora_edu.train",

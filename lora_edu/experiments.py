@@ -53,6 +53,8 @@ from lora_edu.presets import preset_grid as preset_grid
 from lora_edu.presets import sweep_command as sweep_command
 from lora_edu.presets import variant_name as variant_name
 from lora_edu.runner import run_sweep
+from lora_edu.tasks.distillation import TRANSFER_LABELS as TRANSFER_LABELS
+from lora_edu.tasks.distillation import distill_pilot as distill_pilot
 from lora_edu.tasks.generation import E2E_ALL_LINEAR_RANK as E2E_ALL_LINEAR_RANK
 from lora_edu.tasks.generation import E2E_HEADLINE_SEEDS as E2E_HEADLINE_SEEDS
 from lora_edu.tasks.generation import E2E_PILOT_LRS as E2E_PILOT_LRS
@@ -62,7 +64,6 @@ from lora_edu.tasks.registry import all_presets, headline_lora_targets, pilot_ra
 from lora_edu.tasks.registry import headline_arms as headline_arms
 from lora_edu.tasks.registry import pilot_seeds as pilot_seeds
 from lora_edu.tasks.text import ALPHA_RANKS as ALPHA_RANKS
-from lora_edu.tasks.text import DISTILL_SEEDS as DISTILL_SEEDS
 from lora_edu.tasks.text import PAPER_ADAPTERS as PAPER_ADAPTERS
 from lora_edu.tasks.text import SST2_RANKS
 from lora_edu.tasks.text import TABLE5_TARGETS as TABLE5_TARGETS
@@ -89,7 +90,8 @@ SWEEP_RANKS = {"sst2": list(SST2_RANKS), "conll2003": list(CONLL_RANKS)}
 #: seed aside), each compared as run keys compare it.
 _MATCH_FIELDS = (
     "method", "r", "alpha", "target_modules", "init", "use_rslora", "variant", "quantize",
-    "head_lr", "warmup_ratio", "also_train",
+    "head_lr", "warmup_ratio", "also_train", "transfer_labels", "distill_temperature",
+    "distill_soft_weight",
 )  # fmt: skip
 
 

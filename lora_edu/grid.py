@@ -33,6 +33,10 @@ KEY_FIELDS = (
     "head_lr",  # absent unless the new head trained at its own rate beside the method
     "warmup_ratio",  # absent from a grid: the loop's default (``LOOP_DEFAULTS``)
     "also_train",  # absent unless parameters train in full beside the method
+    # the distillation study's (``tasks.distillation``); absent elsewhere
+    "transfer_labels",
+    "distill_temperature",
+    "distill_soft_weight",
 )
 #: A key field missing from a run (or None) means the training loop's default, so a grid entry
 #: that leaves it out and a record that writes the default down are the same run.
@@ -166,6 +170,10 @@ def describe_run(config: dict[str, Any]) -> str:
     name = config.get("variant") or "lora"
     name = f"q{name} ({config['quantize']})" if config.get("quantize") else name
     also = f" + {','.join(config['also_train'])}" if config.get("also_train") else ""
+    if config.get("transfer_labels"):
+        also += f" transfer={config['transfer_labels']}"
+    if config.get("distill_temperature") is not None:
+        also += f" T={config['distill_temperature']:g} soft={config['distill_soft_weight']:g}"
     return f"{name} r={config['r']} α={config['alpha']:g} [{targets}]{also} seed={config['seed']}"
 
 
@@ -198,6 +206,11 @@ def adapter_slug(config: dict[str, Any]) -> str:
         parts.append(f"warm{key_value(config, 'warmup_ratio'):g}")
     if config.get("also_train"):
         parts.append("also-" + "-".join(config["also_train"]))
+    if config.get("transfer_labels"):
+        parts.append(f"transfer-{config['transfer_labels']}")
+    for k, short in (("distill_temperature", "T"), ("distill_soft_weight", "soft")):
+        if config.get(k) is not None:
+            parts.append(f"{short}{key_value(config, k):g}")
     parts += [
         f"{tag}{config[k]}" for k, tag in (("n_train", "n"), ("epochs", "e")) if config.get(k)
     ]

@@ -133,6 +133,7 @@ def train_one(
         kwargs["warmup_ratio"] = config["warmup_ratio"]
     if config.get("also_train"):
         kwargs["also_train"] = tuple(config["also_train"])
+    kwargs |= {f: config[f] for f in spec.run_fields if config.get(f) is not None}
     started = time.perf_counter()
     result = spec.finetune(train_ds, eval_ds, return_model=keep_adapters, **kwargs)
     model = None

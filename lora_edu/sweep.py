@@ -76,7 +76,6 @@ from lora_edu.tasks.styles import _style_budget, _style_data, _style_finetune
 from lora_edu.tasks.text import (
     COMPRESSION_RANKS,
     _compressed_finetune,
-    _distill_finetune,
     _sst2_budget,
 )
 from lora_edu.tasks.token import (
@@ -93,7 +92,7 @@ __all__ = [
     "COMPRESSION_RANKS", "DEV_SIZE", "FULL_TEXT_MODEL", "KEY_FIELDS", "LOOP_DEFAULTS", "METHODS",
     "NON_LORA_METHODS", "REPORT_END", "REPORT_START", "SPARSE_NER", "TaskSpec", "_canonical",
     "_compressed_finetune", "_conll_budget", "_cut_off", "_describe", "_detection_budget",
-    "_detection_data", "_detection_finetune", "_dev_data", "_digits_data", "_distill_finetune",
+    "_detection_data", "_detection_finetune", "_dev_data", "_digits_data",
     "_e2e_budget", "_e2e_data", "_e2e_finetune", "_full_config", "_locked", "_matching_budget",
     "_matching_finetune", "_mnist_parts", "_parse", "_pretrained_image_tower",
     "_sparse_ner_budget", "_sparse_ner_data", "_sst2_budget", "_style_budget", "_style_data",

@@ -12,7 +12,7 @@ which is where to read (and change) the code:
 | ``training/metrics.py`` | accuracy, entity F1, class shares, the collapse rule (numpy only) |
 | ``training/loop.py`` | seeding, ``prepare_model`` (methods lora/full/head/bitfit/none), ``fit``, ``predict``, evaluation helpers, collates |
 | ``training/run.py`` | the settings as objects (``TrainSettings``, ``LoopSettings``), ``_run`` and the record's fields |
-| ``training/text.py`` | ``finetune_text_classifier``, ``finetune_token_classifier``, ``text_classifier_accuracy``, ``text_classifier_verdicts``, ``predict_tags`` |
+| ``training/text.py`` | ``finetune_text_classifier``, ``finetune_token_classifier``, ``text_classifier_accuracy``, ``text_classifier_logits``, ``text_classifier_verdicts``, ``predict_tags`` |
 | ``training/images.py`` | ``finetune_vit``, ``pretrained_vit``, ``image_classifier_verdicts`` |
 | ``training/causal_lm.py`` | ``finetune_causal_lm``, ``causal_lm_loss``, ``CAUSAL_LM_LR`` |
 
@@ -110,6 +110,7 @@ from lora_edu.training.text import (
     finetune_token_classifier,
     predict_tags,
     text_classifier_accuracy,
+    text_classifier_logits,
     text_classifier_verdicts,
     word_predictions,
 )
@@ -150,6 +151,7 @@ __all__ = [
     "predict_tags",
     "pretrained_vit",
     "text_classifier_accuracy",
+    "text_classifier_logits",
     "text_classifier_verdicts",
     "word_predictions",
     # kept importable from here (defined in lora.py, models.py, defaults.py)

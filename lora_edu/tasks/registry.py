@@ -33,6 +33,7 @@ TASK_MODULES = (
     "lora_edu.tasks.images",
     "lora_edu.tasks.generation",
     "lora_edu.tasks.styles",
+    "lora_edu.tasks.distillation",
 )
 
 
@@ -48,6 +49,9 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     # a run without a learning rate: the rate every sweep used before the pilot
     default_lr: dict[str, float] = field(default_factory=lambda: dict(FORMER_LR))
+    # fields of a run (``grid.KEY_FIELDS``) that the sweep runner hands to ``finetune`` as keywords
+    # where a run sets them (the distillation study's ``transfer_labels``, ...)
+    run_fields: tuple[str, ...] = ()
 
 
 _FACTORIES: dict[str, Callable[[], TaskSpec]] = {}
@@ -82,7 +86,8 @@ def task_spec(name: str) -> TaskSpec:
     """The ``TaskSpec`` registered as ``name`` (``task_names()`` lists them): ``sst2``,
     ``conll2003``, ``vit``, ``e2e``, ``detection``, ``matching``, the style adapters, each with a
     ``-dev`` twin scored on held-out training examples for choosing learning rates, and the
-    studies' own tasks (``conll2003-sparse``, ``sst2-distill``, ``sst2-ffn<rank>``)."""
+    studies' own tasks (``conll2003-sparse``, ``sst2-distill`` and ``sst2-distill-dev``,
+    ``sst2-ffn<rank>``)."""
     _discover()
     if name not in _FACTORIES:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(_FACTORIES)}")

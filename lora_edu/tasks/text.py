@@ -1,9 +1,9 @@
 """SST-2 sentiment (MiniLM-L6; BERT-base at ``full``): the headline task ``sst2``, its pilot
-twin ``sst2-dev``, and notebook 18's set-ups built on the fully fine-tuned model
-(``sst2_teacher``): ``sst2-distill`` (a student on its soft labels) and ``sst2-ffn<rank>`` (its
-feed-forward weights truncated, then healed with LoRA); beside them, their presets (the named
-sweeps of notebooks 06, 09, 12, 14 and 18: headline, pilot, ranks, α, targets, variants,
-distillation, compression). Imports ``tasks.common``, ``tasks.registry`` and ``presets``;
+twin ``sst2-dev``, and notebook 18's compression set-up built on the fully fine-tuned model
+(``sst2_teacher``): ``sst2-ffn<rank>`` (its feed-forward weights truncated, then healed with
+LoRA); beside them, their presets (the named sweeps of notebooks 06, 09, 12, 14 and 18:
+headline, pilot, ranks, α, targets, variants, compression). Distillation has a plug-in of its
+own (``tasks.distillation``). Imports ``tasks.common``, ``tasks.registry`` and ``presets``;
 data, models and training on use.
 """
 
@@ -46,14 +46,6 @@ def _sst2_budget() -> dict[str, Any]:
 #: The ranks of the feed-forward compression study (``sst2-ffn<rank>``); MiniLM's feed-forward
 #: layers are 384 × 1536, so a rank below 307 stores fewer numbers.
 COMPRESSION_RANKS = (256, 128, 64, 32)
-
-
-def _distill_finetune(train_ds, eval_ds, **kwargs):
-    """SST-2 learnt from the fully fine-tuned teacher's soft labels (``sst2_teacher``)."""
-    from lora_edu.train import finetune_text_classifier
-
-    _, teacher, _ = sst2_teacher(progress=False)
-    return finetune_text_classifier(train_ds, eval_ds, teacher=teacher, **kwargs)
 
 
 def _compressed_finetune(rank: int, start: str = "teacher") -> Callable[..., dict[str, Any]]:
@@ -110,7 +102,7 @@ def _typos_finetune(train_ds, eval_ds, *, return_model: bool = False, **kwargs):
 
 
 def sst2_teacher(progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
-    """The fully fine-tuned SST-2 classifier that notebook 18 distils and compresses (and
+    """The fully fine-tuned SST-2 classifier that notebook 18 compresses (and
     notebook 02 studies), trained once: (tokenizer, classifier in eval mode, its training
     record).
 
@@ -169,10 +161,6 @@ register_task("sst2", _sst2_spec("sst2", _text_task_data(_load_sst2, _sst2_budge
 register_task(
     "sst2-dev",
     _sst2_spec("sst2-dev", _dev_data(_load_sst2, _sst2_budget, DEV_SIZE["sst2"]), _finetune_text),
-)
-register_task(
-    "sst2-distill",
-    _sst2_spec("sst2-distill", _text_task_data(_load_sst2, _sst2_budget), _distill_finetune),
 )
 register_task(
     "sst2-typos",
@@ -269,9 +257,6 @@ VARIANT_PILOT_LRS: dict[str, tuple[float, ...]] = {
 }
 #: Seeds of the variant comparison (each variant at its pilot learning rate).
 VARIANT_SEEDS = (0, 1)
-#: Seeds of the distillation study: LoRA r=8 on q, v from soft labels, against the same runs of
-#: the SST-2 headline (hard labels, same budget, same learning rate).
-DISTILL_SEEDS = (0, 1)
 
 
 def _variant_runs(name: str, lr: float, seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -321,10 +306,6 @@ def _alphas() -> list[dict[str, Any]]:
 def _table5() -> list[dict[str, Any]]:
     sets = by_profile(smoke=TABLE5_TARGETS[-3::2], default=TABLE5_TARGETS)  # smoke: q,v; all-linear
     return [run for r, targets in sets for run in lora_runs([r], targets=[targets])]
-
-
-def _distillation() -> list[dict[str, Any]]:
-    return lora_runs([8], seeds=by_profile(smoke=[0], default=list(DISTILL_SEEDS)))
 
 
 #: Seeds of the compression study's trained arms (the compressed teacher as it is is one
@@ -386,10 +367,8 @@ register_presets(
             run for r, seed in PAPER_ADAPTERS for run in lora_runs([r], seeds=[seed])
         ],
         "variants": _variants,
-        # the distillation study's hard-label side, with per-sentence verdicts, in its own file
-        "distillation-labels": _distillation,
     },
-    files={"variants": "variants", "distillation-labels": "distillation"},
+    files={"variants": "variants"},
 )
 register_presets(
     "sst2-dev",
@@ -400,9 +379,6 @@ register_presets(
     },
 )
 register_presets("sst2-typos", {"typos": _typos})
-register_presets(
-    "sst2-distill", {"distillation": _distillation}, files={"distillation": "distillation"}
-)
 for _rank in COMPRESSION_RANKS:
     register_presets(
         f"sst2-ffn{_rank}", {"compression": _compression}, files={"compression": "compression"}

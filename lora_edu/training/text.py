@@ -60,6 +60,7 @@ def finetune_text_classifier(
     tokenizer: Any = None,
     teacher: nn.Module | None = None,
     temperature: float = 2.0,
+    soft_weight: float = 1.0,
     return_model: bool = False,
     **loop: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
@@ -67,8 +68,11 @@ def finetune_text_classifier(
     and report accuracy on ``eval`` (None to skip evaluation).
 
     ``teacher``: a trained classifier of the same labels (and tokenizer); the model then learns
-    from the teacher's probabilities at ``temperature`` instead of the hard labels
-    (``lora_edu.distill``: knowledge distillation). Accuracy is still measured on the labels.
+    from the teacher's probabilities at ``temperature`` (``lora_edu.distill``: knowledge
+    distillation), mixed with the true label as ``soft_weight`` · soft + (1 − ``soft_weight``) ·
+    hard (1: the soft labels alone). A training label −1 marks a sentence without a label (a
+    transfer set's): it learns from the soft term alone, and needs a teacher. Accuracy is still
+    measured on the labels.
 
     ``base``/``tokenizer``: a classifier already loaded (``load_text_model``; it is trained in
     place, e.g. to look at its weights while it trains) instead of loading ``model`` afresh;
@@ -108,6 +112,14 @@ def finetune_text_classifier(
     for d in splits:
         _require_columns(d, ("text", "label"), "finetune_text_classifier")
     num_labels = _num_labels(splits, "label")
+    unlabelled = sum(int(y) < 0 for y in train["label"])
+    if unlabelled and teacher is None:
+        raise ValueError(
+            f"{unlabelled} training sentences have label -1 (no label): only a teacher= can "
+            "label them (knowledge distillation); drop them or pass the teacher"
+        )
+    if eval is not None and any(int(y) < 0 for y in eval["label"]):
+        raise ValueError("the evaluation set has label -1 (no label): it cannot be scored")
     seed_everything(seed)
     if base is None:
         tokenizer, net = load_text_model("sequence", num_labels, model, seed=seed)
@@ -131,8 +143,9 @@ def finetune_text_classifier(
     train_collate, loss_fn = encode(train), None
     if teacher is not None:
         train_collate, loss_fn = _distillation(
-            teacher, train_collate, len(train), num_labels, temperature, 2 * batch_size
-        )
+            teacher, train_collate, len(train), num_labels, temperature, soft_weight,
+            2 * batch_size,
+        )  # fmt: skip
 
     settings = TrainSettings(
         method=method,
@@ -161,6 +174,7 @@ def finetune_text_classifier(
             "num_labels": num_labels,
             "n_eval": None if eval is None else len(eval),
             "distill_temperature": None if teacher is None else temperature,
+            "distill_soft_weight": None if teacher is None else soft_weight,
         },
         settings,
     )
@@ -175,21 +189,14 @@ def _encode_texts(tokenizer: Any, data: Any, max_length: int) -> Collate:
 
 def _distillation(
     teacher: nn.Module, collate: Collate, n: int, num_labels: int, temperature: float,
-    batch_size: int,
+    soft_weight: float, batch_size: int,
 ) -> tuple[Collate, Callable]:  # fmt: skip
-    """A collate that yields the teacher's soft labels instead of the hard ones, and the loss."""
-    from lora_edu.distill import distillation_loss, soft_targets
+    """A collate that yields, per sentence, the teacher's soft labels and the true label (−1:
+    none) in one row of ``num_labels + 1`` numbers, and the loss that mixes them
+    (``distill.mixed_distillation_loss``)."""
+    from lora_edu.distill import mixed_distillation_loss, soft_targets
 
-    device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    logits = []
-    with torch.inference_mode():
-        for indices in torch.arange(n).split(batch_size):
-            inputs, _ = collate(indices)
-            logits.append(_logits(teacher(**_to(inputs, device))).float().cpu())
-    teacher.train(was_training)
-    teacher_logits = torch.cat(logits)
+    teacher_logits = _all_logits(teacher, collate, n, batch_size)
     if teacher_logits.shape[-1] != num_labels:
         raise ValueError(
             f"the teacher predicts {teacher_logits.shape[-1]} classes, the data has {num_labels}"
@@ -197,10 +204,41 @@ def _distillation(
     soft = soft_targets(teacher_logits, temperature)
 
     def soft_collate(indices: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        inputs, _ = collate(indices)
-        return inputs, soft[indices]
+        inputs, labels = collate(indices)
+        return inputs, torch.cat([soft[indices], labels[:, None].float()], dim=1)
 
-    return soft_collate, distillation_loss(temperature)
+    return soft_collate, mixed_distillation_loss(temperature, soft_weight)
+
+
+def _all_logits(model: nn.Module, collate: Collate, n: int, batch_size: int) -> torch.Tensor:
+    """The model's logits ``(n, C)`` for examples ``0..n-1`` of ``collate``, in eval mode (its
+    mode is put back after), on the CPU in float32."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits = []
+    with torch.inference_mode():
+        for indices in torch.arange(n).split(batch_size):
+            inputs, _ = collate(indices)
+            logits.append(_logits(model(**_to(inputs, device))).float().cpu())
+    model.train(was_training)
+    return torch.cat(logits)
+
+
+def text_classifier_logits(
+    model: Any,
+    texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """The classifier's logits for ``texts``, ``(len(texts), num_labels)``, tokenised as
+    ``finetune_text_classifier`` tokenises (``tokenizer``, truncation to ``max_length``):
+    e.g. a teacher's answers (``.argmax(-1)``) or its soft labels (``distill.soft_targets``)."""
+    texts = list(texts)
+    collate = _encode_texts(tokenizer, {"text": texts, "label": [0] * len(texts)}, max_length)
+    return _all_logits(model, collate, len(texts), batch_size)
 
 
 def text_classifier_verdicts(
