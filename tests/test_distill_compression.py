@@ -1,4 +1,5 @@
-"""Knowledge distillation (soft labels) and compression by truncated SVD, plus their sweep tasks."""
+"""Knowledge distillation (soft labels, a transfer set) and compression by truncated SVD, plus
+their sweep tasks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from test_train import sentiment
 from torch import nn
 
 from lora_edu.compression import FEED_FORWARD, LowRankLinear, compress_feed_forward
-from lora_edu.distill import distillation_loss, soft_targets
+from lora_edu.distill import distillation_loss, mixed_distillation_loss, soft_targets
 from lora_edu.train import finetune_text_classifier
 
 tiny_bert = test_models.tiny_bert
@@ -42,6 +43,47 @@ def test_soft_targets_and_the_loss_against_their_definitions():
         soft_targets(teacher, 0)
     with pytest.raises(ValueError, match="do not match the logits"):
         distillation_loss()(student, p[:, :2])
+
+
+def test_the_mixed_loss_weighs_soft_and_hard_terms_and_skips_missing_labels():
+    torch.manual_seed(0)
+    logits, T = torch.randn(4, 3), 2.0
+    soft = soft_targets(torch.randn(4, 3), T)
+    labels = torch.tensor([2, 0, -1, 1])
+    targets = torch.cat([soft, labels[:, None].float()], dim=1)
+    per_soft = -(soft * torch.log_softmax(logits / T, -1)).sum(-1) * T**2
+    per_hard = nn.functional.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    w = 0.3
+    expected = torch.stack([
+        w * per_soft[i] + (1 - w) * per_hard[i] if labels[i] >= 0 else per_soft[i]
+        for i in range(4)
+    ]).mean()  # fmt: skip
+    torch.testing.assert_close(mixed_distillation_loss(T, w)(logits, targets), expected)
+    # weight 1: the soft labels alone, as distillation_loss
+    torch.testing.assert_close(
+        mixed_distillation_loss(T, 1.0)(logits, targets), distillation_loss(T)(logits, soft)
+    )
+    # weight 0 and every label present: the ordinary cross-entropy
+    all_labelled = torch.cat([soft, torch.tensor([[2.0], [0], [1], [1]])], dim=1)
+    torch.testing.assert_close(
+        mixed_distillation_loss(T, 0.0)(logits, all_labelled),
+        nn.functional.cross_entropy(logits, torch.tensor([2, 0, 1, 1])),
+    )
+    with pytest.raises(ValueError, match="soft_weight must be in"):
+        mixed_distillation_loss(T, 1.5)
+    with pytest.raises(ValueError, match="4 columns"):
+        mixed_distillation_loss(T, 0.5)(logits, soft)
+
+
+def test_unlabelled_sentences_need_a_teacher(tiny_bert):
+    from datasets import Dataset
+
+    train = sentiment(16)
+    unlabelled = Dataset.from_dict({"text": train["text"], "label": [-1] * 8 + train["label"][8:]})
+    with pytest.raises(ValueError, match="8 training sentences have label -1"):
+        finetune_text_classifier(unlabelled, None, model=tiny_bert, progress=False)
+    with pytest.raises(ValueError, match="evaluation set has label -1"):
+        finetune_text_classifier(train, unlabelled, model=tiny_bert, progress=False)
 
 
 def test_a_student_learns_what_its_teacher_says_not_the_labels(tiny_bert):
@@ -109,8 +151,6 @@ def test_teacher_is_cached_and_the_two_studies_run(tmp_path, monkeypatch):
 
     if find_dataset("sst2") is None:
         pytest.skip("SST-2 files not found (LORA_EDU_DATA)")
-    from lora_edu.experiments import preset_grid
-    from lora_edu.sweep import run_sweep
     from lora_edu.tasks.text import sst2_teacher
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
@@ -121,9 +161,49 @@ def test_teacher_is_cached_and_the_two_studies_run(tmp_path, monkeypatch):
     assert same["metric"] == record["metric"]
     ids = tokenizer(["a fine film"], return_tensors="pt")
     torch.testing.assert_close(again(**ids).logits, teacher(**ids).logits)
+    compressed = _compression_runs(tmp_path, record)
+    assert compressed
+
+
+def test_the_distillation_split_is_disjoint_and_every_arm_runs(tmp_path, monkeypatch):
+    from lora_edu.data import find_dataset
+
+    if find_dataset("sst2") is None:
+        pytest.skip("SST-2 files not found (LORA_EDU_DATA)")
+    from lora_edu.experiments import TRANSFER_LABELS, preset_grid
+    from lora_edu.sweep import run_sweep
+    from lora_edu.tasks import task_spec
+    from lora_edu.tasks.distillation import distillation_split
+
+    monkeypatch.setenv("LORA_EDU_PROFILE", "smoke")
+    monkeypatch.setenv("LORA_EDU_CACHE", str(tmp_path / "cache"))
+    split = distillation_split()
+    texts = {name: set(part["text"]) for name, part in split.items()}
+    assert not texts["transfer"] & texts["teacher"] and not texts["dev"] & texts["teacher"]
+    assert not texts["transfer"] & texts["dev"] and texts["labelled"] <= texts["teacher"]
     distilled = run_sweep("sst2-distill", preset_grid("sst2-distill", "distillation"),
                           tmp_path / "d.jsonl", progress=False)  # fmt: skip
-    assert [r["distill_temperature"] for r in distilled] == [2.0]
+    assert [r["transfer_labels"] for r in distilled] == list(TRANSFER_LABELS)
+    assert {r["n_train"] for r in distilled} == {len(split["labelled"]) + len(split["transfer"])}
+    soft = next(r for r in distilled if r["transfer_labels"] == "teacher-soft")
+    assert (soft["distill_temperature"], soft["distill_soft_weight"]) == (2.0, 0.5)
+    assert all(r.get("distill_temperature") is None for r in distilled if r is not soft)
+    for rec in distilled:  # the teacher, scored beside each student that read it
+        read_it = rec["transfer_labels"].startswith("teacher")
+        assert ("teacher_eval_correct" in rec) == read_it
+        if read_it:
+            verdicts = rec["teacher_eval_correct"]
+            assert len(verdicts) == len(rec["eval_correct"])
+            assert rec["teacher_metric"] == verdicts.count("1") / len(verdicts)
+    spec = task_spec("sst2-distill")
+    with pytest.raises(ValueError, match="transfer_labels must be one of"):
+        spec.finetune(*spec.load(), transfer_labels="oracle")
+
+
+def _compression_runs(tmp_path, record):
+    from lora_edu.experiments import preset_grid
+    from lora_edu.sweep import run_sweep
+
     compressed = run_sweep("sst2-ffn32", preset_grid("sst2-ffn32", "compression"),
                            tmp_path / "c.jsonl", progress=False)  # fmt: skip
     none, lora, full = compressed
@@ -136,6 +216,7 @@ def test_teacher_is_cached_and_the_two_studies_run(tmp_path, monkeypatch):
     assert pretrained["total_params"] == lora["total_params"] and pretrained["task"].endswith(
         "-pretrained"
     )
+    return compressed
 
 
 def test_method_none_needs_the_trained_classifier(tiny_bert):

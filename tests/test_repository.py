@@ -274,6 +274,7 @@ def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
     run of those commands is in the file: one configuration is one set of records everywhere."""
     from lora_edu import experiments
     from lora_edu.sweep import _full_config, key_value, read_results, task_spec
+    from lora_edu.tasks.distillation import DISTILL_FIELDS
 
     monkeypatch.setenv("LORA_EDU_PROFILE", "default")
     monkeypatch.delenv("LORA_EDU_RESULTS", raising=False)
@@ -283,7 +284,9 @@ def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
     def key(rec):
         loop = (key_value(rec, f) for f in ("head_lr", "warmup_ratio"))  # a default = left out
         also = tuple(rec.get("also_train") or ())  # e.g. LoRA + the position embedding
-        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()), *loop, also)
+        distill = (key_value(rec, f) for f in DISTILL_FIELDS)  # the distillation study's arms
+        return (*(rec.get(f) for f in fields), tuple(rec.get("target_modules") or ()), *loop, also,
+                *distill)  # fmt: skip
 
     wanted = set()
     for task, preset in _provenance()[name]:

@@ -158,7 +158,10 @@ def _finetune(
 ):
     """One arm of the study: the student's training set built from the labelled and transfer
     sentences as ``transfer_labels`` says, always ``len(train_ds)`` sentences (so every arm takes
-    the same steps), then ``finetune_text_classifier``."""
+    the same steps), then ``finetune_text_classifier``. The arms that read the teacher record
+    it beside the student: ``teacher_n_train``, and its verdicts (``teacher_eval_correct``) and
+    accuracy (``teacher_metric``) on the same evaluation sentences."""
+    import torch
     from datasets import Dataset
 
     from lora_edu.train import finetune_text_classifier, text_classifier_logits
@@ -170,13 +173,15 @@ def _finetune(
     rows = list(zip(train_ds["text"], train_ds["label"], train_ds["transfer"], strict=True))
     labelled = [(text, int(y)) for text, y, t in rows if not t]
     transfer = [(text, int(y)) for text, y, t in rows if t]
-    teacher = None
+    teacher = teacher_record = None
     if transfer_labels == "none":  # its own sentences again and again, as many as the others see
         pairs = (labelled * -(-len(rows) // len(labelled)))[: len(rows)]
     elif transfer_labels == "true":
         pairs = labelled + transfer
     else:
-        tokenizer, teacher, _ = sst2_transfer_teacher(progress=False)
+        tokenizer, teacher, teacher_record = sst2_transfer_teacher(progress=False)
+        teacher_logits = text_classifier_logits(teacher, eval_ds["text"], tokenizer)
+        teacher_right = (teacher_logits.argmax(-1) == torch.tensor(eval_ds["label"])).tolist()
         texts = [text for text, _ in transfer]
         if transfer_labels == "teacher-argmax":
             answers = text_classifier_logits(teacher, texts, tokenizer).argmax(-1).tolist()
@@ -200,6 +205,10 @@ def _finetune(
     record = finetune_text_classifier(data, eval_ds, **distill, **kwargs)
     result = record[0] if isinstance(record, tuple) else record
     result["transfer_labels"] = transfer_labels
+    if teacher_record is not None:  # the teacher, scored on the same sentences as the student
+        result["teacher_n_train"] = teacher_record["n_train"]
+        result["teacher_eval_correct"] = "".join("1" if ok else "0" for ok in teacher_right)
+        result["teacher_metric"] = sum(teacher_right) / len(teacher_right)
     return record
 
 
