@@ -55,7 +55,19 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     (
         "sst2-distill",
         "distillation",
-        "SST-2: a LoRA student on the fully fine-tuned model's soft labels (T = 2)",
+        "SST-2 distillation: a LoRA student with 4,000 labels and 12,000 sentences labelled by "
+        "nobody, by the teacher's answers or soft labels, or by hand (the same steps each)",
+    ),
+    (
+        "sst2-distill",
+        "distillation-tied",
+        "SST-2 distillation: the soft labels at every setting the pilot ties with the best",
+    ),
+    (
+        "sst2-distill-dev",
+        "distill-pilot",
+        "SST-2 distillation pilot: temperature and the soft term's weight, on held-out training "
+        "sentences",
     ),
     *(
         (
@@ -149,6 +161,14 @@ _METRIC_LABELS = {
 }  # fmt: skip
 
 
+#: The distillation study's arms in its table's order (None: every other study's runs).
+_TRANSFER_ORDER = (None, "none", "teacher-argmax", "teacher-soft", "true")
+
+
+def _g(value: float | None) -> str:
+    return "" if value is None else format(value, "g")
+
+
 def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
     """One study's aggregated rows, baselines first: method, the settings that vary within the
     study (rank, α, targets, learning rate), trainable %, the metric (mean ± half the spread of
@@ -164,6 +184,9 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
             r["lr"] or 0,
             r.get("head_lr") or 0,
             ",".join(r.get("also_train") or []),
+            _TRANSFER_ORDER.index(r.get("transfer_labels")),
+            r.get("distill_temperature") or 0,
+            r.get("distill_soft_weight") or 0,
         ),
     )
     lora = [r for r in rows if r["method"] == "lora"]
@@ -175,6 +198,9 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         "head lr": any(r.get("head_lr") is not None for r in rows),
         "warm-up": len({r.get("warmup_ratio") or 0.06 for r in rows}) > 1,
         "also trains": any(r.get("also_train") for r in rows),
+        "transfer set": any(r.get("transfer_labels") for r in rows),
+        "T": any(r.get("distill_temperature") is not None for r in rows),
+        "soft weight": any(r.get("distill_soft_weight") is not None for r in rows),
     }
     cells = {
         "r": lambda r: str(r["r"] or ""),
@@ -184,14 +210,21 @@ def _study_table(rows: list[dict[str, Any]], show_loss: bool = False) -> str:
         "head lr": lambda r: "" if r.get("head_lr") is None else format(r["head_lr"], "g"),
         "warm-up": lambda r: format(r.get("warmup_ratio") or 0.06, "g"),
         "also trains": lambda r: ", ".join(r.get("also_train") or []),
+        "transfer set": lambda r: r.get("transfer_labels") or "",
+        "T": lambda r: _g(r.get("distill_temperature")),
+        "soft weight": lambda r: _g(r.get("distill_soft_weight")),
     }
     columns = [
-        c for c in ("r", "α", "targets", "also trains", "lr", "head lr", "warm-up") if shown[c]
-    ]
+        c
+        for c in ("r", "α", "targets", "also trains", "lr", "head lr", "warm-up", "transfer set",
+                  "T", "soft weight")
+        if shown[c]
+    ]  # fmt: skip
     metric_name = _METRIC_LABELS.get(rows[0]["metric_name"], rows[0]["metric_name"])
     loss_header = ["validation loss"] if show_loss else []
     header = ["method", *columns, "trainable %", metric_name, *loss_header, "seeds"]
-    align = ["---"] + ["---" if c in ("targets", "also trains") else "---:" for c in columns]
+    text_columns = ("targets", "also trains", "transfer set")
+    align = ["---"] + ["---" if c in text_columns else "---:" for c in columns]
     align += ["---:"] * (len(header) - len(align))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
