@@ -23,7 +23,10 @@ LONG_MODULES = {
     "verdict rule that decide it",
 }
 #: The tasks' plug-in modules, which the generic machinery must never import.
-PLUGINS = {f"lora_edu.tasks.{m}" for m in ("text", "token", "images", "generation", "styles")}
+PLUGINS = {
+    f"lora_edu.tasks.{m}"
+    for m in ("text", "token", "images", "generation", "styles", "distillation")
+}
 GENERIC = ("lora_edu.grid", "lora_edu.store", "lora_edu.runner", "lora_edu.report",
            "lora_edu.tasks.registry", "lora_edu.tasks.common", "lora_edu.cluster",
            "lora_edu.presets", "lora_edu.kept", "lora_edu.pilots")  # fmt: skip

@@ -244,6 +244,13 @@ def test_the_readme_timings_are_the_measured_ones(tmp_path):
     assert "not timed" not in readme.read_text(encoding="utf-8")
 
 
+def _in_progress() -> set[str]:
+    """The results files whose data/README.md row says they are still being produced
+    ("**In progress**"): every line is a run of the command, but runs may still be missing."""
+    text = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    return set(re.findall(r"^\| `([\w-]+-default\.jsonl)` \| \*\*In progress\*\*", text, re.M))
+
+
 def _provenance() -> dict[str, list[tuple[str, str]]]:
     """data/README.md's results table: file name → the (task, preset) pairs of its commands."""
     from lora_edu.sweep import COMPRESSION_RANKS
@@ -297,7 +304,8 @@ def test_each_provenance_command_reproduces_exactly_its_file(name, monkeypatch):
     found = [key(rec) for rec in read_results(ROOT / "data" / "results" / name)]
     assert len(found) == len(set(found)), "a run is in the file twice"
     assert set(found) - wanted == set(), "lines no documented command produces"
-    assert wanted - set(found) == set(), "runs of the command missing from the file"
+    if name not in _in_progress():
+        assert wanted - set(found) == set(), "runs of the command missing from the file"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
