@@ -1,6 +1,6 @@
 """Knowledge distillation on SST-2 (notebook 18 §3), set up so that distillation *can* help:
 a teacher fine-tuned on about 54,000 labelled sentences teaches a LoRA student that has 4,000
-labels of its own and 12,000 sentences nobody labelled for it (the classic *transfer set*).
+labels of its own and 4,000 sentences nobody labelled for it (the classic *transfer set*).
 
     split = distillation_split()        # labelled, dev, transfer, teacher: disjoint texts
     _, teacher, record = sst2_transfer_teacher()
@@ -8,13 +8,14 @@ labels of its own and 12,000 sentences nobody labelled for it (the classic *tran
 Tasks ``sst2-distill`` (scored on SST-2's validation set) and ``sst2-distill-dev`` (scored on
 1,000 held-out training sentences, the ``sst2-dev`` ones: the pilot that chooses the temperature
 and the soft/hard mix). A run's ``transfer_labels`` says what the student learns on the
-transfer set (``TRANSFER_LABELS``); every arm takes the same 500 steps. Imports ``config``,
+transfer set (``TRANSFER_LABELS``); every arm takes the same 250 steps. Imports ``config``,
 ``defaults``, ``presets``, ``stats`` and ``tasks.common``/``registry``; data, models and
 training on use.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Sequence
@@ -50,15 +51,16 @@ TEACHER_LR = 5e-5
 
 def _sizes() -> dict[str, int | None]:
     return by_profile(
-        smoke={"labelled": 64, "dev": DEV_SIZE["sst2"]["smoke"], "transfer": 64, "teacher": 256,
-               "n_eval": 64},
-        default={"labelled": 4000, "dev": DEV_SIZE["sst2"]["default"], "transfer": 12000,
-                 "teacher": None, "n_eval": None},
+        smoke={"labelled": 64, "dev": DEV_SIZE["sst2"]["smoke"], "reserve": 64, "transfer": 64,
+               "teacher": 256, "n_eval": 64},
+        default={"labelled": 4000, "dev": DEV_SIZE["sst2"]["default"], "reserve": 12000,
+                 "transfer": 4000, "teacher": None, "n_eval": None},
     )  # fmt: skip
 
 
 def _budget() -> dict[str, Any]:
-    """One pass over labelled + transfer sentences (16,000 in ``default``: 500 steps of 32)."""
+    """One pass over labelled + transfer sentences (8,000 in ``default``: 250 steps of 32, the
+    SST-2 headline's number of steps)."""
     budget = {"epochs": 1, "batch_size": by_profile(smoke=16, default=32)}
     if profile() == "full":
         budget["model"] = FULL_TEXT_MODEL
@@ -66,29 +68,36 @@ def _budget() -> dict[str, Any]:
 
 
 def distillation_split() -> dict[str, Any]:
-    """SST-2's training set, shuffled with seed 0 (as every SST-2 task shuffles it), cut into four
-    parts with no sentence in two of them:
+    """SST-2's training set, shuffled with seed 0 (as every SST-2 task shuffles it), cut into parts
+    with no sentence in two of them:
 
     - ``labelled``: the first 4,000, the SST-2 headline's own training sentences;
     - ``dev``: the next 1,000, the learning-rate pilot's held-out sentences (``sst2-dev``);
-    - ``transfer``: the next 12,000, whose labels only the ``true`` arm reads;
-    - ``teacher``: every other sentence (the labelled ones included) whose text is not in
-      ``dev`` or ``transfer`` (SST-2 repeats some short phrases), for training the teacher.
+    - ``transfer``: the next 4,000, whose labels only the ``true`` arm reads: the first part of a
+      *reserve* of 12,000 sentences that the teacher never sees (so a larger transfer set can be
+      tried without training another teacher);
+    - ``teacher``: every other sentence (the labelled ones included) whose text is neither in
+      ``dev`` nor in the reserve (SST-2 repeats some short phrases), for training the teacher.
 
-    ``smoke`` takes 64, 64, 64 and 256."""
+    ``smoke`` takes 64, 64, 64 (of a reserve of 64) and 256. Computed once per profile."""
+    return dict(_split(profile()))
+
+
+@functools.cache
+def _split(active: str) -> dict[str, Any]:
     from lora_edu.data import load_sst2
 
     sizes = _sizes()
     shuffled = load_sst2()["train"].shuffle(seed=0)
-    n_l, n_d, n_t = sizes["labelled"], sizes["dev"], sizes["transfer"]
+    n_l, n_d, n_r = sizes["labelled"], sizes["dev"], sizes["reserve"]
     parts = {
         "labelled": shuffled.select(range(n_l)),
         "dev": shuffled.select(range(n_l, n_l + n_d)),
-        "transfer": shuffled.select(range(n_l + n_d, n_l + n_d + n_t)),
+        "transfer": shuffled.select(range(n_l + n_d, n_l + n_d + sizes["transfer"])),
     }
-    held_out = set(parts["dev"]["text"]) | set(parts["transfer"]["text"])
-    texts = shuffled["text"]
-    rest = itertools.chain(range(n_l), range(n_l + n_d + n_t, len(shuffled)))
+    texts = list(shuffled["text"])
+    held_out = set(texts[n_l : n_l + n_d + n_r])
+    rest = itertools.chain(range(n_l), range(n_l + n_d + n_r, len(texts)))
     teacher = [i for i in rest if texts[i] not in held_out]
     if sizes["teacher"] is not None:
         teacher = teacher[: sizes["teacher"]]
@@ -170,7 +179,8 @@ def _finetune(
         raise ValueError(
             f"transfer_labels must be one of {', '.join(TRANSFER_LABELS)}, got {transfer_labels!r}"
         )
-    rows = list(zip(train_ds["text"], train_ds["label"], train_ds["transfer"], strict=True))
+    columns = (list(train_ds["text"]), list(train_ds["label"]), list(train_ds["transfer"]))
+    rows = list(zip(*columns, strict=True))
     labelled = [(text, int(y)) for text, y, t in rows if not t]
     transfer = [(text, int(y)) for text, y, t in rows if t]
     teacher = teacher_record = None
