@@ -55,7 +55,7 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     (
         "sst2-distill",
         "distillation",
-        "SST-2 distillation: a LoRA student with 4,000 labels and 12,000 sentences labelled by "
+        "SST-2 distillation: a LoRA student with 4,000 labels and 4,000 sentences labelled by "
         "nobody, by the teacher's answers or soft labels, or by hand (the same steps each)",
     ),
     (

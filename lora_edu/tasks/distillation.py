@@ -368,5 +368,5 @@ register_presets(
 register_presets(
     "sst2-distill",
     {"distillation": _headline, "distillation-tied": _tied},
-    files={"distillation": "distillation", "distillation-tied": "distillation"},
+    files={"distillation": "distillation", "distillation-tied": "distillation-tied"},
 )
