@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lora_edu.config import profile
+from lora_edu.config import cache_dir, profile
 
 #: The encoder of the text tasks at the ``full`` profile: base size (110 M parameters, 12 layers
 #: of width 768), a BERT like MiniLM, so the same layer names (query, key, value, dense) and code
@@ -59,3 +59,32 @@ def _dev_data(
         return shuffled.select(range(n_train)), shuffled.select(range(n_train, n_train + n_dev))
 
     return load
+
+
+def _cached_classifier(
+    stem: str, train: Any, eval_: Any, *, progress: bool = True, **kwargs: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A sentence classifier fully fine-tuned once (``finetune_text_classifier(train, eval_,
+    method="full", seed=0, **kwargs)``) and cached under ``LORA_EDU_CACHE`` as ``stem``
+    (.safetensors, with the run's record in .json); later calls only read it. Returns
+    (tokenizer, classifier in eval mode with gradients off, its record)."""
+    import json
+
+    import safetensors.torch
+
+    from lora_edu.models import load_text_model
+    from lora_edu.train import finetune_text_classifier
+
+    weights, meta = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
+    tokenizer, model = load_text_model("sequence", 2, kwargs.get("model", "minilm"), seed=0)
+    if weights.is_file() and meta.is_file():
+        safetensors.torch.load_model(model, weights)
+        return tokenizer, model.eval().requires_grad_(False), json.loads(meta.read_text())
+    record, trained = finetune_text_classifier(
+        train, eval_, method="full", seed=0, progress=progress, return_model=True, **kwargs
+    )
+    trained = trained.cpu().eval()
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_model(trained, weights)
+    meta.write_text(json.dumps({k: v for k, v in record.items() if k != "history"}))
+    return tokenizer, trained.requires_grad_(False), record

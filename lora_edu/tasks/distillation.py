@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lora_edu.config import by_profile, cache_dir, profile
+from lora_edu.config import by_profile, profile
 from lora_edu.defaults import QV
 from lora_edu.grid import make_grid
 from lora_edu.presets import HEADLINE_SEEDS, lr_pilot_chosen, preset_grid, sweep_command
-from lora_edu.tasks.common import DEV_SIZE, FULL_TEXT_MODEL
+from lora_edu.tasks.common import DEV_SIZE, FULL_TEXT_MODEL, _cached_classifier
 from lora_edu.tasks.registry import TaskSpec, register_presets, register_task
 
 #: What the student learns on the transfer set, one arm each: ``none`` (its own labels alone,
@@ -130,30 +129,13 @@ def sst2_transfer_teacher(progress: bool = True) -> tuple[Any, Any, dict[str, An
     ``TEACHER_LR``, seed 0, scored on SST-2's validation set. Returns (tokenizer, classifier in
     eval mode with gradients off, its training record). Cached under ``LORA_EDU_CACHE`` (about
     90 MB) with the record beside it; later calls only read them."""
-    import safetensors.torch
-
-    from lora_edu.models import load_text_model
-    from lora_edu.train import finetune_text_classifier
-
-    model_name = _budget().get("model", "minilm")
     teacher_data = distillation_split()["teacher"]
     _, validation = _data("validation")()
-    stem = f"sst2-transfer-teacher-{profile()}-n{len(teacher_data)}-s0"
-    weights, meta = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
-    tokenizer, model = load_text_model("sequence", 2, model_name, seed=0)
-    if weights.is_file() and meta.is_file():
-        safetensors.torch.load_model(model, weights)
-        return tokenizer, model.eval().requires_grad_(False), json.loads(meta.read_text())
-    record, trained = finetune_text_classifier(
-        teacher_data, validation, method="full", lr=TEACHER_LR, epochs=1,
-        batch_size=_budget()["batch_size"], seed=0, model=model_name, progress=progress,
-        return_model=True,
+    return _cached_classifier(
+        f"sst2-transfer-teacher-{profile()}-n{len(teacher_data)}-s0", teacher_data, validation,
+        lr=TEACHER_LR, epochs=1, batch_size=_budget()["batch_size"],
+        model=_budget().get("model", "minilm"), progress=progress,
     )  # fmt: skip
-    trained = trained.cpu().eval()
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_model(trained, weights)
-    meta.write_text(json.dumps({k: v for k, v in record.items() if k != "history"}))
-    return tokenizer, trained.requires_grad_(False), record
 
 
 def _finetune(

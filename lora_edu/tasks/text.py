@@ -9,11 +9,10 @@ data, models and training on use.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lora_edu.config import by_profile, cache_dir, profile
+from lora_edu.config import by_profile, profile
 from lora_edu.defaults import ATTN_OUT, FORMER_LR, QV
 from lora_edu.grid import make_grid
 from lora_edu.presets import (
@@ -30,7 +29,13 @@ from lora_edu.presets import (
     tied_rates_grid,
     variant_name,
 )
-from lora_edu.tasks.common import DEV_SIZE, FULL_TEXT_MODEL, _dev_data, _text_task_data
+from lora_edu.tasks.common import (
+    DEV_SIZE,
+    FULL_TEXT_MODEL,
+    _cached_classifier,
+    _dev_data,
+    _text_task_data,
+)
 from lora_edu.tasks.registry import TaskSpec, register_pilot, register_presets, register_task
 
 
@@ -111,31 +116,15 @@ def sst2_teacher(progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     ``default``), so its accuracy is that run's. The weights are cached under
     ``LORA_EDU_CACHE`` (about 90 MB in float32) with the run's record beside them; later calls
     only read them."""
-    import safetensors.torch
-
     from lora_edu.data import load_sst2
-    from lora_edu.models import load_text_model
-    from lora_edu.train import finetune_text_classifier
 
     b = _sst2_budget()
     train, eval_ = _text_task_data(load_sst2, _sst2_budget)()
-    stem = f"sst2-teacher-{profile()}-n{len(train)}-e{b['epochs']}-s0"
-    weights, meta = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
-    tokenizer, model = load_text_model("sequence", 2, b.get("model", "minilm"), seed=0)
-    if weights.is_file() and meta.is_file():
-        safetensors.torch.load_model(model, weights)
-        return tokenizer, model.eval(), json.loads(meta.read_text())
-    record, trained = finetune_text_classifier(
-        train, eval_, method="full", lr=FORMER_LR["full"], epochs=b["epochs"],
-        batch_size=b["batch_size"], seed=0, model=b.get("model", "minilm"), progress=progress,
-        return_model=True,
+    return _cached_classifier(
+        f"sst2-teacher-{profile()}-n{len(train)}-e{b['epochs']}-s0", train, eval_,
+        lr=FORMER_LR["full"], epochs=b["epochs"], batch_size=b["batch_size"],
+        model=b.get("model", "minilm"), progress=progress,
     )  # fmt: skip
-    trained = trained.cpu().eval()
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_model(trained, weights)
-    meta.write_text(json.dumps({k: v for k, v in record.items() if k != "history"}))
-    trained.requires_grad_(False)
-    return tokenizer, trained, record
 
 
 def _sst2_spec(name: str, load: Callable[[], tuple[Any, Any]], finetune: Callable) -> Callable:
